@@ -1,0 +1,161 @@
+"""Reading a scoring prompt back: which stage, which persona, what moment.
+
+The simulator sees only the chat messages, exactly as :mod:`liveroom.stages`
+builds them. :func:`read_prompt` recovers what the heuristic needs:
+
+* the **stage** from the first user message: the entry title line, the buy
+  item lines ``#i 【name】 单价【p】元``, or the read transcript inside 「」;
+* the **persona** from the system message's ``身份：<name>，年龄`` (a name
+  outside :data:`DEFAULT_PERSONAS` gives a key the heuristic does not know,
+  i.e. its neutral profile);
+* the **hour** and whether **today** is a workday from the moment sentence
+  (``今天是工作日…`` or ``调休上班日…``; the sentence about tomorrow is not
+  read, and before 06:00 the wording ``天亮后的今天是…`` is understood).
+
+A re-ask conversation is read from its *first* user message, so it is
+answered like the original question. The patterns are derived from the
+templates in :mod:`liveroom.stages`, so a reworded prompt is followed as long
+as it keeps its placeholders. Anything unrecognisable raises
+:class:`PromptError` (the server answers 400).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Sequence
+
+from ..personas import DEFAULT_PERSONAS
+from ..stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ
+
+NAME_TO_KEY: dict[str, str] = {p.name: p.key for p in DEFAULT_PERSONAS}
+UNKNOWN_PREFIX = "unknown:"  # key prefix of personas the heuristic does not know
+
+
+class PromptError(ValueError):
+    """A request the simulator cannot read; ``str(err)`` says why."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    stage: str                       # "entry", "buy" or "read"
+    persona: str                     # persona key (unknown names: "unknown:<name>")
+    hour: int | None = None          # hour of the moment, None when not stated
+    workday: bool = False            # today is a workday (incl. a swapped working day)
+    prices: tuple[float, ...] = ()   # buy: item prices in line order
+    idx: tuple[int, ...] = ()        # buy: item numbers as shown (#i)
+    text: str = ""                   # read: the transcript
+
+
+def _literal(template: str) -> str:
+    """Template text without placeholders, braces un-doubled."""
+    return template.replace("{{", "{").replace("}}", "}")
+
+
+ENTRY_HEAD = _literal(ENTRY.split("{title}")[0])
+BUY_HEAD = _literal(BUY.split("{title}")[0])
+READ_HEAD = _literal(READ.split("{prod}")[0])
+READ_OPEN = _literal(READ.split("{prod}")[1].split("{text}")[0])   # ... ends with 「
+READ_TAIL = _literal(READ.split("{text}")[1])                        # starts with 」
+
+_ITEM = re.compile(
+    "^" + re.escape(ITEM_LINE)
+    .replace(re.escape("{i}"), r"(\d+)")
+    .replace(re.escape("{name}"), r"(.*)")
+    .replace(re.escape("{price}"), r"([^\n]+?)") + "$",
+    re.M,
+)
+_NAME = re.compile(r"身份：(.*?)，年龄")
+_CLOCK = re.compile(r"现在是\d{4}年\d{1,2}月\d{1,2}日 \S+ (\d{1,2}):\d{2}")
+_TODAY = re.compile(r"今天是([^。]*)")
+_WORKDAY_KINDS = ("工作日", "调休上班日")
+
+
+def content_text(content: Any) -> str:
+    """A message's text: a string, or the text parts of a content-part list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
+        if all(isinstance(t, str) for t in parts):
+            return "".join(parts)
+    raise PromptError("message 'content' must be a string or a list of text parts")
+
+
+@lru_cache(maxsize=16384)
+def read_system(system: str) -> tuple[str, int | None, bool]:
+    """(persona key, hour or None, today is a workday) from the system message."""
+    m = _NAME.search(system)
+    name = m.group(1).strip() if m else ""
+    key = NAME_TO_KEY.get(name, UNKNOWN_PREFIX + name)
+    m = _CLOCK.search(system)
+    hour = int(m.group(1)) if m else None
+    if hour is not None and not 0 <= hour <= 23:
+        hour = None
+    m = _TODAY.search(system)  # the first 今天是 is today's (also in 天亮后的今天是)
+    workday = bool(m) and m.group(1).startswith(_WORKDAY_KINDS)
+    return key, hour, workday
+
+
+def _prices(user: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    idx, prices = [], []
+    for i, _name, price in _ITEM.findall(user):
+        try:
+            prices.append(float(price))
+        except ValueError:
+            raise PromptError(f"item #{i}: price {price!r} is not a number") from None
+        idx.append(int(i))
+    return tuple(idx), tuple(prices)
+
+
+def _transcript(user: str) -> str | None:
+    start = user.find(READ_OPEN)
+    if start >= 0:
+        start += len(READ_OPEN)
+        end = len(user) - len(READ_TAIL) if user.endswith(READ_TAIL) else user.rfind("」")
+        if end >= start:
+            text = user[start:end]
+            return "" if text == NO_TEXT else text
+    start, end = user.find("「"), user.rfind("」")
+    return user[start + 1:end] if 0 <= start < end else None
+
+
+def read_stage(user: str) -> tuple[str, tuple[int, ...], tuple[float, ...], str]:
+    """(stage, item numbers, prices, transcript) from the first user message."""
+    if user.startswith(READ_HEAD):
+        text = _transcript(user)
+        if text is None:
+            raise PromptError("read prompt without a 「transcript」")
+        return "read", (), (), text
+    if user.startswith(ENTRY_HEAD):
+        return "entry", (), (), ""
+    if user.startswith(BUY_HEAD) or _ITEM.search(user):
+        idx, prices = _prices(user)
+        if not prices:
+            raise PromptError("buy prompt without item lines '#i 【name】 单价【p】元'")
+        return "buy", idx, prices, ""
+    text = _transcript(user)
+    if text is not None:
+        return "read", (), (), text
+    raise PromptError("the user message is none of the entry, buy or read prompts")
+
+
+def read_prompt(messages: Sequence[Any]) -> Prompt:
+    """What the heuristic needs from a chat conversation (see the module doc)."""
+    system = user = None
+    for m in messages:
+        if not isinstance(m, dict):
+            raise PromptError("each message must be an object with 'role' and 'content'")
+        role = m.get("role")
+        if role in ("system", "developer") and system is None:
+            system = content_text(m.get("content"))
+        elif role == "user" and user is None:
+            user = content_text(m.get("content"))
+    if user is None:
+        raise PromptError("no user message")
+    stage, idx, prices, text = read_stage(user)
+    key, hour, workday = read_system(system or "")
+    if stage == "entry" and hour is None:
+        raise PromptError("entry prompt without the moment ('现在是YYYY年M月D日 星期X HH:MM') in the system message")
+    return Prompt(stage, key, hour, workday, prices, idx, text)
