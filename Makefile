@@ -1,0 +1,32 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# Each creates .venv when missing. torch is pinned and installed first so that
+# a CPU machine gets the CPU build instead of a multi-GB CUDA one.
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.liveroom-installed
+
+.PHONY: test test-llm demo venv clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# slow integration tests against a real local LLM server (built once per machine)
+test-llm: $(STAMP)
+	$(BIN)/python -m pytest -q -m llm -p no:cacheprovider
+
+demo: $(STAMP)
+	@echo "make demo arrives with the simulator and the end-to-end pipeline (issue 5)."
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,48 @@
+"""Entry points of every command.
+
+Each ``*_main`` runs one command's ``main(argv) -> int`` (kept beside the code
+it drives) and turns a :class:`LiveroomError` into a one-line message on
+stderr and exit status 2, so a user never sees a traceback for bad input.
+Imports are lazy so that ``--help`` of one command does not load torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from .errors import LiveroomError
+
+
+def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, prog: str) -> int:
+    try:
+        return main(argv)
+    except LiveroomError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # e.g. `bin/score --help | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _command(module: str, prog: str) -> Callable[[Sequence[str] | None], int]:
+    def entry(argv: Sequence[str] | None = None) -> int:
+        main = importlib.import_module(module, __package__).main
+        return run(main, argv, prog)
+
+    entry.__name__ = prog.replace("-", "_") + "_main"
+    return entry
+
+
+score_main = _command(".async_client.score", "score")
+collect_main = _command(".features", "collect")
+batch_main = _command(".async_client.batch", "batch")
+train_main = _command(".train.cli", "train")
+predict_main = _command(".train.predict", "predict")
+make_synthetic_main = _command(".synthetic", "make-synthetic")
+sim_server_main = _command(".sim.server", "sim-server")

@@ -1,0 +1,201 @@
+"""Loading and validating the two input files: pitches CSV and showcase JSON.
+
+Every problem is an :class:`InputError` of one line that names the file, the
+1-based line of the CSV record and the column, e.g.
+``pitches.csv line 5: start '2024-13-45 99:99' is not YYYY-MM-DD HH:MM``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .layout import TEXT_COLUMNS, TIME_COLUMNS
+from .moment import CalendarYearError, time_features
+
+MAX_SHOWCASE_ITEMS = 10
+
+
+@dataclass(frozen=True)
+class Item:
+    """One showcase item as shown to the model."""
+
+    idx: int
+    name: str
+    price: float
+
+
+# --------------------------------------------------------------------------- pitches
+
+def _record_line(path: Path, row: int) -> int:
+    """1-based physical line where data record ``row`` (0-based) starts.
+
+    Only called on error, so the common path never re-reads the file; it is
+    exact also when quoted transcripts hold newlines.
+    """
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        next(reader, None)
+        start = reader.line_num + 1
+        for i, _ in enumerate(reader):
+            if i == row:
+                return start
+            start = reader.line_num + 1
+    return start
+
+
+def _fail(path: Path, row: int, column: str, msg: str) -> InputError:
+    return InputError(f"{path.name} line {_record_line(path, row)}: {column} {msg}")
+
+
+_START = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}"
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _as_int(cell: str) -> int | None:
+    """The integer in a CSV cell ("7", "7.0", "7e0"), or None when it holds none."""
+    s = cell.strip()
+    try:
+        value = int(s)
+    except ValueError:
+        try:
+            f = float(s)
+        except ValueError:
+            return None
+        if not math.isfinite(f) or f != int(f) or abs(f) > 2**53:  # beyond 2**53 a float is not exact
+            return None
+        value = int(f)
+    return value if _INT64[0] <= value <= _INT64[1] else None
+
+
+def _first_bad(mask: np.ndarray) -> int | None:
+    bad = np.flatnonzero(mask)
+    return int(bad[0]) if bad.size else None
+
+
+def load_pitches(
+    path: str | Path,
+    need: Iterable[str] = TEXT_COLUMNS,
+    numeric: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Read a pitches CSV in the reference format.
+
+    ``need`` are columns that must be present (``index`` and ``start`` always
+    are); ``numeric`` must be present (time features excepted, see below) and
+    hold finite numbers. ``index`` must be unique integers; ``start`` must be
+    ``YYYY-MM-DD HH:MM``; empty text cells are kept as ``""``.
+
+    Time features (``dow_*``, ``hour_*``, ``is_workday``, ``is_holiday``) that
+    the file lacks are computed from ``start`` by the official Chinese calendar.
+    Rows keep the file's order.
+    """
+    path = Path(path)
+    numeric = tuple(numeric)
+    wanted = {"index", "start", *need, *numeric}
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+                         usecols=lambda c: c in wanted)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise InputError(f"{path.name}: cannot read as CSV: {str(e).strip().splitlines()[-1]}") from None
+
+    required = dict.fromkeys(("index", "start", *need, *(c for c in numeric if c not in TIME_COLUMNS)))
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise InputError(f"{path.name}: missing column(s) {', '.join(missing)}")
+    if df.empty:
+        raise InputError(f"{path.name}: no pitches (header only)")
+
+    ints = [_as_int(v) for v in df["index"]]
+    bad = _first_bad(np.array([v is None for v in ints]))
+    if bad is not None:
+        raise _fail(path, bad, "index", f"{df['index'].iat[bad]!r} is not an integer")
+    idx = pd.Series(ints, index=df.index, dtype=np.int64)
+    dup = _first_bad(idx.duplicated().to_numpy())
+    if dup is not None:
+        first = int(np.flatnonzero((idx == idx.iat[dup]).to_numpy())[0])
+        raise _fail(path, dup, "index", f"{idx.iat[dup]} repeats line {_record_line(path, first)}")
+    df["index"] = idx
+
+    start = pd.to_datetime(df["start"], format="%Y-%m-%d %H:%M", errors="coerce")
+    # strptime also takes "2024-1-5 6:05", which would then miss its showcase key
+    bad = _first_bad((start.isna() | ~df["start"].str.fullmatch(_START)).to_numpy())
+    if bad is not None:
+        raise _fail(path, bad, "start", f"{df['start'].iat[bad]!r} is not YYYY-MM-DD HH:MM")
+
+    for col in numeric:
+        if col not in df.columns:
+            continue
+        values = pd.to_numeric(df[col].str.strip(), errors="coerce")
+        bad = _first_bad(~np.isfinite(values.to_numpy(dtype=float)))
+        if bad is not None:
+            raise _fail(path, bad, col, f"{df[col].iat[bad]!r} is not a finite number")
+        df[col] = values.astype(np.float64)
+
+    lacking = [c for c in TIME_COLUMNS if c not in df.columns]
+    if lacking:
+        try:
+            feats = time_features(start)
+        except CalendarYearError as e:  # name the first row of the uncovered year
+            row = int(np.flatnonzero((start.dt.year == e.year).to_numpy())[0])
+            raise _fail(path, row, "start", f"{df['start'].iat[row]!r}: {e}") from None
+        for c in lacking:
+            df[c] = feats[c]
+    return df
+
+
+# --------------------------------------------------------------------------- showcase
+
+def load_showcase(path: str | Path) -> dict[str, list[Item]]:
+    """Read the showcase JSON: ``start`` -> list of ``[idx, name, price]``.
+
+    Items with price <= 0 are dropped and at most the first 10 of the rest kept;
+    the first kept item is the one being promoted.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path.name}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path.name} line {e.lineno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path.name}: expected a JSON object mapping start time to a list of items")
+    showcase: dict[str, list[Item]] = {}
+    for start, items in data.items():
+        if not isinstance(items, list):
+            raise InputError(f"{path.name}: {start!r}: expected a list of [idx, name, price]")
+        kept: list[Item] = []
+        for n, it in enumerate(items, 1):
+            if (
+                not isinstance(it, list) or len(it) != 3
+                or not isinstance(it[0], int) or isinstance(it[0], bool)
+                or not isinstance(it[1], str)
+                or not isinstance(it[2], (int, float)) or isinstance(it[2], bool)
+                or not math.isfinite(it[2])  # json reads NaN and Infinity
+            ):
+                raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], got {json.dumps(it, ensure_ascii=False)[:80]}")
+            if it[2] > 0 and len(kept) < MAX_SHOWCASE_ITEMS:
+                kept.append(Item(it[0], it[1], float(it[2])))
+        showcase[start] = kept
+    return showcase
+
+
+def check_showcase(pitches: pd.DataFrame, showcase: Mapping[str, list[Item]], name: str = "showcase") -> None:
+    """Fail, listing the pitches, when any pitch has no showcase item to show."""
+    lacking = [(i, s) for i, s in zip(pitches["index"], pitches["start"]) if not showcase.get(s)]
+    if lacking:
+        shown = ", ".join(f"index {i} ({s})" for i, s in lacking[:5])
+        more = f" and {len(lacking) - 5} more" if len(lacking) > 5 else ""
+        raise InputError(f"{name}: no showcase items (with price > 0) for {len(lacking)} pitch(es): {shown}{more}")
