@@ -1,0 +1,192 @@
+"""A fixed pool of workers pulling jobs from a bounded queue.
+
+The queue is fed lazily from an iterator, so memory stays flat however many
+jobs there are. Each job is sent through the rate limits and the retry
+policy; its reply is validated by the task and, when unusable, asked again
+with the reason; the outcome is appended to the checkpoint as one record.
+
+``stop()`` (wired to SIGINT/SIGTERM by the caller) stops taking jobs, lets
+requests in flight finish for ``grace`` seconds and returns. A :class:`Fatal`
+error (bad key, no quota) stops everything at once and is re-raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
+
+from tenacity import RetryCallState
+
+from ..replies import ReplyError
+from .checkpoint import Checkpoint
+from .http import ChatClient, Fatal, Rejected, Reply, Retryable
+from .limits import Limits
+from .policy import retry_policy
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    group: str                # checkpoint file the record goes to
+    payload: dict[str, Any]   # the full chat-completions body
+    meta: dict[str, Any]      # copied into the record
+    tokens: int               # estimate for the token limit: prompt + max_tokens
+
+
+class Task(Protocol):
+    def validate(self, job: Job, text: str) -> dict[str, Any]:
+        """Scores from a reply's text, or raise ReplyError with a short reason."""
+
+    def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
+        """The payload asking again after an unusable reply."""
+
+
+@dataclass
+class EngineConfig:
+    concurrency: int = 64
+    max_retries: int = 6        # transport retries per send
+    max_reasks: int = 2         # re-asks after an unusable reply, counted apart
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+    grace: float = 5.0          # seconds in-flight requests get after stop()
+
+
+@dataclass
+class Stats:
+    total: int = 0              # jobs this run set out to do
+    ok: int = 0
+    failed: int = 0
+    sent: int = 0               # HTTP attempts
+    retries: int = 0
+    throttled: int = 0          # 429s
+    invalid: int = 0            # unusable replies (each re-ask counts)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.failed
+
+
+class Engine:
+    def __init__(self, client: ChatClient, limits: Limits, checkpoint: Checkpoint, task: Task,
+                 config: EngineConfig, on_record=None):
+        self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config
+        self.stats = Stats()
+        self.on_record = on_record or (lambda record: None)
+        self.stopped: str | None = None
+        self._stop = asyncio.Event()
+        self._fatal: Fatal | None = None
+
+    def stop(self, reason: str = "stopped") -> None:
+        if self.stopped is None:
+            self.stopped = reason
+        self._stop.set()
+
+    async def run(self, jobs: Iterable[Job], total: int) -> Stats:
+        self.stats = Stats(total=total)
+        queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
+        producer = asyncio.create_task(self._produce(jobs, queue))
+        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
+        all_done = asyncio.gather(*workers)
+        stopping = asyncio.create_task(self._stop.wait())
+        try:
+            await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if self._stop.is_set():
+                producer.cancel()
+                if self._fatal is None:
+                    await asyncio.wait(workers, timeout=self.config.grace)
+                for w in workers:
+                    w.cancel()
+            await asyncio.gather(all_done, producer, return_exceptions=True)
+        finally:
+            stopping.cancel()
+            for w in workers:
+                w.cancel()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.stats
+
+    async def _produce(self, jobs: Iterable[Job], queue: asyncio.Queue) -> None:
+        for job in jobs:
+            await queue.put(job)
+            if self._stop.is_set():
+                return
+        for _ in range(self.config.concurrency):
+            await queue.put(None)
+
+    async def _worker(self, queue: asyncio.Queue) -> None:
+        while True:
+            job = await queue.get()
+            if job is None or self._stop.is_set():
+                return
+            try:
+                record = await self._process(job)
+            except Fatal as e:
+                self._fatal = e
+                self.stop("fatal")
+                return
+            self.checkpoint.write(job.group, record)
+            if record["status"] == "ok":
+                self.stats.ok += 1
+            else:
+                self.stats.failed += 1
+            self.on_record(record)
+
+    def _before_sleep(self, rs: RetryCallState) -> None:
+        self.stats.retries += 1
+        exc = rs.outcome.exception() if rs.outcome else None
+        if isinstance(exc, Retryable) and exc.status == 429:
+            self.stats.throttled += 1
+            # every worker waits, not only this one
+            self.limits.cooldown.trip(rs.upcoming_sleep)
+
+    async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
+        """One reply, through limits and retries; ``tries[0]`` counts the attempts."""
+        policy = retry_policy(self.config.max_retries, self.config.backoff_initial,
+                              self.config.backoff_max, self._before_sleep)
+        async for attempt in policy:
+            with attempt:
+                await self.limits.acquire(tokens)
+                tries[0] += 1
+                self.stats.sent += 1
+                reply = await self.client.complete(payload)
+                self.limits.settle(tokens, reply.usage.get("total_tokens"))
+                return reply
+        raise AssertionError("unreachable")
+
+    async def _process(self, job: Job) -> dict[str, Any]:
+        t0 = time.monotonic()
+        payload, tries, reasks = job.payload, [0], 0
+        usage: dict[str, int] = {}
+        text: str | None = None
+
+        def record(status: str, scores: Any = None, error: str | None = None) -> dict[str, Any]:
+            return {"id": job.id, "status": status, **job.meta, "scores": scores, "reply": text,
+                    "usage": usage, "attempts": tries[0], "reasks": reasks,
+                    "latency_ms": round((time.monotonic() - t0) * 1000, 1), "error": error,
+                    "t": round(time.time(), 3)}
+
+        while True:
+            try:
+                reply = await self._send(payload, job.tokens, tries)
+            except Retryable as e:
+                return record("error", error=f"{e} (gave up after {tries[0]} attempts)")
+            except Rejected as e:
+                return record("error", error=str(e))
+            text = reply.text
+            for k, v in reply.usage.items():
+                usage[k] = usage.get(k, 0) + v
+            self.stats.prompt_tokens += reply.usage.get("prompt_tokens", 0)
+            self.stats.completion_tokens += reply.usage.get("completion_tokens", 0)
+            try:
+                return record("ok", scores=self.task.validate(job, text))
+            except ReplyError as e:
+                self.stats.invalid += 1
+                if reasks >= self.config.max_reasks:
+                    return record("invalid", error=str(e))
+                reasks += 1
+                payload = self.task.reask(job, payload, text, str(e))

@@ -1,0 +1,84 @@
+"""Request and token rate limits, and the cool-down all workers share.
+
+* requests per minute: asyncio-throttle with one slot per ``60/rpm`` seconds,
+  so sends are spread evenly (never a burst of ``rpm`` at the top of a minute);
+* tokens per minute: a bucket refilled at ``tpm/60`` per second holding at
+  most ten seconds' worth, charged with an estimate before a call and
+  corrected by the ``usage`` the server returns;
+* a 429 trips the shared :class:`CoolDown`, pausing every worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from asyncio_throttle import Throttler
+
+
+class CoolDown:
+    """A moment before which no worker sends; any worker may push it later."""
+
+    def __init__(self) -> None:
+        self._until = 0.0
+
+    def trip(self, seconds: float) -> None:
+        self._until = max(self._until, time.monotonic() + seconds)
+
+    async def wait(self) -> None:
+        while (left := self._until - time.monotonic()) > 0:
+            await asyncio.sleep(left)
+
+
+class TokenBucket:
+    def __init__(self, per_minute: float, burst_seconds: float = 10.0):
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate * burst_seconds)
+        self._level = self.capacity
+        self._stamp = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._level = min(self.capacity, self._level + (now - self._stamp) * self.rate)
+        self._stamp = now
+
+    async def take(self, tokens: float) -> None:
+        need = min(tokens, self.capacity)  # a request larger than the bucket waits for a full one
+        async with self._lock:
+            self._refill()
+            while self._level < need:
+                await asyncio.sleep((need - self._level) / self.rate)
+                self._refill()
+            self._level -= tokens
+
+    def correct(self, delta: float) -> None:
+        """Charge ``delta`` more tokens (or give back, if negative) after the fact."""
+        self._refill()
+        self._level = min(self.capacity, self._level - delta)
+
+
+class Limits:
+    """Everything a worker waits for before a send."""
+
+    def __init__(self, rpm: float | None = None, tpm: float | None = None):
+        self.cooldown = CoolDown()
+        self._throttler = None
+        if rpm:
+            period = 60.0 / rpm
+            self._throttler = Throttler(rate_limit=1, period=period, retry_interval=min(0.01, period / 20))
+        self._lock = asyncio.Lock()  # one poller at a time instead of every worker
+        self.tokens = TokenBucket(tpm) if tpm else None
+
+    async def acquire(self, tokens: float) -> None:
+        await self.cooldown.wait()
+        if self._throttler is not None:
+            async with self._lock:
+                await self._throttler.acquire()
+        if self.tokens is not None:
+            await self.tokens.take(tokens)
+        await self.cooldown.wait()
+
+    def settle(self, estimated: float, used: float | None) -> None:
+        if self.tokens is not None and used is not None:
+            self.tokens.correct(used - estimated)

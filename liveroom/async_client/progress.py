@@ -1,0 +1,61 @@
+"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from .engine import Stats
+
+
+def _eta(seconds: float) -> str:
+    if seconds != seconds or seconds == float("inf"):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def status_line(stats: Stats) -> str:
+    elapsed = max(time.monotonic() - stats.started, 1e-9)
+    rate = stats.done / elapsed
+    tokens = (stats.prompt_tokens + stats.completion_tokens) / elapsed
+    eta = (stats.total - stats.done) / rate if rate > 0 else float("inf")
+    return (f"{stats.done}/{stats.total} {rate:.1f} req/s {tokens:.0f} tok/s "
+            f"retries {stats.retries} 429s {stats.throttled} invalid {stats.invalid} "
+            f"failed {stats.failed} ETA {_eta(eta)}")
+
+
+class Progress:
+    def __init__(self, stats_of, file: TextIO = sys.stderr, every: float = 10.0, bar: bool | None = None):
+        self._stats_of = stats_of  # () -> Stats, read at each refresh
+        self._file = file
+        self._every = every
+        self._last = time.monotonic()
+        self._bar: tqdm | None = None
+        self._use_bar = file.isatty() if bar is None else bar
+
+    def start(self, total: int) -> None:
+        if self._use_bar:
+            self._bar = tqdm(total=total, unit="req", file=self._file, dynamic_ncols=True,
+                             mininterval=0.5, smoothing=0.05)
+
+    def update(self, record: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self._bar is not None:
+            self._bar.update(1)
+            if now - self._last > 0.5:
+                s = self._stats_of()
+                self._bar.set_postfix_str(f"retries={s.retries} 429={s.throttled} invalid={s.invalid} "
+                                          f"failed={s.failed}", refresh=False)
+                self._last = now
+        elif now - self._last > self._every:
+            print(f"progress: {status_line(self._stats_of())}", file=self._file, flush=True)
+            self._last = now
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -1,0 +1,241 @@
+"""``bin/score``: ask every (stage, pitch, persona) question, resumably.
+
+Wires the stages (:mod:`liveroom.stages`) to the generic engine: validates
+all input before anything is sent, checks or writes the run manifest, skips
+what the checkpoint already holds, and runs the engine with progress, limits,
+retries and clean shutdown on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..errors import InputError
+from ..inputs import check_showcase, load_pitches, load_showcase
+from ..personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
+from ..stages import STAGES, Stage, build_request, iter_pitches, reask_messages, request_id
+from .checkpoint import Checkpoint, check_manifest, sha256_file
+from .engine import Engine, EngineConfig, Job, Stats
+from .http import ChatClient, endpoint_host
+from .limits import Limits
+from .progress import Progress, status_line
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+RESPONSE_FORMATS = ("json_object", "json_schema", "none")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    model: str = DEFAULT_MODEL
+    temperature: float = 0.2
+    max_tokens: int = 1000
+    response_format: str = "json_object"
+
+    def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        elif self.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": f"{stage}_reply", "strict": True, "schema": schema}}
+        return body
+
+
+class StageTask:
+    """Validation and re-asking of replies, by stage."""
+
+    def validate(self, job: Job, text: str) -> dict[str, Any]:
+        return STAGES[job.meta["stage"]].parse(text, job.meta.get("n_items", 0))
+
+    def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
+        return {**payload, "messages": reask_messages(payload["messages"], text, reason)}
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    # CJK text runs about one token per character; this errs high for ASCII
+    return sum(len(m["content"]) for m in messages) + max_tokens
+
+
+@dataclass
+class Plan:
+    """Everything validated, before any request is sent."""
+
+    pitches: Any
+    showcase: dict | None
+    stages: tuple[Stage, ...]
+    personas: tuple[Persona, ...]
+    params: ModelParams
+    manifest: dict[str, Any]
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise InputError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
+    return tuple(STAGES[n] for n in dict.fromkeys(names))
+
+
+def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
+              params: ModelParams, base_url: str) -> Plan:
+    chosen = parse_stages(stages)
+    persona_set = load_personas(personas) if personas else DEFAULT_PERSONAS
+    df = load_pitches(pitches)
+    showcase = None
+    inputs = {"pitches": sha256_file(pitches)}
+    if any(s.needs_showcase for s in chosen):
+        if not goods:
+            raise InputError("--goods is required when scoring stage buy")
+        showcase = load_showcase(goods)
+        check_showcase(df, showcase, Path(goods).name)
+        inputs["goods"] = sha256_file(goods)
+    manifest = {
+        "format": 1,
+        "model": params.model,
+        "endpoint": endpoint_host(base_url),
+        "params": {"temperature": params.temperature, "max_tokens": params.max_tokens,
+                   "response_format": params.response_format},
+        "groups": {s.name: s.version for s in chosen},
+        "personas": personas_json(persona_set),
+        "inputs": inputs,
+    }
+    return Plan(df, showcase, chosen, persona_set, params, manifest)
+
+
+def plan_jobs(plan: Plan, done: dict[str, set[str]]) -> tuple[Iterator[Job], int]:
+    """The jobs not yet done (built lazily) and how many there are."""
+    keys = [p.key for p in plan.personas]
+    todo = sum(
+        request_id(s.name, i, k) not in done[s.name]
+        for i in plan.pitches["index"] for s in plan.stages for k in keys
+    )
+
+    def jobs() -> Iterator[Job]:
+        for pitch in iter_pitches(plan.pitches, plan.showcase):
+            for stage in plan.stages:
+                for persona in plan.personas:
+                    if request_id(stage.name, pitch.index, persona.key) in done[stage.name]:
+                        continue
+                    req = build_request(stage, pitch, persona)
+                    meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
+                    if stage.needs_showcase:
+                        meta["n_items"] = req.n_items
+                    yield Job(req.id, req.stage, plan.params.payload(req.messages, req.stage, req.schema),
+                              meta, estimate_tokens(req.messages, plan.params.max_tokens))
+
+    return jobs(), todo
+
+
+async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
+                  config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
+                  progress_every: float = 10.0, bar: bool | None = None) -> tuple[Stats, str | None]:
+    checkpoint = Checkpoint(run_dir)
+    checkpoint.open(plan.manifest)
+    try:
+        done = {s.name: checkpoint.done(s.name) for s in plan.stages}
+        jobs, todo = plan_jobs(plan, done)
+        async with ChatClient(base_url, api_key, timeout, config.concurrency) as client:
+            engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
+            progress = Progress(lambda: engine.stats, every=progress_every, bar=bar)
+            engine.on_record = progress.update
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, engine.stop, sig.name)
+            progress.start(todo)
+            try:
+                stats = await engine.run(jobs, todo)
+            finally:
+                progress.close()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+        return stats, engine.stopped
+    finally:
+        checkpoint.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="score",
+        description="Score pitches with an OpenAI-compatible chat model: every stage x persona x pitch, "
+                    "resumable. Killed at any moment, the same command resumes where it stopped.",
+        epilog="The API key is read from $OPENAI_API_KEY only and is never written anywhere. "
+               "Exit status: 0 all done, 1 some requests failed (rerun to retry them), "
+               "2 bad input or fatal API error, 130/143 interrupted (rerun to resume).",
+    )
+    p.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
+    p.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
+    p.add_argument("--stages", default="entry,buy,read", help="comma-separated stages (default: %(default)s)")
+    p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
+    p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
+                   help="model name (default: $LIVEROOM_MODEL or %(default)s)")
+    p.add_argument("--base-url", default=None,
+                   help=f"API base URL (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL})")
+    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
+    p.add_argument("--rpm", type=float, help="requests per minute limit, spread evenly")
+    p.add_argument("--tpm", type=float, help="tokens per minute limit (estimated, corrected by usage)")
+    p.add_argument("--max-retries", type=int, default=6, help="transport retries per request (default: %(default)s)")
+    p.add_argument("--max-reasks", type=int, default=2,
+                   help="re-asks after an unusable reply (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default: %(default)s)")
+    p.add_argument("--backoff", type=float, default=1.0,
+                   help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
+    p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
+                   help="response_format sent to the server (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
+    p.add_argument("--grace", type=float, default=5.0,
+                   help="seconds in-flight requests may finish after SIGINT/SIGTERM (default: %(default)s)")
+    p.add_argument("--progress-every", type=float, default=10.0,
+                   help="seconds between progress lines when stderr is not a terminal (default: %(default)s)")
+    return p
+
+
+def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.concurrency < 1:
+        p.error("--concurrency must be at least 1")
+    for name in ("rpm", "tpm", "timeout"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            p.error(f"--{name} must be positive")
+    if args.max_retries < 0 or args.max_reasks < 0:
+        p.error("--max-retries and --max-reasks must be >= 0")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_numbers(parser, args)
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    api_key = os.environ.get("OPENAI_API_KEY") or None
+    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url)
+    run_dir = Path(args.out)
+    plan.manifest = check_manifest(run_dir, plan.manifest)
+    config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,
+                          max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace)
+    stats, stopped = asyncio.run(execute(plan, run_dir, base_url, api_key, config, args.rpm, args.tpm,
+                                         args.timeout, args.progress_every))
+    if stats.total == 0:
+        print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
+        return 0
+    print(f"score: {status_line(stats).split(' ETA')[0]}; checkpoint {run_dir}", file=sys.stderr)
+    if stopped:
+        print(f"score: {stopped.lower() if stopped.startswith('SIG') else stopped}: "
+              f"{stats.total - stats.done} request(s) left; run the same command again to resume",
+              file=sys.stderr)
+        return 143 if stopped == "SIGTERM" else 130
+    if stats.failed:
+        print(f"score: {stats.failed} request(s) failed (reasons in {run_dir}/*.jsonl); "
+              "run the same command again to retry them", file=sys.stderr)
+        return 1
+    return 0

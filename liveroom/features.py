@@ -1,0 +1,109 @@
+"""``bin/collect``: a run's checkpoint -> the four feature matrices.
+
+Writes ``entry.npy``, ``state.npy``, ``action.npy``, ``read.npy`` (float64,
+pitches x personas, rows in the pitches file's order, columns in the run's
+persona order), ``index.npy`` (the pitch ``index`` of each row) and
+``coverage.json``. A cell without an ok record is NaN and named in the
+report; any makes the command fail unless ``--allow-missing``.
+Whatever mix of direct and batch mode filled the run, the last ok record of
+each request counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import orjson
+
+from .async_client.checkpoint import MANIFEST, Checkpoint
+from .errors import InputError, LiveroomError
+from .inputs import load_pitches
+from .stages import STAGES
+
+FEATURES = ("entry", "state", "action", "read")
+SHOWN_MISSING = 20
+
+
+def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Pitch indexes, matrices and the coverage report of one run over one pitches file."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{run_dir}: not a run directory (no {MANIFEST}); run bin/score first") from None
+    except orjson.JSONDecodeError as e:
+        raise InputError(f"{run_dir / MANIFEST}: unreadable ({e})") from None
+    keys = [p["key"] for p in manifest["personas"]]
+    df = load_pitches(pitches, need=())
+    index = df["index"].to_numpy(dtype=np.int64)
+    row = {int(i): r for r, i in enumerate(index)}
+    col = {k: c for c, k in enumerate(keys)}
+    mats = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
+    checkpoint = Checkpoint(run_dir)
+    report: dict[str, Any] = {"pitches": len(index), "personas": keys, "stages": {}, "missing": {}}
+    for stage_name in ("entry", "buy", "read"):
+        features = STAGES[stage_name].features
+        failed: dict[str, str] = {}
+        ok = unknown = 0
+        for rec in checkpoint.records(stage_name):
+            r, c = row.get(rec.get("index")), col.get(rec.get("persona"))
+            if r is None or c is None:
+                unknown += 1
+                continue
+            if rec["status"] == "ok":
+                for f in features:
+                    mats[f][r, c] = rec["scores"][f]
+                failed.pop(rec["id"], None)
+                ok += 1
+            elif np.isnan(mats[features[0]][r, c]):
+                failed[rec["id"]] = rec.get("error") or rec["status"]
+        cells = mats[features[0]]
+        missing = [f"{stage_name}:{index[r]}:{keys[c]}" for r, c in zip(*np.nonzero(np.isnan(cells)))]
+        report["stages"][stage_name] = {
+            "cells": int(cells.size), "filled": int(cells.size - len(missing)), "missing": len(missing),
+            "failed": len(failed), "records_outside_pitches": unknown,
+        }
+        if missing:
+            report["missing"][stage_name] = [
+                {"id": m, **({"error": failed[m]} if m in failed else {})} for m in missing[:SHOWN_MISSING]
+            ]
+    return index, mats, report
+
+
+def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarray], report: dict) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, m in mats.items():
+        np.save(out / f"{name}.npy", m)
+    np.save(out / "index.npy", index)
+    (out / "coverage.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="collect",
+        description="Build the entry/state/action/read feature matrices (pitches x personas) from a scoring run.",
+    )
+    p.add_argument("--pitches", required=True, metavar="CSV", help="the pitches file that was scored (row order kept)")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="checkpoint directory of bin/score or bin/batch")
+    p.add_argument("--out", required=True, metavar="FEATURES_DIR", help="where the .npy files and coverage.json go")
+    p.add_argument("--allow-missing", action="store_true", help="write and exit 0 even when cells are missing (NaN)")
+    args = p.parse_args(argv)
+    index, mats, report = collect(args.pitches, args.run)
+    write_features(args.out, index, mats, report)
+    total_missing = sum(s["missing"] for s in report["stages"].values())
+    for name, s in report["stages"].items():
+        print(f"collect: {name}: {s['filled']}/{s['cells']} cells"
+              + (f", {s['missing']} missing ({s['failed']} failed)" if s["missing"] else ""), file=sys.stderr)
+    print(f"collect: wrote {', '.join(f'{f}.npy' for f in FEATURES)}, index.npy, coverage.json to {args.out}",
+          file=sys.stderr)
+    if total_missing and not args.allow_missing:
+        first = next(iter(report["missing"].values()))[0]
+        raise LiveroomError(f"{total_missing} cell(s) missing (NaN), e.g. {first['id']}"
+                            + (f" ({first['error']})" if "error" in first else "")
+                            + f"; see {Path(args.out) / 'coverage.json'}; rerun bin/score, or pass --allow-missing")
+    return 0
