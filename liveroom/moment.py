@@ -63,7 +63,7 @@ def time_features(start: pd.Series) -> pd.DataFrame:
     (period 24); ``is_workday`` by the official calendar (swapped working
     weekends count as workdays); ``is_holiday = 1 - is_workday``.
     """
-    dow = start.dt.dayofweek.to_numpy(dtype=float)
+    dow = start.dt.day_of_week.to_numpy(dtype=float)
     hour = start.dt.hour.to_numpy(dtype=float)
     days = start.dt.date
     work = {d: day_facts(d)[0] for d in days.unique()}
