@@ -1,0 +1,146 @@
+"""Shared fixtures: small input files in the reference format, built per test.
+
+The column list and the sample rows are written out here by hand (not taken
+from the package) so that tests check the package against the format, not
+against itself. All strings are made up.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import chinese_calendar
+import pytest
+
+#: persona keys in the reference's fixed order
+PERSONA_ORDER: tuple[str, ...] = (
+    "Z", "exquisite_mother", "new_white", "deep_middle",
+    "city_blue", "city_old", "town_youth", "town_old",
+)
+
+TIME_COLS: tuple[str, ...] = ("dow_cos", "dow_sin", "hour_cos", "hour_sin", "is_workday", "is_holiday")
+TARGET_LOG_COLS: tuple[str, ...] = ("log_gmv", "log_deal_order_cnt", "log_live_deal_user_cnt", "log_watch_user_cnt")
+
+#: the 33 columns of the reference pitches file, in the order the authors' file has them
+PITCH_COLUMNS: tuple[str, ...] = (
+    "index", "start", "title", "prod", "duration", "user_cnt", "text",
+    *TIME_COLS,
+    *TARGET_LOG_COLS,
+    *(f"prop_{k}_{kind}" for k in PERSONA_ORDER for kind in ("pay", "watch")),
+)
+assert len(PITCH_COLUMNS) == 33
+
+#: every column that holds a number
+NUMERIC_COLUMNS: tuple[str, ...] = tuple(c for c in PITCH_COLUMNS if c not in ("index", "start", "title", "prod", "text"))
+
+
+def _shares(seed: int) -> list[float]:
+    """Eight positive shares summing to 1, different per seed."""
+    raw = [((seed * 7 + i * 3) % 11) + 1 for i in range(8)]
+    total = sum(raw)
+    return [r / total for r in raw]
+
+
+def pitch_row(index: int, start: str, *, title: str = "春季上新专场", prod: str = "加厚保暖羊毛袜",
+              text: str = "家人们看过来，这款袜子很暖和。", duration: float = 5, user_cnt: float = 1200,
+              is_workday: int | None = None, **extra: Any) -> dict[str, Any]:
+    """One complete row of the reference format.
+
+    Time columns are computed by hand from ``start`` (Monday = 0, period 7;
+    hour, period 24); ``is_workday`` from the official calendar unless given.
+    """
+    when = dt.datetime.strptime(start, "%Y-%m-%d %H:%M")
+    dow, hour = when.weekday(), when.hour
+    if is_workday is None:
+        is_workday = int(chinese_calendar.is_workday(when.date()))
+    watch, pay = _shares(index), _shares(index + 5)
+    row: dict[str, Any] = {
+        "index": index, "start": start, "title": title, "prod": prod,
+        "duration": duration, "user_cnt": user_cnt, "text": text,
+        "dow_cos": math.cos(2 * math.pi * dow / 7), "dow_sin": math.sin(2 * math.pi * dow / 7),
+        "hour_cos": math.cos(2 * math.pi * hour / 24), "hour_sin": math.sin(2 * math.pi * hour / 24),
+        "is_workday": float(is_workday), "is_holiday": float(1 - is_workday),
+        "log_gmv": 8.5 + index / 10, "log_deal_order_cnt": 3.1, "log_live_deal_user_cnt": 2.9,
+        "log_watch_user_cnt": 7.25,
+    }
+    for k, w, p in zip(PERSONA_ORDER, watch, pay):
+        row[f"prop_{k}_pay"] = p
+        row[f"prop_{k}_watch"] = w
+    row.update(extra)
+    return row
+
+
+def write_pitches(tmp_path: Path, rows: Iterable[Mapping[str, Any] | Sequence[Any]],
+                  columns: Sequence[str] | None = None, *, name: str = "pitches.csv",
+                  bom: bool = False, lineterminator: str = "\n") -> Path:
+    """Write a pitches CSV; quoting as the csv module does (multi-line cells quoted).
+
+    ``rows`` are dicts (cells outside ``columns`` are ignored, missing ones left
+    empty) or sequences already in ``columns`` order. ``columns`` defaults to
+    the 33 reference columns.
+    """
+    columns = list(PITCH_COLUMNS if columns is None else columns)
+    path = Path(tmp_path) / name
+    with path.open("w", newline="", encoding="utf-8-sig" if bom else "utf-8") as f:
+        w = csv.writer(f, lineterminator=lineterminator)
+        w.writerow(columns)
+        for r in rows:
+            if isinstance(r, Mapping):
+                w.writerow([r.get(c, "") for c in columns])
+            else:
+                w.writerow(list(r))
+    return path
+
+
+def write_goods(tmp_path: Path, showcase: Mapping[str, Any] | Any, *, name: str = "goods.json",
+                indent: int | None = 4) -> Path:
+    """Write a showcase JSON (``start`` -> list of ``[idx, name, price]``) as the authors do."""
+    path = Path(tmp_path) / name
+    path.write_text(json.dumps(showcase, ensure_ascii=False, indent=indent), encoding="utf-8")
+    return path
+
+
+#: a transcript holding a newline and commas (ASCII and Chinese), as ASR output does
+MULTILINE_TEXT = "哈喽家人们，今天福利多多,\n先看这双袜子，加厚款, 三双只要二十九"
+
+#: the start times of :func:`sample_rows`
+SAMPLE_STARTS = ("2024-01-01 06:55", "2024-02-04 10:30", "2024-03-09 18:15", "2024-10-01 21:05")
+
+
+def sample_rows() -> list[dict[str, Any]]:
+    """Four valid pitches: a holiday, a swapped working Sunday, a plain Saturday, a holiday evening."""
+    return [
+        pitch_row(10, SAMPLE_STARTS[0], title="元旦开年第一播", prod="真丝睡衣两件套", text=MULTILINE_TEXT),
+        pitch_row(11, SAMPLE_STARTS[1], title="年货节提前购", prod="坚果礼盒", text="这个礼盒，送长辈很有面子。",
+                  duration=12, user_cnt=3456),
+        pitch_row(12, SAMPLE_STARTS[2], title="周末宠粉夜", prod="不粘锅", text=""),
+        pitch_row(13, SAMPLE_STARTS[3], title="国庆狂欢", prod="旅行拉杆箱", text="出门旅行必备，二十寸刚好登机。",
+                  duration=3.5, user_cnt=999),
+    ]
+
+
+def sample_showcase() -> dict[str, list[list[Any]]]:
+    """A showcase for :data:`SAMPLE_STARTS`; the first item is the promoted one."""
+    return {
+        SAMPLE_STARTS[0]: [[0, "真丝睡衣两件套", 399.0], [1, "羊绒围巾", 259.9], [2, "赠品小样", 0.0]],
+        SAMPLE_STARTS[1]: [[0, "坚果礼盒", 88.0], [1, "牛肉干", 45.5]],
+        SAMPLE_STARTS[2]: [[0, "不粘锅", 129.0], [1, "锅铲", -1.0], [2, "砧板", 39.0], [3, "保鲜盒", 19.9]],
+        SAMPLE_STARTS[3]: [[0, "旅行拉杆箱", 1000.0]],
+    }
+
+
+@pytest.fixture
+def pitches_csv(tmp_path: Path) -> Path:
+    """A small valid pitches CSV with all 33 columns; record 1 spans two lines."""
+    return write_pitches(tmp_path, sample_rows())
+
+
+@pytest.fixture
+def goods_json(tmp_path: Path) -> Path:
+    """The showcase JSON matching :func:`pitches_csv`."""
+    return write_goods(tmp_path, sample_showcase())
