@@ -64,6 +64,8 @@ def load_personas(path: str | Path) -> tuple[Persona, ...]:
         unknown = set(rec) - set(_FIELDS) - {"traits"}
         if unknown:
             raise InputError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
+        if not isinstance(rec.get("traits", ""), str):
+            raise InputError(f"{where}: field traits must be text")
         if not _KEY.match(rec["key"]):
             raise InputError(f"{where}: key {rec['key']!r} must be letters, digits and _")
         if rec["key"] in seen:
