@@ -533,10 +533,11 @@ async def run_server(config: SimConfig | None = None) -> AsyncIterator[str]:
 
 DESCRIPTION = """Serve a local OpenAI-compatible chat-completions endpoint that answers the
 liveroom scoring prompts (entry, buy, read) for testing and benchmarking.
-It simulates the answers with a documented heuristic (liveroom/sim/heuristic.py:
-persona, hour and workday for entry; item prices against the persona's budget
-for buy; selling and warning words in the transcript for read). It is not a
-language model. It can also inject the faults real servers produce.
+It is not a language model: it simulates the answers with a documented
+heuristic (liveroom/sim/heuristic.py: persona, hour and workday for entry;
+item prices against the persona's budget for buy; selling and warning words
+in the transcript for read). It can also inject the faults real servers
+produce.
 
 The first line on stdout is "listening on http://HOST:PORT/v1"; with --port 0
 a free port is chosen. SIGINT or SIGTERM stops it."""
