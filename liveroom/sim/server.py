@@ -121,6 +121,10 @@ class SimConfig:
     rpm_limit: int = 0
     log_requests: bool = False
 
+    def __post_init__(self) -> None:
+        if isinstance(self.fail_first_kind, str):
+            self.fail_first_kind = self.fail_first_kind.replace("-", "_")
+
     def fault_probabilities(self) -> tuple[tuple[str, float], ...]:
         return tuple((k, getattr(self, "p_" + k)) for k in FAULT_KINDS if getattr(self, "p_" + k) > 0)
 
@@ -490,7 +494,11 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def make_app(config: SimConfig | None = None) -> web.Application:
-    """The simulator as an aiohttp application (validates ``config`` first)."""
+    """The simulator as an aiohttp application (validates ``config`` first).
+
+    Serve it with ``handler_cancellation=True`` (as :func:`run_server` does)
+    so that a client giving up on a ``slow`` fault ends its handler.
+    """
     config = config or SimConfig()
     config.validate()
     app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -510,10 +518,8 @@ async def run_server(config: SimConfig | None = None) -> AsyncIterator[str]:
     free port) for the duration of the block; yields ``http://HOST:PORT/v1``."""
     config = config or SimConfig()
     app = make_app(config)
-    runner = web.AppRunner(
-        app, handler_cancellation=True, shutdown_timeout=0.5,
-        access_log=web.access_logger if config.log_requests else None,
-    )
+    # handler_cancellation: a client that gives up on a slow reply frees its handler
+    runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=0.5, access_log=None)
     await runner.setup()
     try:
         site = web.TCPSite(runner, config.host, config.port, backlog=4096)
@@ -595,7 +601,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SimConfig:
     values = {f.name: getattr(args, f.name) for f in fields(SimConfig)}
-    values["fail_first_kind"] = values["fail_first_kind"].replace("-", "_")
     config = SimConfig(**values)
     config.validate()
     return config
