@@ -1,0 +1,149 @@
+"""From files to tensors on the device, built once.
+
+The pitches CSV gives the 8 tabular columns (time columns computed from
+``start`` when absent) and, for training, the 20 targets. FEATURES_DIR gives
+``entry.npy``, ``action.npy``, ``read.npy``, ``state.npy`` (pitches x 8
+personas, rows in the pitches file's order) and optionally ``index.npy``
+(the pitch ``index`` of each row, checked against the file).
+
+Training data is split chronologically (rows in file order, no shuffle):
+first 70 % train, next 10 % validation, last 20 % test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..inputs import load_pitches
+from ..layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, WATCH_TARGETS, PAY_TARGETS, input_names
+from ..personas import PERSONA_KEYS
+from .loss import debias_weight, ylogy
+
+SPLITS = ("train", "val", "test")
+
+
+def read_pitches(path: str | Path, with_targets: bool) -> pd.DataFrame:
+    numeric = (*TABULAR_COLUMNS, *(TARGET_COLUMNS if with_targets else ()))
+    return load_pitches(path, need=(), numeric=numeric)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise InputError(f"{path.parent}: missing {path.name}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+
+
+def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndarray]:
+    """The four (pitches x 8) matrices, validated against the pitches' ``index``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise InputError(f"{directory}: features directory not found")
+    n, k = len(index), len(PERSONA_KEYS)
+    if (directory / "index.npy").exists():
+        idx = _load_npy(directory / "index.npy")
+        if idx.shape != (n,):
+            raise InputError(f"{directory / 'index.npy'}: shape {idx.shape}, expected ({n},) for {n} pitches")
+        diff = np.flatnonzero(idx != index)
+        if diff.size:
+            r = int(diff[0])
+            raise InputError(f"{directory / 'index.npy'}: row {r + 1} is pitch index {idx[r]}, "
+                             f"but the pitches file has index {index[r]} there")
+    out = {}
+    for name in LLM_FEATURES:
+        path = directory / f"{name}.npy"
+        a = _load_npy(path)
+        if a.ndim != 2 or a.shape != (n, k):
+            raise InputError(f"{path}: shape {a.shape}, expected ({n}, {k}) (pitches x personas)")
+        if not np.issubdtype(a.dtype, np.number):
+            raise InputError(f"{path}: dtype {a.dtype} is not numeric")
+        a = a.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(a).all(1))
+        if bad.size:
+            r = int(bad[0])
+            persona = PERSONA_KEYS[int(np.flatnonzero(~np.isfinite(a[r]))[0])]
+            raise InputError(f"{path}: missing value (NaN) for pitch index {index[r]} (row {r + 1}, "
+                             f"persona {persona}); {bad.size} pitch(es) affected")
+        out[name] = a
+    return out
+
+
+def raw_inputs(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None) -> np.ndarray:
+    """(n, 8 or 40) float64 inputs in :func:`liveroom.layout.input_names` order."""
+    cols = [pitches[list(TABULAR_COLUMNS)].to_numpy(np.float64)]
+    if features is not None:
+        cols += [features[name] for name in LLM_FEATURES]
+    return np.concatenate(cols, 1)
+
+
+def split_bounds(n: int) -> tuple[int, int]:
+    """(end of train, end of val): 70 / 10 / 20 in file order."""
+    n_train, n_val = int(0.7 * n), int(0.1 * n)
+    if n_val < 1 or n - n_train - n_val < 1:
+        raise InputError(f"{n} pitches are too few to split 70/10/20 (need at least 10)")
+    return n_train, n_train + n_val
+
+
+@dataclass
+class Dataset:
+    """Everything the loop needs, on the device.
+
+    ``rows`` packs per pitch [x (d) | y (20) | debias weight | y log y of
+    watch, pay], so an epoch's shuffle is one gather and a batch is a slice.
+    """
+
+    rows: Tensor
+    n_in: int
+    bounds: tuple[int, int]
+    x_mean: Tensor
+    x_std: Tensor
+    names: list[str]
+
+    def part(self, split: str) -> Tensor:
+        a, b = self.bounds
+        return {"train": self.rows[:a], "val": self.rows[a:b], "test": self.rows[b:]}[split]
+
+    def x(self, rows: Tensor) -> Tensor:
+        return rows[:, :self.n_in]
+
+    def y(self, rows: Tensor) -> Tensor:
+        return rows[:, self.n_in:self.n_in + 20]
+
+    def weight(self, rows: Tensor) -> Tensor:
+        return rows[:, self.n_in + 20]
+
+    def ylogy(self, rows: Tensor) -> Tensor:
+        return rows[:, self.n_in + 21:]
+
+
+def build_dataset(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None, *, debias: bool,
+                  standardize: bool, device: torch.device) -> Dataset:
+    """Split, standardise with training-split statistics, and move to ``device``."""
+    x = torch.from_numpy(raw_inputs(pitches, features))
+    y = torch.from_numpy(pitches[list(TARGET_COLUMNS)].to_numpy(np.float64))
+    bad = np.flatnonzero((pitches[list(WATCH_TARGETS + PAY_TARGETS)].to_numpy() < 0).any(1))
+    if bad.size:
+        raise InputError(f"pitches: negative share in the prop_* targets at pitch index {pitches['index'].iat[int(bad[0])]}")
+    bounds = split_bounds(len(x))
+    if standardize:
+        mean, std = x[:bounds[0]].mean(0), x[:bounds[0]].std(0)
+        std = torch.where(std > 1e-8, std, torch.ones_like(std))
+    else:
+        mean, std = torch.zeros(x.shape[1], dtype=x.dtype), torch.ones(x.shape[1], dtype=x.dtype)
+    if debias and features is not None:
+        w = debias_weight(torch.from_numpy(features["action"]), torch.from_numpy(features["state"]))
+    else:
+        w = torch.ones(len(x), dtype=x.dtype)
+    ylogys = torch.stack([ylogy(y[:, 4:12]), ylogy(y[:, 12:20])], 1)
+    rows = torch.cat([(x - mean) / std, y, w[:, None], ylogys], 1).to(device=device, dtype=torch.float32)
+    return Dataset(rows, x.shape[1], bounds, mean.float().to(device), std.float().to(device),
+                   input_names(features is not None))
