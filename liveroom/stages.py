@@ -229,6 +229,15 @@ def _one_object(value: Any) -> dict:
 
 # --------------------------------------------------------------------------- registry
 
+#: what a stage's version is computed over besides its templates
+_PROBE = Pitch(0, dt.datetime(2024, 1, 1), "", "", "", (Item(1, "", 1.0), Item(2, "", 2.0)))
+_PROBE_MOMENTS = tuple(dt.datetime(*t) for t in (
+    (2024, 2, 4, 3, 0),     # early morning of a swapped working Sunday
+    (2024, 3, 9, 12, 0),    # weekend noon
+    (2024, 3, 12, 10, 0),   # workday morning
+    (2024, 9, 30, 21, 30),  # evening before a named holiday
+))
+
 @dataclass(frozen=True)
 class Stage:
     name: str
@@ -241,7 +250,10 @@ class Stage:
 
     def __post_init__(self) -> None:
         template = {"entry": ENTRY, "buy": BUY + ITEM_LINE, "read": READ + NO_TEXT}[self.name]
-        digest = hashlib.sha256((SYSTEM + template + REASK).encode()).hexdigest()[:8]
+        # the schema and the moment wording are part of what the model is shown too
+        schema = json.dumps(self.schema(_PROBE), sort_keys=True, ensure_ascii=False)
+        moments = "".join(describe_moment(when) for when in _PROBE_MOMENTS)
+        digest = hashlib.sha256((SYSTEM + template + REASK + schema + moments).encode()).hexdigest()[:8]
         object.__setattr__(self, "version", f"{self.name}-{digest}")
 
 
