@@ -1,0 +1,132 @@
+"""Command shims and the one-line error contract of every command."""
+
+from __future__ import annotations
+
+import configparser
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from liveroom import cli
+from liveroom.errors import InputError, LiveroomError
+from liveroom.inputs import load_pitches
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMANDS = sorted(p.name for p in (ROOT / "bin").iterdir() if not p.name.startswith("."))
+
+
+def entry_of(cmd: str):
+    return getattr(cli, cmd.replace("-", "_") + "_main")
+
+
+def module_of(cmd: str) -> str:
+    """The module whose ``main`` the command runs, as liveroom.cli names it."""
+    rel = inspect.getclosurevars(entry_of(cmd)).nonlocals["module"]
+    return importlib.util.resolve_name(rel, "liveroom")
+
+
+def test_there_are_commands():
+    assert {"score", "collect", "train", "predict"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_shim_is_an_executable_python3_script(cmd):
+    path = ROOT / "bin" / cmd
+    assert os.access(path, os.X_OK), f"bin/{cmd} is not executable"
+    text = path.read_text(encoding="utf-8")
+    assert text.startswith("#!/usr/bin/env python3\n")
+    assert f"from liveroom.cli import {cmd.replace('-', '_')}_main" in text
+
+
+def test_shims_match_the_installed_entry_points():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    scripts = {}
+    for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
+        name, target = (s.strip() for s in line.split("="))
+        scripts[name] = target
+    assert scripts == {f"liveroom-{c}": f"liveroom.cli:{c.replace('-', '_')}_main" for c in COMMANDS}
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_help_exits_zero(cmd):
+    module = module_of(cmd)
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"bin/{cmd}: {module} is not written yet")
+    env = {**os.environ, "PYTHONPATH": ""}
+    proc = subprocess.run([sys.executable, str(ROOT / "bin" / cmd), "--help"], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage" in proc.stdout.lower()
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------- cli.run
+
+def test_run_passes_the_exit_status_through():
+    assert cli.run(lambda argv: 0, [], "demo") == 0
+    assert cli.run(lambda argv: 3, [], "demo") == 3
+    seen = []
+    cli.run(lambda argv: seen.append(argv) or 0, ["--x", "1"], "demo")
+    assert seen == [["--x", "1"]]
+
+
+@pytest.mark.parametrize("exc", [LiveroomError, InputError])
+def test_run_turns_an_error_into_one_line_and_status_2(capsys, exc):
+    def main(argv):
+        raise exc("pitches.csv line 5: start '2024-13-45 99:99' is not YYYY-MM-DD HH:MM")
+
+    assert cli.run(main, [], "score") == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == "score: error: pitches.csv line 5: start '2024-13-45 99:99' is not YYYY-MM-DD HH:MM\n"
+
+
+def test_run_reports_a_missing_input_file(capsys, tmp_path):
+    missing = tmp_path / "gone.csv"
+
+    def main(argv):
+        load_pitches(argv[0])
+        return 0
+
+    assert cli.run(main, [str(missing)], "collect") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("collect: error: ") and err.rstrip().endswith(f"{missing}: no such file")
+
+
+def test_run_does_not_hide_programming_errors():
+    def main(argv):
+        raise ZeroDivisionError("bug")
+
+    with pytest.raises(ZeroDivisionError):
+        cli.run(main, [], "demo")
+
+
+def test_run_interrupt_is_status_130(capsys):
+    def main(argv):
+        raise KeyboardInterrupt
+
+    assert cli.run(main, [], "score") == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
+def test_command_entry_runs_the_module_main(monkeypatch, capsys):
+    import types
+
+    fake = types.ModuleType("liveroom._fake_cmd")
+
+    def main(argv):
+        raise InputError(f"bad {argv}")
+
+    fake.main = main
+    monkeypatch.setitem(sys.modules, "liveroom._fake_cmd", fake)
+    entry = cli._command("._fake_cmd", "fake-cmd")
+    assert entry.__name__ == "fake_cmd_main"
+    assert entry(["x"]) == 2
+    assert capsys.readouterr().err == "fake-cmd: error: bad ['x']\n"
