@@ -1,0 +1,72 @@
+"""``bin/predict``: the trained model's forecasts for new pitches.
+
+The pitches file needs only ``index``, ``start``, ``duration`` and
+``user_cnt`` (time columns are computed from ``start`` when absent; targets
+are not read). The output CSV has ``index`` and the 20 target columns, one row
+per pitch in input order.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..errors import InputError
+from ..layout import TARGET_COLUMNS
+from ..personas import PERSONA_KEYS
+from .data import raw_inputs, read_features, read_pitches
+from .loop import TrainConfig, build_net, load_checkpoint
+
+
+def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict]:
+    """The model in ``MODEL_DIR/best.pt`` (eval mode, CPU) and its checkpoint dict."""
+    ck = load_checkpoint(Path(model_dir) / "best.pt")
+    cfg = TrainConfig.from_dict(ck["config"])
+    net = build_net(cfg, len(ck["inputs"]), torch.device("cpu"))
+    net.load_state_dict(ck["model"])
+    return net.eval(), ck
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, ck: dict, x_raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """(n, 20) predictions for raw inputs in the model's column order."""
+    x = (torch.from_numpy(x_raw).float() - ck["x_mean"]) / ck["x_std"]
+    parts = [torch.cat(net(part), 1) for part in x.split(chunk)]
+    return torch.cat(parts).numpy()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="predict",
+        description="Write the model's forecasts (index + the 20 target columns) for new pitches.")
+    ap.add_argument("--model", required=True, metavar="MODEL_DIR", help="directory written by bin/train (uses best.pt)")
+    ap.add_argument("--pitches", required=True, metavar="P.csv",
+                    help="pitches CSV with index, start, duration, user_cnt (targets not needed)")
+    ap.add_argument("--features", metavar="FEATURES_DIR",
+                    help="entry/action/read/state.npy for these pitches (needed unless the model is tabular-only)")
+    ap.add_argument("--out", required=True, metavar="PRED.csv", help="output CSV")
+    args = ap.parse_args(argv)
+
+    net, ck = load_model(args.model)
+    if ck["personas"] != list(PERSONA_KEYS):
+        raise InputError(f"{args.model}: model was trained for personas {', '.join(ck['personas'])}")
+    pitches = read_pitches(args.pitches, with_targets=False)
+    features = None
+    if len(ck["inputs"]) > 8:
+        if not args.features:
+            raise InputError(f"--features is required: the model in {args.model} uses the persona features")
+        features = read_features(args.features, pitches["index"].to_numpy())
+    x = raw_inputs(pitches, features)
+    if x.shape[1] != len(ck["inputs"]):
+        raise InputError(f"inputs have {x.shape[1]} columns, the model expects {len(ck['inputs'])}")
+    pred = predict(net, ck, x)
+    out = pd.DataFrame(pred.astype(np.float64), columns=list(TARGET_COLUMNS))
+    out.insert(0, "index", pitches["index"].to_numpy())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    out.to_csv(args.out, index=False, float_format="%.6g")
+    return 0
