@@ -65,8 +65,8 @@ def _differences(old: Any, new: Any, where: str = "") -> list[str]:
 def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """The manifest to write: ``manifest`` when the run is new or agrees with it.
 
-    Groups (stages) are allowed to differ: a run may be extended by new stages,
-    each recorded with its version; a stage already in the run must keep its version.
+    A run may be extended: stages (``groups``) and input files (``inputs``)
+    it has not seen yet are added; those it has must be the same as before.
     """
     path = run_dir / MANIFEST
     if not path.exists():
@@ -75,17 +75,17 @@ def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         old = orjson.loads(path.read_bytes())
     except (OSError, orjson.JSONDecodeError) as e:
         raise ManifestMismatch(f"{path}: unreadable manifest ({e})") from None
-    merged_groups = {**old.get("groups", {}), **manifest.get("groups", {})}
-    diffs = _differences(
-        {**old, "groups": {k: v for k, v in old.get("groups", {}).items() if k in manifest.get("groups", {})}},
-        manifest,
-    )
+    extendable = ("groups", "inputs")
+    def common(m: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:
+        return {**m, **{k: {n: v for n, v in m.get(k, {}).items() if n in other.get(k, {})} for k in extendable}}
+
+    diffs = _differences(common(old, manifest), common(manifest, old))
     if diffs:
         raise ManifestMismatch(
             f"{run_dir} was made by a different command; differences: " + "; ".join(diffs)
             + " (use another --out, or the original settings)"
         )
-    return {**manifest, "groups": merged_groups}
+    return {**manifest, **{k: {**old.get(k, {}), **manifest.get(k, {})} for k in extendable}}
 
 
 _OK = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)","status":"ok"', re.M)
