@@ -82,7 +82,8 @@ def write_pitches(tmp_path: Path, rows: Iterable[Mapping[str, Any] | Sequence[An
 
     ``rows`` are dicts (cells outside ``columns`` are ignored, missing ones left
     empty) or sequences already in ``columns`` order. ``columns`` defaults to
-    the 33 reference columns.
+    the 33 reference columns. ``bom`` writes a UTF-8 byte-order mark first;
+    lines end with ``lineterminator`` (the authors' file uses ``\n``).
     """
     columns = list(PITCH_COLUMNS if columns is None else columns)
     path = Path(tmp_path) / name
