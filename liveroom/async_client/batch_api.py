@@ -1,0 +1,240 @@
+"""The OpenAI-compatible Batch API over aiohttp: files and batches.
+
+Only what ``bin/batch`` needs: upload a request file (``POST /files``,
+multipart, ``purpose=batch``), read a file's metadata and content, create,
+retrieve, list and cancel batches. Every call is retried with the same
+policy as chat requests (:mod:`.policy`): 408, 409, 429 (honouring
+``Retry-After``), 5xx, timeouts and dropped connections are tried again;
+401 and 403 raise :class:`~.http.Fatal` (one line, exit status 2); other
+4xx raise :class:`BatchAPIError`. The API key goes in the ``Authorization``
+header only and is masked in every message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, Awaitable, Callable, TypeVar
+
+import aiohttp
+import orjson
+
+from ..errors import LiveroomError
+from .http import Fatal, Retryable, _error_info, endpoint_host, redact, retry_after
+from .policy import retry_policy
+
+T = TypeVar("T")
+
+FILE_READY = ("processed", "uploaded")  # OpenAI says processed; some providers stop at uploaded
+FILE_FAILED = ("error", "failed", "deleted")
+
+
+class BatchAPIError(LiveroomError):
+    """The server refused a Batch API call (a 4xx other than the retryable ones)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class FileFailed(BatchAPIError):
+    """The server could not process an uploaded file."""
+
+
+class BatchClient:
+    """Calls ``{base_url}/files`` and ``{base_url}/batches``."""
+
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 120.0,
+                 upload_timeout: float = 1800.0, max_retries: int = 6, backoff: float = 1.0):
+        self.base = base_url.rstrip("/")
+        self._key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout)
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.calls = 0  # HTTP attempts, for reports
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "BatchClient":
+        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    # -- plumbing --------------------------------------------------------------------
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            async for attempt in retry_policy(self.max_retries, self.backoff, 60.0):
+                with attempt:
+                    return await call()
+        except Retryable as e:
+            raise BatchAPIError(f"{e} (gave up after {self.max_retries + 1} attempts)", e.status) from None
+        raise AssertionError("unreachable")
+
+    def _check(self, status: int, headers: Any, body: bytes, what: str) -> None:
+        if 200 <= status < 300:
+            return
+        message, code = _error_info(body)
+        message = redact(message, self._key)
+        text = f"{what}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+        if status in (401, 403):
+            raise Fatal(f"{text} (check OPENAI_API_KEY and the endpoint {endpoint_host(self.base)})")
+        if code == "insufficient_quota":
+            raise Fatal(f"{text} (the account's quota is used up)")
+        if status in (408, 409, 429) or status >= 500:
+            raise Retryable(text, retry_after(headers), status)
+        raise BatchAPIError(text, status)
+
+    async def _once(self, method: str, path: str, what: str, *, json: Any = None, data: Any = None,
+                    timeout: aiohttp.ClientTimeout | None = None) -> bytes:
+        assert self._session is not None, "use BatchClient as an async context manager"
+        self.calls += 1
+        kwargs: dict[str, Any] = {}
+        if json is not None:
+            kwargs["data"] = orjson.dumps(json)
+            kwargs["headers"] = {"Content-Type": "application/json"}
+        elif data is not None:
+            kwargs["data"] = data
+        if timeout is not None:
+            kwargs["timeout"] = timeout
+        try:
+            async with self._session.request(method, self.base + path, **kwargs) as resp:
+                body = await resp.read()
+                self._check(resp.status, resp.headers, body, what)
+                return body
+        except asyncio.TimeoutError:
+            raise Retryable(f"{what}: timed out") from None
+        except aiohttp.ClientError as e:
+            raise Retryable(redact(f"{what}: connection error: {type(e).__name__}: {e}", self._key)) from None
+
+    async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        async def call() -> dict[str, Any]:
+            body = await self._once(method, path, what, **kwargs)
+            try:
+                obj = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise Retryable(f"{what}: unreadable response body") from None
+            if not isinstance(obj, dict):
+                raise Retryable(f"{what}: response is not a JSON object")
+            return obj
+
+        return await self._retrying(call)
+
+    # -- files -----------------------------------------------------------------------
+    async def upload(self, path: Path) -> dict[str, Any]:
+        """``POST /files`` with ``purpose=batch``; the file object (has ``id``)."""
+        path = Path(path)
+
+        async def call() -> dict[str, Any]:
+            with open(path, "rb") as f:  # reopened on every attempt
+                form = aiohttp.FormData()
+                form.add_field("purpose", "batch")
+                form.add_field("file", f, filename=path.name, content_type="application/jsonl")
+                body = await self._once("POST", "/files", f"upload {path.name}", data=form,
+                                        timeout=self._upload_timeout)
+            try:
+                obj = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise Retryable(f"upload {path.name}: unreadable response body") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("id"), str):
+                raise BatchAPIError(f"upload {path.name}: the response has no file id")
+            return obj
+
+        return await self._retrying(call)
+
+    async def get_file(self, file_id: str) -> dict[str, Any] | None:
+        """A file's metadata, or None while the server does not know it (404)."""
+        try:
+            return await self._json("GET", f"/files/{file_id}", f"file {file_id}")
+        except BatchAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def wait_file(self, file_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any]:
+        """Poll ``GET /files/{id}`` until the file is usable for a batch."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            info = await self.get_file(file_id)
+            status = (info or {}).get("status")
+            if info is not None and (status in FILE_READY or status is None):
+                return info
+            if status in FILE_FAILED:
+                detail = info.get("status_details") or info.get("error") or ""
+                raise FileFailed(f"file {file_id}: status {status}" + (f": {detail}" if detail else ""))
+            if loop.time() >= deadline:
+                seen = f"status {status}" if info is not None else "not found"
+                raise LiveroomError(f"file {file_id} is still not ready after {timeout:g} s ({seen}); "
+                                    "run submit again later")
+            await asyncio.sleep(interval)
+
+    async def download(self, file_id: str, dest: Path) -> int:
+        """``GET /files/{id}/content`` into ``dest`` (atomically); the bytes written."""
+        dest = Path(dest)
+        tmp = dest.with_name(dest.name + ".part")
+
+        async def call() -> int:
+            assert self._session is not None
+            what = f"download {file_id}"
+            self.calls += 1
+            try:
+                async with self._session.get(f"{self.base}/files/{file_id}/content",
+                                             timeout=self._upload_timeout) as resp:
+                    if resp.status != 200:
+                        self._check(resp.status, resp.headers, await resp.read(), what)
+                    n = 0
+                    with open(tmp, "wb") as f:
+                        async for block in resp.content.iter_chunked(1 << 16):
+                            f.write(block)
+                            n += len(block)
+                        f.flush()
+                        os.fsync(f.fileno())
+            except asyncio.TimeoutError:
+                raise Retryable(f"{what}: timed out") from None
+            except aiohttp.ClientError as e:
+                raise Retryable(redact(f"{what}: connection error: {type(e).__name__}: {e}", self._key)) from None
+            os.replace(tmp, dest)
+            return n
+
+        try:
+            return await self._retrying(call)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    # -- batches ---------------------------------------------------------------------
+    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str = "24h",
+                           metadata: dict[str, str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint,
+                                "completion_window": completion_window}
+        if metadata:
+            body["metadata"] = metadata
+        obj = await self._json("POST", "/batches", f"create batch for {input_file_id}", json=body)
+        if not isinstance(obj.get("id"), str):
+            raise BatchAPIError(f"create batch for {input_file_id}: the response has no batch id")
+        return obj
+
+    async def get_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("GET", f"/batches/{batch_id}", f"batch {batch_id}")
+
+    async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        return await self._json("POST", f"/batches/{batch_id}/cancel", f"cancel batch {batch_id}")
+
+    async def find_batch(self, input_file_id: str, limit: int = 100) -> dict[str, Any] | None:
+        """A batch already made from ``input_file_id`` (``GET /batches``), if the server lists it.
+
+        Guards the window where a create succeeded but its answer was lost;
+        servers without the list route are taken as knowing none.
+        """
+        try:
+            obj = await self._json("GET", f"/batches?limit={limit}", "list batches")
+        except BatchAPIError:
+            return None
+        for b in obj.get("data") or ():
+            if isinstance(b, dict) and b.get("input_file_id") == input_file_id and isinstance(b.get("id"), str):
+                return b
+        return None
