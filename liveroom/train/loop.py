@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from torch import Tensor
@@ -159,12 +160,13 @@ def metric_names() -> list[str]:
     return ["epoch", "train_batch_loss", *(f"{s}_{m}" for s in SPLITS for m in per_split), "lr", "seconds"]
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=sys.stderr) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None) -> dict:
     """Train as configured; returns the summary also written to ``summary.json``.
 
     With ``resume`` the run continues from ``OUT/last.pt``: its config is
     kept, except ``epochs``, ``patience`` and ``device`` from ``cfg``.
     """
+    log = log or sys.stderr
     out = Path(cfg.out)
     last_path = out / "last.pt"
     ck = None
