@@ -1,0 +1,438 @@
+"""bin/batch end to end against the local Batch API server on loopback.
+
+The server (:mod:`liveroom.sim.batch_server`) runs in a thread of the test
+process and really processes batches with the simulator's answers; the
+commands run in-process through the same entry points as ``bin/*`` (one runs
+as a subprocess, to be killed). Real files, real HTTP, no mocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import pitch_row, write_goods, write_pitches
+from liveroom.cli import batch_main, collect_main
+from liveroom.sim.batch_server import BATCH_STATE, BatchConfig, make_app, run_batch_server
+from liveroom.sim.server import STATE, SimConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+KEY = "sk-batchtest-0123456789abcdef"
+N_PITCHES = 5
+N_REQUESTS = N_PITCHES * 3 * 8
+FAST = ("--backoff", "0.01")
+
+
+# ----------------------------------------------------------------- fixtures
+
+def make_inputs(tmp_path: Path) -> tuple[Path, Path]:
+    titles = ("清晨好物分享", "午间秒杀会场", "下班放松专场", "深夜宠粉福利", "周末家居节")
+    texts = ("全场包邮，今天限时优惠，福利多多", "这款面料柔软，大家放心买", "库存不多了，马上涨价", "",
+             "买一送一，只有今天，赶紧下单")
+    rows, goods = [], {}
+    base = dt.datetime(2024, 4, 8, 7, 20)
+    for i in range(N_PITCHES):
+        start = (base + dt.timedelta(hours=9 * i + 3)).strftime("%Y-%m-%d %H:%M")
+        rows.append(pitch_row(200 + i, start, title=titles[i], prod=f"测试商品{i}", text=texts[i]))
+        goods[start] = [[j, f"货品{i}-{j}", float(15 * (i + 1) * (j + 2))] for j in range(1 + i % 3)]
+    return write_pitches(tmp_path, rows), write_goods(tmp_path, goods)
+
+
+class Server:
+    """The Batch API server in a thread with its own event loop."""
+
+    def __init__(self, config: BatchConfig):
+        self.config = config
+        self.app = make_app(config)
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        async def start() -> None:
+            self._cm = run_batch_server(config, self.app)
+            self.url = await self._cm.__aenter__()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.run_until_complete(start())
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        assert ready.wait(10)
+
+    @property
+    def counts(self) -> dict:
+        return self.app[BATCH_STATE].stats()
+
+    @property
+    def chat_requests(self) -> int:
+        return self.app[STATE].requests
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._cm.__aexit__(None, None, None), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def server():
+    started: list[Server] = []
+
+    def start(**kw) -> Server:
+        started.append(Server(BatchConfig(sim=SimConfig(api_key=KEY), **kw)))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def env(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    return make_inputs(tmp_path)
+
+
+def batch(capsys, *argv: str) -> tuple[int, str]:
+    capsys.readouterr()
+    rc = batch_main(list(argv))
+    out = capsys.readouterr()
+    return rc, out.out + out.err
+
+
+def prepare(capsys, inputs, run: Path, url: str, *flags: str) -> tuple[int, str]:
+    pitches, goods = inputs
+    return batch(capsys, "prepare", "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
+                 "--base-url", url, *flags)
+
+
+def score(inputs, run: Path, url: str, *flags: str) -> subprocess.CompletedProcess:
+    """bin/score, as a user runs it."""
+    cmd = [sys.executable, str(ROOT / "bin" / "score"), "--pitches", str(inputs[0]), "--goods", str(inputs[1]),
+           "--out", str(run), "--base-url", url, *flags]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+def collect(capsys, pitches: Path, run: Path, out: Path) -> dict[str, np.ndarray]:
+    capsys.readouterr()
+    assert collect_main(["--pitches", str(pitches), "--run", str(run), "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    return {f: np.load(out / f"{f}.npy") for f in ("entry", "state", "action", "read")}
+
+
+def state(run: Path) -> dict:
+    return json.loads((run / "batch" / "state.json").read_text())
+
+
+def prepared_ids(run: Path) -> set[str]:
+    """custom_ids of the request files not yet submitted."""
+    out = set()
+    for s in state(run)["shards"]:
+        if not s["file_id"] and not s["batch_id"]:
+            for line in (run / "batch" / s["name"]).read_text().splitlines():
+                out.add(json.loads(line)["custom_id"])
+    return out
+
+
+def records(run: Path) -> list[dict]:
+    return [json.loads(line) for g in ("entry", "buy", "read") if (run / f"{g}.jsonl").exists()
+            for line in (run / f"{g}.jsonl").read_text().splitlines()]
+
+
+def assert_no_key(run: Path) -> None:
+    for path in run.rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+            assert b"batchtest" not in path.read_bytes(), path
+
+
+def get(url: str, path: str) -> bytes:
+    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.read()
+
+
+@pytest.fixture
+def direct(tmp_path, capsys, env, inputs):
+    """The matrices direct mode (bin/score) gives against the simulator."""
+    def run(srv: Server) -> tuple[dict[str, np.ndarray], dict]:
+        d = tmp_path / "direct"
+        p = score(inputs, d, srv.url, "--concurrency", "8")
+        assert p.returncode == 0, p.stderr
+        return collect(capsys, inputs[0], d, tmp_path / "direct-features"), json.loads(
+            (d / "manifest.json").read_text())
+    return run
+
+
+# ----------------------------------------------------------------- tests
+
+def test_full_lifecycle_equals_direct_mode(tmp_path, capsys, server, env, inputs, direct):
+    srv = server(polls_per_step=2, file_delay_s=0.3, shuffle=True, api_fail_first=2)
+    want, want_manifest = direct(srv)
+    run = tmp_path / "run"
+    rc, err = prepare(capsys, inputs, run, srv.url, "--max-requests", "50")
+    assert rc == 0, err
+    shards = state(run)["shards"]
+    assert [s["requests"] for s in shards] == [50, 50, 20]
+    line = json.loads((run / "batch" / shards[0]["name"]).read_text().splitlines()[0])
+    assert set(line) == {"custom_id", "method", "url", "body"}
+    assert line["method"] == "POST" and line["url"] == "/v1/chat/completions"
+    assert line["body"]["model"] == "gpt-4o-mini" and line["body"]["response_format"] == {"type": "json_object"}
+    # the manifest is the one bin/score writes, so bin/score can finish the run
+    assert json.loads((run / "manifest.json").read_text()) == want_manifest
+
+    rc, err = batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05", *FAST)
+    assert rc == 0, err
+    c = srv.counts
+    assert c["uploads"] == 3 and c["batches_created"] == 3 and c["injected_503"] == 2
+    assert c["file_not_found"] > 0 and c.get("create_before_visible", 0) == 0  # waited for the upload
+
+    rc, err = batch(capsys, "fetch", "--run", str(run), *FAST)
+    assert rc == 3 and "still running" in err  # without --wait: one poll
+    rc, err = batch(capsys, "fetch", "--run", str(run), "--wait", "--interval", "0.01", *FAST)
+    assert rc == 0, err
+    for status in ("in_progress", "finalizing", "completed"):
+        assert status in err
+    assert f"imported {N_REQUESTS} ok, 0 invalid, 0 error" in err
+    rc, out = batch(capsys, "status", "--run", str(run))
+    lines = out.strip().splitlines()
+    assert len(lines) == 3 and all("completed" in x and "finished" in x for x in lines)
+    assert "50/0/50" in lines[0] and "20/0/20" in lines[2]
+
+    got = collect(capsys, inputs[0], run, tmp_path / "features")
+    for f in want:
+        assert not np.isnan(got[f]).any()
+        np.testing.assert_array_equal(got[f], want[f])
+    recs = records(run)
+    assert len(recs) == N_REQUESTS and len({r["id"] for r in recs}) == N_REQUESTS
+    direct_keys = list(json.loads((tmp_path / "direct" / "buy.jsonl").read_text().splitlines()[0]))
+    for r in recs:
+        assert list(r)[:2] == ["id", "status"] and r["status"] == "ok"
+        assert (r["attempts"], r["reasks"], r["latency_ms"]) == (1, 0, None)
+        if r["stage"] == "buy":
+            assert list(r) == direct_keys
+    rc, err = prepare(capsys, inputs, run, srv.url)
+    assert rc == 0 and "nothing to prepare" in err and not prepared_ids(run)
+    rc, err = batch(capsys, "fetch", "--run", str(run))
+    assert rc == 0 and "no batch to fetch" in err
+    assert_no_key(run)
+
+
+def test_submit_twice_makes_one_batch_per_file(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry,read", "--max-bytes", "40000")[0] == 0
+    shards = state(run)["shards"]
+    assert len(shards) >= 2 and all(s["bytes"] <= 40000 for s in shards)
+    assert sum(s["requests"] for s in shards) == N_PITCHES * 2 * 8
+    rc, err = batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")
+    assert rc == 0, err
+    first = state(run)["shards"]
+    rc, err = batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")
+    assert rc == 0 and "nothing to submit" in err
+    assert state(run)["shards"] == first
+    c = srv.counts
+    assert c["uploads"] == len(shards) and c["batches_created"] == len(shards)
+    assert sorted(c["batches_per_file"].values()) == [1] * len(shards)
+    assert {s["file_id"] for s in first} == set(c["batches_per_file"])
+    rc, out = batch(capsys, "status", "--run", str(run))
+    assert rc == 0
+    for s, line in zip(first, out.strip().splitlines()):
+        assert line.startswith(s["name"]) and s["batch_id"] in line and "/" in line
+    assert_no_key(run)
+
+
+def test_crash_between_upload_and_create_resumes_without_a_new_upload(tmp_path, capsys, server, env, inputs):
+    srv = server(create_delay_s=30)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    proc = subprocess.Popen([sys.executable, str(ROOT / "bin" / "batch"), "submit", "--run", str(run),
+                             "--file-poll", "0.05"], env={**os.environ}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 20
+    while srv.counts.get("create_calls", 0) < 1:
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "slow"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # uploaded, batch creation in flight
+    proc.wait(10)
+    proc.stderr.close()
+    (shard,) = state(run)["shards"]
+    assert shard["file_id"] and not shard["batch_id"]
+    assert srv.counts["uploads"] == 1 and srv.counts.get("batches_created", 0) == 0
+
+    srv.config.create_delay_s = 0
+    rc, err = batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")
+    assert rc == 0, err
+    assert "resuming with uploaded file" in err
+    c = srv.counts
+    assert c["uploads"] == 1 and c["batches_per_file"] == {shard["file_id"]: 1}
+    rc, err = batch(capsys, "fetch", "--run", str(run), "--wait", "--interval", "0.01")
+    assert rc == 0, err
+    assert len({r["id"] for r in records(run) if r["status"] == "ok"}) == N_PITCHES * 8
+    assert_no_key(run)
+
+
+def test_import_by_hand_with_duplicates_unknown_ids_and_failures(tmp_path, capsys, server, env, inputs):
+    srv = server(error_every=9, nonjson_every=7, shuffle=True)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
+    (shard,) = state(run)["shards"]
+    for _ in range(10):  # the user watches the batch elsewhere and downloads the files by hand
+        b = json.loads(get(srv.url, f"/batches/{shard['batch_id']}"))
+        if b["status"] == "completed":
+            break
+    assert b["status"] == "completed"
+    output = get(srv.url, f"/files/{b['output_file_id']}/content").decode().splitlines()
+    errors = get(srv.url, f"/files/{b['error_file_id']}/content").decode().splitlines()
+    n_err = len(errors)
+    bad = [json.loads(x)["custom_id"] for x in output if "want" not in x and "impact" not in x]
+    assert n_err == N_REQUESTS // 9 and bad
+    out_file = tmp_path / "out.jsonl"
+    out_file.write_text("\n".join(output[::-1] + [output[0], output[3]]) + "\n")  # reversed, two duplicated
+    err_file = tmp_path / "err.jsonl"
+    unknown = dict(json.loads(errors[0]), custom_id="entry:999:Z")
+    err_file.write_text("\n".join([*errors, json.dumps(unknown), "not json at all", errors[1]]) + "\n")
+
+    rc, err = batch(capsys, "import", "--run", str(run), str(out_file), str(err_file))
+    assert rc == 1  # some requests failed
+    assert (f"imported {N_REQUESTS - n_err - len(bad)} ok, {len(bad)} invalid, {n_err} error; "
+            f"0 already ok, 3 duplicate line(s), 1 unknown id(s), 1 unreadable line(s)") in err
+    assert "entry:999:Z" in err
+    recs = records(run)
+    assert len(recs) == N_REQUESTS and len({r["id"] for r in recs}) == N_REQUESTS
+    by_status = {s: [r for r in recs if r["status"] == s] for s in ("ok", "invalid", "error")}
+    assert {r["id"] for r in by_status["invalid"]} == set(bad)
+    assert all("JSON" in r["error"] and r["reply"] for r in by_status["invalid"])
+    assert all(r["error"].startswith("HTTP 500") and r["reply"] is None for r in by_status["error"])
+    buy = next(r for r in by_status["ok"] if r["stage"] == "buy")
+    assert len(buy["scores"]["scores"]) == buy["n_items"] and buy["usage"]["total_tokens"] > 0
+    assert state(run)["shards"][0]["finished"]  # every request accounted for
+
+    # the same files again: nothing imported twice
+    rc, err = batch(capsys, "import", "--run", str(run), str(out_file), str(err_file))
+    assert "already imported, skipped" in err and len(records(run)) == N_REQUESTS
+    # re-preparing yields exactly the failures
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert prepared_ids(run) == {r["id"] for r in by_status["invalid"] + by_status["error"]}
+    # and what comes back for them fills the run
+    assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
+    srv.config.error_every = srv.config.nonjson_every = 0
+    rc, err = batch(capsys, "fetch", "--run", str(run), "--wait", "--interval", "0.01")
+    assert rc == 0, err
+    got = collect(capsys, inputs[0], run, tmp_path / "features")
+    assert not any(np.isnan(m).any() for m in got.values())
+    assert_no_key(run)
+
+
+def test_expired_batch_then_prepare_and_score_finish(tmp_path, capsys, server, env, inputs, direct):
+    srv = server(expire_after=30)
+    want, _ = direct(srv)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
+    rc, err = batch(capsys, "fetch", "--run", str(run), "--wait", "--interval", "0.01")
+    assert rc == 1 and "expired" in err
+    (shard,) = state(run)["shards"]
+    assert shard["status"] == "expired" and shard["finished"]
+    ok = {r["id"] for r in records(run) if r["status"] == "ok"}
+    assert len(ok) == 30
+    expired = [r for r in records(run) if r["status"] == "error"]
+    assert len(expired) == N_REQUESTS - 30 and all("batch_expired" in r["error"] for r in expired)
+
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    all_ids = {r["id"] for r in records(tmp_path / "direct")}
+    assert prepared_ids(run) == all_ids - ok
+    before = srv.chat_requests
+    p = score(inputs, run, srv.url)
+    assert p.returncode == 0, p.stderr
+    assert srv.chat_requests - before == N_REQUESTS - 30  # only the stragglers, in direct mode
+    got = collect(capsys, inputs[0], run, tmp_path / "features")
+    for f in want:
+        np.testing.assert_array_equal(got[f], want[f])
+    assert_no_key(run)
+
+
+def test_cancelled_batch_keeps_its_partial_output(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "read")[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
+    batch(capsys, "status", "--run", str(run))  # validating -> in_progress, half done
+    rc, err = batch(capsys, "cancel", "--run", str(run))
+    assert rc == 0 and "cancelling" in err
+    rc, err = batch(capsys, "fetch", "--run", str(run), "--wait", "--interval", "0.01")
+    assert rc == 1 and "cancelled" in err
+    n = N_PITCHES * 8
+    assert len(records(run)) == n // 2
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "read")[0] == 0
+    assert len(prepared_ids(run)) == n - n // 2
+
+
+def test_prepare_leaves_submitted_files_alone_and_replaces_the_rest(tmp_path, capsys, server, env, inputs):
+    srv = server(polls_per_step=100)  # batches stay in validating
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
+    submitted = state(run)["shards"][0]
+    # another stage: the entry requests are on their way and are not prepared again
+    rc, err = prepare(capsys, inputs, run, srv.url, "--stages", "entry,read")
+    assert rc == 0 and f"{N_PITCHES * 8} request(s) left out" in err
+    assert {i.split(":")[0] for i in prepared_ids(run)} == {"read"}
+    names = [s["name"] for s in state(run)["shards"]]
+    assert names == ["requests-0001.jsonl", "requests-0002.jsonl"]
+    rc, err = prepare(capsys, inputs, run, srv.url, "--stages", "entry,read", "--max-requests", "25")
+    assert rc == 0 and "1 earlier unsubmitted file(s) replaced" in err
+    st = state(run)["shards"]
+    assert st[0] == submitted and [s["requests"] for s in st[1:]] == [25, 15]
+    assert sorted(p.name for p in (run / "batch").glob("requests-*.jsonl") if ".meta" not in p.name) == \
+        ["requests-0001.jsonl", "requests-0002.jsonl", "requests-0003.jsonl"]
+    assert srv.counts["uploads"] == 1
+
+
+def test_bad_input_writes_nothing(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    rc, err = prepare(capsys, inputs, run, srv.url, "--stages", "entry,nope")
+    assert rc == 2 and "nope" in err and len(err.strip().splitlines()) == 1
+    assert not run.exists()
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    rc, err = prepare(capsys, inputs, run, srv.url, "--stages", "entry", "--model", "other-model")
+    assert rc == 2 and "model" in err and len(err.strip().splitlines()) == 1
+    rc, err = batch(capsys, "submit", "--run", str(run), "--base-url", "http://127.0.0.1:1/v1")
+    assert rc == 2 and "was prepared for" in err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    rc, err = batch(capsys, "import", "--run", str(tmp_path / "nowhere"), str(inputs[0]))
+    assert rc == 2 and "not a run directory" in err
+
+
+def test_wrong_key_is_one_line_fatal_and_never_written(tmp_path, capsys, server, env, inputs, monkeypatch):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-batchtest-wrong-key-000000")
+    rc, err = batch(capsys, "submit", "--run", str(run))
+    assert rc == 2 and "HTTP 401" in err and len(err.strip().splitlines()) == 1
+    assert "wrong-key" not in err
+    assert srv.counts.get("uploads", 0) == 0
+    assert_no_key(run)
