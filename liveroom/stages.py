@@ -23,7 +23,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from statistics import fmean
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Sequence
 
 import pandas as pd
 
@@ -296,13 +296,34 @@ def iter_pitches(df: pd.DataFrame, showcase: Mapping[str, list[Item]] | None = N
 
 
 def iter_requests(
-    pitches: Iterable[Pitch], stages: Sequence[Stage], personas: Sequence[Persona]
+    pitches: Iterable[Pitch],
+    stages: Sequence[Stage],
+    personas: Sequence[Persona],
+    done: Mapping[str, Container[str]] | None = None,
 ) -> Iterator[Request]:
-    """Every request, pitch by pitch, built only when pulled."""
+    """Every request not yet in ``done[stage]``, pitch by pitch, built only when pulled.
+
+    Equal to :func:`build_request` for each (stage, pitch, persona), but the
+    parts that personas share (user message, schema) and that stages share
+    (system message) are built once per pitch.
+    """
+    done = done or {}
     for pitch in pitches:
+        systems: dict[str, str] = {}
         for stage in stages:
-            for persona in personas:
-                yield build_request(stage, pitch, persona)
+            skip = done.get(stage.name, ())
+            todo = [(request_id(stage.name, pitch.index, p.key), p) for p in personas]
+            todo = [(rid, p) for rid, p in todo if rid not in skip]
+            if not todo:
+                continue
+            user, schema = stage.user(pitch), stage.schema(pitch)
+            n_items = len(pitch.items) if stage.needs_showcase else 0
+            for rid, persona in todo:
+                system = systems.get(persona.key)
+                if system is None:
+                    system = systems[persona.key] = system_message(persona, pitch.start)
+                messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+                yield Request(rid, stage.name, pitch.index, persona.key, messages, schema, n_items)
 
 
 def schema_json(stage: Stage, pitch: Pitch) -> str:

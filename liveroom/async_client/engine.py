@@ -144,18 +144,31 @@ class Engine:
             # every worker waits, not only this one
             self.limits.cooldown.trip(rs.upcoming_sleep)
 
+    async def _attempt(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
+        await self.limits.acquire(tokens)
+        tries[0] += 1
+        self.stats.sent += 1
+        reply = await self.client.complete(payload)
+        self.limits.settle(tokens, reply.usage.get("total_tokens"))
+        return reply
+
     async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
-        """One reply, through limits and retries; ``tries[0]`` counts the attempts."""
+        """One reply, through limits and retries; ``tries[0]`` counts the attempts.
+
+        Most sends succeed at once, so the retry policy is entered only after a
+        first failure, which it then counts as its first attempt.
+        """
+        try:
+            return await self._attempt(payload, tokens, tries)
+        except Retryable as e:
+            failed: list[Retryable] = [e]
         policy = retry_policy(self.config.max_retries, self.config.backoff_initial,
                               self.config.backoff_max, self._before_sleep)
         async for attempt in policy:
             with attempt:
-                await self.limits.acquire(tokens)
-                tries[0] += 1
-                self.stats.sent += 1
-                reply = await self.client.complete(payload)
-                self.limits.settle(tokens, reply.usage.get("total_tokens"))
-                return reply
+                if failed:
+                    raise failed.pop()
+                return await self._attempt(payload, tokens, tries)
         raise AssertionError("unreachable")
 
     async def _process(self, job: Job) -> dict[str, Any]:
