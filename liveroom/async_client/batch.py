@@ -58,7 +58,7 @@ from ..errors import InputError, LiveroomError
 from ..replies import ReplyError
 from ..stages import STAGES
 from .batch_api import BatchClient, FileFailed
-from .checkpoint import MANIFEST, Checkpoint, _atomic_write, check_manifest, sha256_file
+from .checkpoint import MANIFEST, Checkpoint, atomic_write, check_manifest, sha256_file
 from .http import endpoint_host, redact
 from .score import DEFAULT_BASE_URL, DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, make_plan, plan_jobs
 
@@ -104,7 +104,7 @@ def load_state(run_dir: Path) -> dict[str, Any]:
 
 
 def save_state(run_dir: Path, state: dict[str, Any]) -> None:
-    _atomic_write(batch_dir(run_dir) / STATE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
+    atomic_write(batch_dir(run_dir) / STATE, orjson.dumps(state, option=orjson.OPT_INDENT_2))
 
 
 @contextmanager

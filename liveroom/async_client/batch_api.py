@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from ..errors import LiveroomError
-from .http import Fatal, Retryable, _error_info, endpoint_host, redact, retry_after
+from .http import Fatal, Retryable, error_info, endpoint_host, redact, retry_after
 from .policy import retry_policy
 
 T = TypeVar("T")
@@ -78,7 +78,7 @@ class BatchClient:
     def _check(self, status: int, headers: Any, body: bytes, what: str) -> None:
         if 200 <= status < 300:
             return
-        message, code = _error_info(body)
+        message, code = error_info(body)
         message = redact(message, self._key)
         text = f"{what}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status in (401, 403):

@@ -41,7 +41,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -155,7 +155,7 @@ class Checkpoint:
     def open(self, manifest: dict[str, Any]) -> None:
         """Create the directory, write the manifest, repair and open every group."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.dir / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        atomic_write(self.dir / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
         for group in manifest.get("groups", {}):
             self.repair(group)
             self._files[group] = open(self.path(group), "ab", buffering=0)

@@ -86,7 +86,7 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return max(0.0, when.timestamp() - time.time()) if when else None
 
 
-def _error_info(body: bytes) -> tuple[str, str]:
+def error_info(body: bytes) -> tuple[str, str]:
     """(message, code) from an OpenAI-style error body, tolerant of anything."""
     try:
         err = orjson.loads(body).get("error") or {}
@@ -145,7 +145,7 @@ class ChatClient:
                 raise Retryable(f"unreadable response body ({e})", status=status) from None
             return Reply(text, {k: v for k, v in usage.items() if isinstance(v, int)},
                          str(data.get("model", "")), latency)
-        message, code = _error_info(body)
+        message, code = error_info(body)
         message = redact(message, self._key)
         what = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
         if status in (401, 403):

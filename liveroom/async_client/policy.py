@@ -42,7 +42,7 @@ def retry_policy(
 ) -> AsyncRetrying:
     return AsyncRetrying(
         stop=stop_after_attempt(max_retries + 1),
-        wait=wait_retry_after(wait_exponential_jitter(initial=initial, max=maximum, jitter=initial), cap=600.0),
+        wait=wait_retry_after(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial), cap=600.0),
         retry=retry_if_exception_type(Retryable),
         before_sleep=before_sleep,
         reraise=True,

@@ -29,8 +29,9 @@ def status_line(stats: Stats) -> str:
 
 
 class Progress:
-    def __init__(self, stats_of, file: TextIO = sys.stderr, every: float = 10.0, bar: bool | None = None):
+    def __init__(self, stats_of, file: TextIO | None = None, every: float = 10.0, bar: bool | None = None):
         self._stats_of = stats_of  # () -> Stats, read at each refresh
+        file = file or sys.stderr  # looked up now: stderr may have been replaced since import
         self._file = file
         self._every = every
         self._last = time.monotonic()

@@ -85,8 +85,9 @@ class FastStep:
             n = shape.numel()
             setattr(m, a, nn.Parameter(self.flat.data[offset:offset + n].view(shape)))
             offset += n
-        sizes = {"W1": H * t.in_features, "Wh": 3 * H * H, "b1": H, "bh": 3 * H, "Wo": 20 * H, "bo": 20}
-        shapes = {"W1": (H, t.in_features), "Wh": (3 * H, H), "Wo": (20, H)}
+        k = N_REG + 2 * N_SHARE
+        sizes = {"W1": H * t.in_features, "Wh": 3 * H * H, "b1": H, "bh": 3 * H, "Wo": k * H, "bo": k}
+        shapes = {"W1": (H, t.in_features), "Wh": (3 * H, H), "Wo": (k, H)}
         offset = 0
         for name, n in sizes.items():  # parameter and gradient views by group
             for prefix, buf in (("", self.flat.data), ("g", self.flat.grad)):
