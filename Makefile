@@ -25,8 +25,9 @@ test: $(STAMP)
 test-llm: $(STAMP)
 	$(BIN)/python -m pytest -q -m llm -p no:cacheprovider
 
+# LLM=local scores a few pitches through a real local LLM server instead of the simulator
 demo: $(STAMP)
-	@echo "make demo arrives with the simulator and the end-to-end pipeline (issue 5)."
+	$(BIN)/python bin/demo $(if $(filter local,$(LLM)),--llm local)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
