@@ -49,8 +49,9 @@ class Progress:
             self._bar.update(1)
             if now - self._last > 0.5:
                 s = self._stats_of()
-                self._bar.set_postfix_str(f"retries={s.retries} 429={s.throttled} invalid={s.invalid} "
-                                          f"failed={s.failed}", refresh=False)
+                tokens = (s.prompt_tokens + s.completion_tokens) / max(now - s.started, 1e-9)
+                self._bar.set_postfix_str(f"{tokens:.0f} tok/s retries={s.retries} 429={s.throttled} "
+                                          f"invalid={s.invalid} failed={s.failed}", refresh=False)
                 self._last = now
         elif now - self._last > self._every:
             print(f"progress: {status_line(self._stats_of())}", file=self._file, flush=True)
