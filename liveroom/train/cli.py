@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     ap.add_argument("--inputs", choices=("tabular", "tabular+llm"), default=d.inputs,
                     help="model inputs: the 8 tabular columns, or those plus the 32 persona features (default)")
-    ap.add_argument("--no-debias", action="store_true", help="do not weight samples by the causal-debias weight")
+    ap.add_argument("--no-debias", action="store_true", help="do not weight samples by the causal-debias weight "
+                    "(it needs the action/state features, so it is off with --inputs tabular)")
     ap.add_argument("--patience", type=int, help="stop after N epochs without a better validation loss; "
                     "0 = never (default 15, or 0 with --preset reference)")
     ap.add_argument("--kl-schedule", choices=KL_SCHEDULES, help="KL weight per batch: constant 1 (default) or "

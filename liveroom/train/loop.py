@@ -63,7 +63,7 @@ class TrainConfig:
     dropout: float = 0.1
     seed: int = 0
     inputs: str = "tabular+llm"     # or "tabular"
-    debias: bool = True
+    debias: bool = True             # causal-debias sample weights (needs the LLM features)
     patience: int = 15              # epochs without a better validation loss; 0 = never stop early
     kl_schedule: str = "constant"   # or "reference"
     standardize: bool = True
@@ -246,11 +246,13 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None) -> 
         history.append(row)
 
         improved = row["val_loss"] < best["val_loss"]
-        if improved or not cfg.select_best:
-            best = {"epoch": epoch, "val_loss": row["val_loss"], "bad_epochs": 0}
-            _save(checkpoint(net, cfg, data, epoch=epoch), out / "best.pt")
+        if improved:
+            best.update(val_loss=row["val_loss"], bad_epochs=0)
         else:
             best["bad_epochs"] += 1
+        if improved or not cfg.select_best:  # best.pt: the selected model
+            best["epoch"] = epoch
+            _save(checkpoint(net, cfg, data, epoch=epoch), out / "best.pt")
         _save(checkpoint(net, cfg, data, epoch=epoch, best=best, optimizer=opt.state_dict(),
                          scheduler=sched.state_dict(), rng=gen.get_state()), last_path)
         print(f"epoch {epoch:4d}  train loss {row['train_batch_loss']:.4f}  val loss {row['val_loss']:.4f}  "
