@@ -145,19 +145,20 @@ def make_synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, list]
     per_noun = len(TAGS) * len(BRANDS) * len(ADJECTIVES)
     noun_base = np.cumsum([0, *(len(CATEGORIES[c][0]) for c in cats)])[:-1]
     item_cat = cat[owner]
-    noun = noun_base[item_cat] + rng.integers(0, 1 << 30, total) % np.array([len(CATEGORIES[c][0]) for c in cats])[item_cat]
+    n_nouns = np.array([len(CATEGORIES[c][0]) for c in cats])[item_cat]
+    noun = noun_base[item_cat] + (rng.random(total) * n_nouns).astype(np.int64)
     names = names_table[noun * per_noun + rng.integers(0, per_noun, total)].tolist()
     items = list(map(list, zip(pos_in_room.tolist(), names, price.tolist())))
     showcase = {s: items[lo:hi] for s, lo, hi in zip(start_str.tolist(), offsets[:-1].tolist(), offsets[1:].tolist())}
 
     # transcripts: filler phrases with selling / warning phrases at random rates, shuffled
     phrases = np.array([*FILLER, *SELLING, *WARNING], dtype=object)
-    counts = np.stack([rng.integers(6, 70, n), rng.poisson(rng.uniform(0, 3.5, n)), rng.poisson(rng.uniform(0, 1.2, n))], 1)
+    counts = np.stack([rng.integers(6, 150, n), rng.poisson(rng.uniform(0, 3.5, n)), rng.poisson(rng.uniform(0, 1.2, n))], 1)
     kind_lo, kind_size = np.array([0, len(FILLER), len(FILLER) + len(SELLING)]), np.array([len(FILLER), len(SELLING), len(WARNING)])
     n_parts = counts.sum(1)
     part_kind = np.repeat(np.tile(np.arange(3), n), counts.ravel())
     part_owner = np.repeat(np.arange(n), n_parts)
-    part = kind_lo[part_kind] + rng.integers(0, 1 << 30, part_kind.size) % kind_size[part_kind]
+    part = kind_lo[part_kind] + (rng.random(part_kind.size) * kind_size[part_kind]).astype(np.int64)
     words = phrases[part[np.argsort(part_owner + rng.random(part.size))]].tolist()
     cuts = np.concatenate([[0], np.cumsum(n_parts)]).tolist()
     texts = ["".join(words[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
@@ -175,6 +176,7 @@ def make_synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, list]
     action = buy_kept[first_kept]
     pos = _word_counts(texts, POSITIVE_WORDS)
     neg = _word_counts(texts, NEGATIVE_WORDS)
+    # read_score sees the text only through the clipped counts, so one text per (pos, neg) stands for all
     read_table = np.array([[[read_score(k, "优惠" * a + "涨价" * b) for b in range(4)] for a in range(4)] for k in PERSONA_KEYS], float)
     read = read_table[:, pos, neg].T
 
