@@ -28,6 +28,9 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
     except BrokenPipeError:  # e.g. `bin/score --help | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except OSError as e:  # a path that cannot be read or written: say which, no traceback
+        print(f"{prog}: error: {e.strerror or e}" + (f": {e.filename}" if e.filename else ""), file=sys.stderr)
+        return 2
 
 
 def _command(module: str, prog: str) -> Callable[[Sequence[str] | None], int]:

@@ -130,3 +130,17 @@ def test_command_entry_runs_the_module_main(monkeypatch, capsys):
     assert entry.__name__ == "fake_cmd_main"
     assert entry(["x"]) == 2
     assert capsys.readouterr().err == "fake-cmd: error: bad ['x']\n"
+
+
+def test_run_reports_an_unwritable_path_in_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+
+    def main(argv):
+        (blocker / "sub").mkdir(parents=True)  # a file stands where a directory must go
+        return 0
+
+    assert cli.run(main, [], "collect") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("collect: error: ") and str(blocker) in err
