@@ -288,6 +288,27 @@ def test_sigterm_flushes_and_says_how_to_resume(tmp_path, sim):
     assert s.stats()["requests"] <= done + 8  # in-flight requests were let finish, nothing else sent
 
 
+def test_a_second_signal_stops_at_once(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 4)
+    s = sim("--latency-ms", "20000")  # nothing would finish within the grace period
+    run = tmp_path / "run"
+    env = {**os.environ, "OPENAI_BASE_URL": s.url}
+    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
+           "--concurrency", "8", "--grace", "60"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 30
+    while s.stats()["in_flight"] < 8 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=20)[1]
+    assert time.monotonic() - t0 < 5
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+
+
 def test_torn_last_line_is_dropped_on_resume(tmp_path, sim):
     pitches, goods = make_inputs(tmp_path, 2)
     s = sim()

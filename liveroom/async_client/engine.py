@@ -80,8 +80,13 @@ class Engine:
         self.stopped: str | None = None
         self._stop = asyncio.Event()
         self._fatal: Fatal | None = None
+        self._workers: list[asyncio.Task] = []
 
     def stop(self, reason: str = "stopped") -> None:
+        """Stop taking jobs; a second call also gives up on requests in flight."""
+        if self._stop.is_set():
+            for w in self._workers:
+                w.cancel()
         if self.stopped is None:
             self.stopped = reason
         self._stop.set()
@@ -90,7 +95,7 @@ class Engine:
         self.stats = Stats(total=total)
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._produce(jobs, queue))
-        workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
+        workers = self._workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
         all_done = asyncio.gather(*workers)
         stopping = asyncio.create_task(self._stop.wait())
         try:

@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
-                   help="seconds in-flight requests may finish after SIGINT/SIGTERM (default: %(default)s)")
+                   help="seconds in-flight requests may finish after SIGINT/SIGTERM; a second signal stops at once (default: %(default)s)")
     p.add_argument("--progress-every", type=float, default=10.0,
                    help="seconds between progress lines when stderr is not a terminal (default: %(default)s)")
     return p
