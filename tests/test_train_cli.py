@@ -1,5 +1,6 @@
 """bin/train and bin/predict through their entry points: outputs and one-line errors."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -101,6 +102,17 @@ def test_cuda_without_cuda(syn, tmp_path, capsys):
 
 def test_resume_without_checkpoint(syn, tmp_path, capsys):
     _fails(capsys, train_main, _train_args(syn, syn, tmp_path / "m") + ["--resume"], "nothing to resume")
+
+
+def test_resume_keeps_settings_unless_given(syn, tmp_path):
+    out = tmp_path / "m"
+    args = ["--pitches", str(syn / "pitches.csv"), "--features", str(syn), "--out", str(out)]
+    assert train_main(args + ["--epochs", "2", "--patience", "7", "--hidden", "8", "--preset", "reference"]) == 0
+    assert train_main(args + ["--resume", "--epochs", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["epochs_run"] == 3
+    assert summary["config"]["patience"] == 7 and summary["config"]["hidden"] == 8
+    assert summary["config"]["temperature"] == 500.0
 
 
 def test_predict_minimal_pitches(syn, model, tmp_path):

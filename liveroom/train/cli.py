@@ -25,8 +25,8 @@ def parser() -> argparse.ArgumentParser:
                     help="directory with entry/action/read/state.npy (pitches x 8) and optional index.npy; "
                          "required unless --inputs tabular")
     ap.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (created)")
-    ap.add_argument("--device", default=d.device, help="cpu, cuda or cuda:N (default cpu)")
-    ap.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    ap.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
+    ap.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
     ap.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     ap.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     ap.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay per epoch (default {d.gamma})")
@@ -43,28 +43,30 @@ def parser() -> argparse.ArgumentParser:
                     "0 = never (default 15, or 0 with --preset reference)")
     ap.add_argument("--kl-schedule", choices=KL_SCHEDULES, help="KL weight per batch: constant 1 (default) or "
                     "the reference's max(1-0.025*batch, 0)")
-    ap.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/last.pt (its settings are "
-                    "kept, except --epochs, --patience and --device)")
+    ap.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/last.pt with its settings; "
+                    "--epochs, --patience and --device, when given, override them")
     ap.add_argument("--preset", choices=tuple(PRESETS), default="default", help="see below (default: default)")
     return ap
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    d = TrainConfig("", "")
     preset = dict(PRESETS[args.preset])
     for name in ("temperature", "patience", "kl_schedule"):
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     return TrainConfig(
-        pitches=args.pitches, out=args.out, features=args.features, device=args.device, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, gamma=args.gamma, hidden=args.hidden, dropout=args.dropout,
-        seed=args.seed, inputs=args.inputs, debias=not args.no_debias, preset=args.preset, **preset)
+        pitches=args.pitches, out=args.out, features=args.features, device=args.device or d.device,
+        epochs=args.epochs or d.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
+        hidden=args.hidden, dropout=args.dropout, seed=args.seed, inputs=args.inputs, debias=not args.no_debias,
+        preset=args.preset, **preset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     for name, lo in (("epochs", 1), ("batch_size", 1), ("hidden", 1)):
-        if getattr(args, name) < lo:
+        if getattr(args, name) is not None and getattr(args, name) < lo:
             ap.error(f"--{name.replace('_', '-')} must be at least {lo}")
     if not 0 <= args.dropout < 1:
         ap.error("--dropout must be in [0, 1)")
@@ -72,7 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("--temperature must be positive")
     if args.patience is not None and args.patience < 0:
         ap.error("--patience must be 0 or more")
-    summary = train(config_from_args(args), resume=args.resume)
+    given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)
+    summary = train(config_from_args(args), resume=args.resume, overrides=given)
     test = summary["test"]
     print(f"best epoch {summary['best_epoch']}: test rmse log_gmv {test.get('rmse_log_gmv', float('nan')):.4f}, "
           f"kl watch {test.get('kl_watch', float('nan')):.4f}, kl pay {test.get('kl_pay', float('nan')):.4f}")

@@ -176,11 +176,13 @@ def metric_names() -> list[str]:
     return ["epoch", "train_batch_loss", *(f"{s}_{m}" for s in SPLITS for m in per_split), "lr", "seconds"]
 
 
-def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,
+          overrides: tuple[str, ...] = ("epochs", "patience", "device")) -> dict:
     """Train as configured; returns the summary also written to ``summary.json``.
 
     With ``resume`` the run continues from ``OUT/last.pt``: its config is
-    kept, except ``epochs``, ``patience`` and ``device`` from ``cfg``.
+    kept, except the fields named in ``overrides`` (and the input paths),
+    which are taken from ``cfg``.
     """
     log = log or sys.stderr
     out = Path(cfg.out)
@@ -190,8 +192,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None) -> 
         if not last_path.exists():
             raise InputError(f"--resume: {last_path} not found (nothing to resume)")
         ck = load_checkpoint(last_path)
-        cfg = TrainConfig.from_dict({**ck["config"], "epochs": cfg.epochs, "patience": cfg.patience,
-                                     "device": cfg.device, "pitches": cfg.pitches, "features": cfg.features})
+        keep = ("pitches", "features", *overrides)
+        cfg = TrainConfig.from_dict({**ck["config"], **{k: getattr(cfg, k) for k in keep}})
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device)
