@@ -171,7 +171,9 @@ def markdown(r: dict) -> str:
         f"# times: OMP_NUM_THREADS=1 python {cmd}",
         "```",
         "",
-        f"{n:,} synthetic pitches ({r['n_train']:,} train rows, {nb:,} batches of 16 per epoch).",
+        f"{n:,} synthetic pitches ({r['n_train']:,} train rows, {nb:,} batches of 16 per epoch), made once with "
+        f"`make_synthetic({n}, seed=0)` (as `bin/make-synthetic --n {n} --seed 0`); pitches.csv is "
+        f"{r['csv_mb']:.0f} MB.",
         "",
         "| what | time | speed-up vs the reference's 395 s epoch |",
         "| --- | ---: | ---: |",
@@ -224,6 +226,7 @@ def main() -> None:
     r: dict = {"n": args.n, "date": dt.date.today().isoformat(), "nproc": os.cpu_count(), "cpu": cpu_model()}
     r["gen"] = ensure_data(d, args.n)
     r["load_avg"] = Path("/proc/loadavg").read_text().split()[0]
+    r["csv_mb"] = (d / "pitches.csv").stat().st_size / 1e6
     r["wall"], times, r["command"] = time_command(d, d.parent / (d.name + "-model"))
     r.update(times)
     pitches = read_pitches(d / "pitches.csv", with_targets=True)
