@@ -33,7 +33,7 @@ from liveroom.layout import TARGET_COLUMNS, input_names  # noqa: E402
 from liveroom.personas import PERSONA_KEYS  # noqa: E402
 from liveroom.synthetic import make_synthetic, write_synthetic  # noqa: E402
 from liveroom.train.data import build_dataset, read_features, read_pitches  # noqa: E402
-from liveroom.train.loss import batch_loss, debias_weight, kl_weight, per_sample_loss  # noqa: E402
+from liveroom.train.loss import batch_loss, kl_weight, per_sample_loss  # noqa: E402
 from liveroom.train.model import FastStep, SalesNet  # noqa: E402
 
 REFERENCE_EPOCH_S = 395.0  # the reference on 200k pitches, batch 16, one epoch

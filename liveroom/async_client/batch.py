@@ -639,8 +639,8 @@ async def _fetch(args: argparse.Namespace, run_dir: Path, state: dict[str, Any],
         return 3
     failed = report.failed + sum(1 for s in watch if s["status"] != "completed")
     if failed:
-        print(f"batch: some requests are not ok; bin/batch prepare (then submit) or bin/score "
-              f"asks them again", file=sys.stderr)
+        print("batch: some requests are not ok; bin/batch prepare (then submit) or bin/score "
+              "asks them again", file=sys.stderr)
         return 1
     return 0
 

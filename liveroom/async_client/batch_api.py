@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 
 from ..errors import LiveroomError
-from .http import Fatal, Retryable, error_info, endpoint_host, redact, retry_after
+from .http import Rejected, Retryable, http_error, redact
 from .policy import retry_policy
 
 T = TypeVar("T")
@@ -78,16 +78,8 @@ class BatchClient:
     def _check(self, status: int, headers: Any, body: bytes, what: str) -> None:
         if 200 <= status < 300:
             return
-        message, code = error_info(body)
-        message = redact(message, self._key)
-        text = f"{what}: HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-        if status in (401, 403):
-            raise Fatal(f"{text} (check OPENAI_API_KEY and the endpoint {endpoint_host(self.base)})")
-        if code == "insufficient_quota":
-            raise Fatal(f"{text} (the account's quota is used up)")
-        if status in (408, 409, 429) or status >= 500:
-            raise Retryable(text, retry_after(headers), status)
-        raise BatchAPIError(text, status)
+        error = http_error(status, headers, body, self._key, self.base, what)
+        raise BatchAPIError(str(error), status) if isinstance(error, Rejected) else error
 
     async def _once(self, method: str, path: str, what: str, *, json: Any = None, data: Any = None,
                     timeout: aiohttp.ClientTimeout | None = None) -> bytes:

@@ -145,13 +145,25 @@ class ChatClient:
                 raise Retryable(f"unreadable response body ({e})", status=status) from None
             return Reply(text, {k: v for k, v in usage.items() if isinstance(v, int)},
                          str(data.get("model", "")), latency)
-        message, code = error_info(body)
-        message = redact(message, self._key)
-        what = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
-        if status in (401, 403):
-            raise Fatal(f"{what} (check OPENAI_API_KEY and the endpoint {endpoint_host(self.url)})")
-        if code == "insufficient_quota":
-            raise Fatal(f"{what} (the account's quota is used up)")
-        if status in (408, 409, 429) or status >= 500:
-            raise Retryable(what, retry_after(headers), status)
-        raise Rejected(what)
+        raise http_error(status, headers, body, self._key, self.url)
+
+
+def http_error(status: int, headers: Mapping[str, str], body: bytes, key: str | None, url: str,
+               what: str = "") -> Fatal | Retryable | Rejected:
+    """The error a non-2xx answer stands for, its message free of the key.
+
+    401/403 and ``insufficient_quota`` are :class:`Fatal`; 408, 409, 429 and
+    5xx :class:`Retryable` (with the server's ``Retry-After``); the rest
+    :class:`Rejected`.
+    """
+    message, code = error_info(body)
+    message = redact(message, key)
+    text = (f"{what}: " if what else "") + f"HTTP {status}" + (f" {code}" if code else "") \
+        + (f": {message}" if message else "")
+    if status in (401, 403):
+        return Fatal(f"{text} (check OPENAI_API_KEY and the endpoint {endpoint_host(url)})")
+    if code == "insufficient_quota":
+        return Fatal(f"{text} (the account's quota is used up)")
+    if status in (408, 409, 429) or status >= 500:
+        return Retryable(text, retry_after(headers), status)
+    return Rejected(text)
