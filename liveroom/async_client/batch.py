@@ -60,7 +60,7 @@ from ..stages import STAGES
 from .batch_api import BatchClient, FileFailed
 from .checkpoint import MANIFEST, Checkpoint, atomic_write, check_manifest, sha256_file
 from .http import endpoint_host, redact
-from .score import DEFAULT_BASE_URL, DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, make_plan, plan_jobs
+from .score import DEFAULT_BASE_URL, ModelParams, add_request_arguments, make_plan, plan_jobs
 
 BATCH_DIR = "batch"
 STATE = "state.json"
@@ -717,20 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "every request not yet ok in RUN_DIR (nor on its way in a submitted batch). "
                                     "Unsubmitted files of an earlier prepare are replaced. The run manifest is "
                                     "the one bin/score with the same flags writes.")
-    sp.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
-    sp.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
+    add_request_arguments(sp)
     sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
                     help="run directory (created or extended)")
-    sp.add_argument("--stages", default="entry,buy,read", help="comma-separated stages (default: %(default)s)")
-    sp.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
-    sp.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
-                    help="model name (default: $LIVEROOM_MODEL or %(default)s)")
-    sp.add_argument("--base-url", default=None,
-                    help=f"API base URL (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL})")
-    sp.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
-                    help="response_format sent (default: %(default)s)")
-    sp.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
-    sp.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
     sp.add_argument("--endpoint", default=DEFAULT_ENDPOINT,
                     help="the 'url' of each request line and the batch endpoint, e.g. /v4/chat/completions "
                          "for GLM (default: %(default)s)")

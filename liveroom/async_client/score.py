@@ -166,6 +166,24 @@ def run_loop(coro: Any) -> Any:
     return uvloop.run(coro)
 
 
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags that decide what is asked (inputs, stages, personas, model
+    parameters): the same for bin/score and bin/batch prepare, so both write
+    the same run manifest."""
+    p.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
+    p.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
+    p.add_argument("--stages", default="entry,buy,read", help="comma-separated stages (default: %(default)s)")
+    p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
+    p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
+                   help="model name (default: $LIVEROOM_MODEL or %(default)s)")
+    p.add_argument("--base-url", default=None,
+                   help=f"API base URL (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL})")
+    p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
+                   help="response_format sent to the server (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
+    p.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="score",
@@ -175,15 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
                "Exit status: 0 all done, 1 some requests failed (rerun to retry them), "
                "2 bad input or fatal API error, 130/143 interrupted (rerun to resume).",
     )
-    p.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
-    p.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
+    add_request_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
-    p.add_argument("--stages", default="entry,buy,read", help="comma-separated stages (default: %(default)s)")
-    p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
-    p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
-                   help="model name (default: $LIVEROOM_MODEL or %(default)s)")
-    p.add_argument("--base-url", default=None,
-                   help=f"API base URL (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL})")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
     p.add_argument("--rpm", type=float, help="requests per minute limit, spread evenly")
     p.add_argument("--tpm", type=float, help="tokens per minute limit (estimated, corrected by usage)")
@@ -193,10 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default: %(default)s)")
     p.add_argument("--backoff", type=float, default=1.0,
                    help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
-    p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
-                   help="response_format sent to the server (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight requests may finish after SIGINT/SIGTERM; a second signal stops at once (default: %(default)s)")
     p.add_argument("--progress-every", type=float, default=10.0,
