@@ -88,7 +88,11 @@ def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, **{k: {**old.get(k, {}), **manifest.get(k, {})} for k in extendable}}
 
 
-_OK = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)","status":"ok"', re.M)
+# a line's head, found after the newline that ends the previous line: the literal
+# prefix lets the regex engine skip ahead fast (``^`` under re.M tries every byte),
+# and the id is matched as runs of plain bytes between escapes, not byte by byte
+_OK = re.compile(rb'\n\{"id":"([^"\\]*(?:\\.[^"\\]*)*)","status":"ok"')
+SCAN_BLOCK = 1 << 24  # bytes read at a time when scanning for done ids
 
 
 class Checkpoint:
@@ -136,7 +140,19 @@ class Checkpoint:
         path = self.path(group)
         if not path.exists():
             return set()
-        return {m.decode() for m in _OK.findall(path.read_bytes())}
+        ids: set[str] = set()
+        rest = b""
+        with open(path, "rb") as f:  # block by block: memory stays flat however long the file
+            while block := f.read(SCAN_BLOCK):
+                cut = block.rfind(b"\n") + 1
+                if cut == 0:
+                    rest += block
+                    continue
+                ids.update(map(bytes.decode, _OK.findall(b"\n" + rest + block[:cut])))
+                rest = block[cut:]
+        if rest:
+            ids.update(map(bytes.decode, _OK.findall(b"\n" + rest)))
+        return ids
 
     def records(self, group: str) -> Iterator[dict[str, Any]]:
         path = self.path(group)
