@@ -312,8 +312,8 @@ def iter_requests(
         systems: dict[str, str] = {}
         for stage in stages:
             skip = done.get(stage.name, ())
-            todo = [(request_id(stage.name, pitch.index, p.key), p) for p in personas]
-            todo = [(rid, p) for rid, p in todo if rid not in skip]
+            head = f"{stage.name}:{pitch.index}:"  # request_id() without a call per persona
+            todo = [(rid, p) for p in personas if (rid := head + p.key) not in skip]
             if not todo:
                 continue
             user, schema = stage.user(pitch), stage.schema(pitch)
