@@ -6,7 +6,7 @@ default 3) and reports the median; ratios are computed within the same run.
 
     python bench/bench_engine.py all [--write-docs]      # every table (about 15 minutes)
     python bench/bench_engine.py --quick all             # small sizes, one repeat: a smoke test
-    python bench/bench_engine.py throughput|cpu|oldway|memory|resume|ratelimit
+    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit [...]
 
 Tables:
 
@@ -82,14 +82,18 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def proc_rss_mb(pid: int) -> float:
+def proc_status_mb(pid: int, key: str) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(key):
                 return int(line.split()[1]) / 1024
-    except OSError:
+    except (OSError, ValueError, IndexError):
         pass
-    return float("nan")
+    return 0.0
+
+
+def proc_rss_mb(pid: int) -> float:
+    return proc_status_mb(pid, "VmRSS:") or float("nan")
 
 
 class Child:
@@ -107,11 +111,19 @@ class Child:
         self.cpu = float("nan")
         self.user = self.sys = float("nan")
         self.maxrss_mb = float("nan")
+        self.peak_rss_mb = 0.0
+        self._hwm_at = 0.0
 
     def poll(self) -> bool:
         """True once exited (and reaped)."""
         if self.rc is not None:
             return True
+        now = time.perf_counter()
+        if now - self._hwm_at > 0.02:
+            # peak RSS of the process's own memory since exec; ru_maxrss from wait4 would also count the
+            # memory of this (forking) process, which the child inherits as its high-water mark
+            self.peak_rss_mb = max(self.peak_rss_mb, proc_status_mb(self.pid, "VmHWM:"))
+            self._hwm_at = now
         pid, status, ru = os.wait4(self.pid, os.WNOHANG)
         if pid == 0:
             return False
@@ -518,7 +530,7 @@ def bench_memory(o: argparse.Namespace, rep: Report, resume_rss: dict | None = N
                 s0 = sim.stats()["requests"]
                 ch, samples = run_until(cmd, stop_after)
                 assert ch.rc in (0, 143), ch.rc
-                peaks.append(ch.maxrss_mb)
+                peaks.append(ch.peak_rss_mb)
                 steady = [rss for t, rss in samples if t >= 5 and rss == rss]
                 at5.append(steady[0] if steady else float("nan"))
                 last.append(steady[-1] if steady else float("nan"))
@@ -532,8 +544,9 @@ def bench_memory(o: argparse.Namespace, rep: Report, resume_rss: dict | None = N
                      f"**{resume_rss['rss']:.0f}** ({resume_rss['spread']})"])
     rep.add(f"### Memory: peak RSS of bin/score\n\n"
             f"`{shown}` against the simulator at 50 ms, SIGTERM after {stop_after} s when still running "
-            f"(the queue is fed lazily, so what matters is the steady state). Peak = `ru_maxrss` of the "
-            f"process (`wait4`); RSS at 5 s and at the end are `VmRSS` samples. Median of {o.repeats}, MB "
+            f"(the queue is fed lazily, so what matters is the steady state). Peak = the process's `VmHWM` "
+            f"(/proc, polled every 20 ms until exit; `ru_maxrss` is not used because a child inherits the "
+            f"forking parent's high-water mark); RSS at 5 s and at the end are `VmRSS` samples. Median of {o.repeats}, MB "
             f"(MiB). Target: flat, <= 300 MB at 1M.\n\n"
             + table(["requests queued", "sent before stop", "RSS at 5 s", "RSS at end", "peak RSS"], rows))
     return out
@@ -609,7 +622,7 @@ def bench_resume(o: argparse.Namespace, rep: Report) -> dict:
             assert sim.stats()["requests"] - s0 == leave
             firsts.append(first)
             exits.append(ch.wall)
-            rss.append(ch.maxrss_mb)
+            rss.append(ch.peak_rss_mb)
         idle = Child(cmd).wait(300)  # nothing left: open, scan, exit
         assert idle.rc == 0
     rep.add(f"### Resume: a run directory holding 1M records\n\n"
@@ -688,9 +701,9 @@ def machine_line(load_before: str) -> str:
     return (f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} cores (`nproc`), CPU `{cpu_model()}`, "
             f"Linux {platform.release()}, Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
             f"uvloop {uvloop.__version__}; client on uvloop, simulator on asyncio, both on the same 2 cores. "
-            f"The machine was shared with other work: load average {load_before} at the start, "
-            f"{load_now()} at the end, so absolute "
-            f"numbers are noisy; ratios come from the same run.")
+            f"The machine was shared with other work (load average {load_before} when this section was "
+            f"written; each table gives its own), so absolute numbers are noisy; ratios come from the "
+            f"same run.")
 
 
 def write_docs(text: str) -> None:
@@ -711,7 +724,7 @@ COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_ol
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("table", choices=[*COMMANDS, "all", "_floor"])
+    ap.add_argument("table", nargs="+", choices=[*COMMANDS, "all", "_floor"])
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke test")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-engine")
@@ -721,7 +734,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--via-client", action="store_true")
     o = ap.parse_args(argv)
-    if o.table == "_floor":
+    if o.table == ["_floor"]:
         return floor_main(o)
     if o.quick:
         o.repeats = 1
@@ -729,22 +742,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     o.work.mkdir(parents=True, exist_ok=True)
     rep = Report()
     load = load_now()
-    names = list(COMMANDS) if o.table == "all" else [o.table]
+    names = list(COMMANDS) if "all" in o.table else [n for n in COMMANDS if n in o.table]
     resume = None
+    resume_file = o.work / "resume-result.json"
     for name in names:
+        before = len(rep.parts)
         if name == "memory":
+            if resume is None and resume_file.exists() and not o.quick:
+                resume = json.loads(resume_file.read_text())
             bench_memory(o, rep, resume)
         else:
             res = COMMANDS[name](o, rep)
             if name == "resume":
                 resume = res
-    argv_shown = " ".join(["python bench/bench_engine.py", *(sys.argv[1:] if argv is None else argv)])
-    head = (f"{SECTION}\n\n{machine_line(load)}\n\n```\n{argv_shown}\n```\n")
-    text = head + "\n" + "\n\n".join(rep.parts) + "\n"
-    print(head)
+                if not o.quick:
+                    resume_file.write_text(json.dumps(res))
+        if not o.quick:  # each table kept apart, so the section can be rebuilt from the latest of each
+            stamp = f"\n\n_Measured {dt.datetime.now():%Y-%m-%d %H:%M}, load average {load} before, {load_now()} after._"
+            (o.work / f"table-{name}.md").write_text("\n\n".join(rep.parts[before:]) + stamp + "\n")
     if o.write_docs:
-        write_docs(text)
-    (o.work / f"engine-{'-'.join(names)}.md").write_text(text)
+        parts = [(o.work / f"table-{n}.md").read_text().rstrip("\n") for n in COMMANDS
+                 if (o.work / f"table-{n}.md").exists()]
+        head = (f"{SECTION}\n\n{machine_line(load)}\n\n"
+                "```\npython bench/bench_engine.py all --write-docs      # every table, then this section\n"
+                "python bench/bench_engine.py resume memory --write-docs   # some tables again; the others are kept\n"
+                "python bench/bench_engine.py --quick all             # smoke test, writes nothing\n```\n")
+        write_docs(head + "\n" + "\n\n".join(parts) + "\n")
     return 0
 
 
