@@ -10,9 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,8 +23,7 @@ from .moment import CalendarYearError, time_features
 MAX_SHOWCASE_ITEMS = 10
 
 
-@dataclass(frozen=True)
-class Item:
+class Item(NamedTuple):
     """One showcase item as shown to the model."""
 
     idx: int
@@ -178,12 +176,10 @@ def load_showcase(path: str | Path) -> dict[str, list[Item]]:
             raise InputError(f"{path.name}: {start!r}: expected a list of [idx, name, price]")
         kept: list[Item] = []
         for n, it in enumerate(items, 1):
-            if (
-                not isinstance(it, list) or len(it) != 3
-                or not isinstance(it[0], int) or isinstance(it[0], bool)
-                or not isinstance(it[1], str)
-                or not isinstance(it[2], (int, float)) or isinstance(it[2], bool)
-                or not math.isfinite(it[2])  # json reads NaN and Infinity
+            if (  # exact types: a bool is no idx or price
+                type(it) is not list or len(it) != 3
+                or type(it[0]) is not int or type(it[1]) is not str
+                or type(it[2]) not in (int, float) or not math.isfinite(it[2])  # json reads NaN and Infinity
             ):
                 raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], got {json.dumps(it, ensure_ascii=False)[:80]}")
             if it[2] > 0 and len(kept) < MAX_SHOWCASE_ITEMS:

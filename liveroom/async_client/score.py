@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import InputError
 from ..inputs import check_showcase, load_pitches, load_showcase
 from ..personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
-from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
+from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages
 from .checkpoint import Checkpoint, check_manifest, sha256_file
 from .engine import Engine, EngineConfig, Job, Stats
 from .http import ChatClient, endpoint_host
@@ -112,12 +112,12 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
 
 
 def plan_jobs(plan: Plan, done: dict[str, set[str]]) -> tuple[Iterator[Job], int]:
-    """The jobs not yet done (built lazily) and how many there are."""
-    keys = [p.key for p in plan.personas]
-    todo = sum(
-        request_id(s.name, i, k) not in done[s.name]
-        for i in plan.pitches["index"] for s in plan.stages for k in keys
-    )
+    """The jobs not yet done (built lazily) and how many there are.
+
+    The manifest check guarantees that the run's records come from these same
+    inputs, stages and personas, so every done id is one of the planned ones.
+    """
+    todo = len(plan.pitches) * len(plan.stages) * len(plan.personas) - sum(len(done[s.name]) for s in plan.stages)
 
     def jobs() -> Iterator[Job]:
         for req in iter_requests(iter_pitches(plan.pitches, plan.showcase), plan.stages, plan.personas, done):
