@@ -32,7 +32,7 @@ local-llm: $(STAMP)
 	$(BIN)/python bin/local-llm install
 
 # LLM=local scores a few pitches through a real local LLM server instead of the simulator
-demo: $(STAMP)
+demo: $(STAMP) $(if $(filter local,$(LLM)),local-llm)
 	$(BIN)/python bin/demo $(if $(filter local,$(LLM)),--llm local)
 
 clean:

@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=80, help="training epochs at most (default: %(default)s)")
     ap.add_argument("--llm", choices=("sim", "local"), default="sim",
                     help="sim: the simulator (default); local: a few pitches through a real local LLM server")
-    ap.add_argument("--local-pitches", type=int, default=3, help="pitches to score with --llm local (default: 3)")
+    ap.add_argument("--local-pitches", type=int, default=2, help="pitches to score with --llm local (default: %(default)s)")
     args = ap.parse_args(argv)
     if args.n < 10:
         ap.error("--n must be at least 10 (the model splits 70/10/20)")
