@@ -157,14 +157,14 @@ def demo_sim(data: Path, n: int, seed: int, port: int, epochs: int) -> str:
     return report(data, sim.url, score_line, n)
 
 
-def demo_local(data: Path, n_local: int) -> str:
+def demo_local(data: Path, n_local: int, port: int) -> str:
     """A few pitches through a real local LLM (llama.cpp's server, a tiny model)."""
     make_data(data, 400, 7)
     local = data / "local"
     local.mkdir(parents=True, exist_ok=True)
     pd.read_csv(data / "pitches.csv").head(n_local).to_csv(local / "pitches.csv", index=False)
     t0 = time.monotonic()
-    p = _run(BIN / "local-llm", "run", "--", sys.executable, str(BIN / "score"),
+    p = _run(BIN / "local-llm", "run", "--port", str(port), "--", sys.executable, str(BIN / "score"),
              "--pitches", str(local / "pitches.csv"), "--goods", str(data / "goods.json"),
              "--out", str(local / "run"), "--response-format", "json_schema", "--concurrency", "4",
              "--timeout", "300", "--model", "local", check=False)
@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=400, help="pitches to generate the first time (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=7, help="(default: %(default)s)")
     ap.add_argument("--port", type=int, default=18765,
-                    help="simulator port; fixed so that a rerun resumes the same run (default: %(default)s)")
+                    help="simulator port (the local LLM server gets port+1); fixed so that a rerun resumes "
+                         "the same run (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=80, help="training epochs at most (default: %(default)s)")
     ap.add_argument("--llm", choices=("sim", "local"), default="sim",
                     help="sim: the simulator (default); local: a few pitches through a real local LLM server")
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    text = demo_local(data, args.local_pitches) if args.llm == "local" else \
+    text = demo_local(data, args.local_pitches, args.port + 1) if args.llm == "local" else \
         demo_sim(data, args.n, args.seed, args.port, args.epochs)
     print(text + f"\n(demo took {time.monotonic() - t0:.0f} s)")
     return 0
