@@ -3,7 +3,8 @@
 * requests per minute: asyncio-throttle with one slot per ``60/rpm`` seconds,
   so sends are spread evenly (never a burst of ``rpm`` at the top of a minute);
 * tokens per minute: a bucket refilled at ``tpm/60`` per second holding at
-  most ten seconds' worth, charged with an estimate before a call and
+  most one second's worth (so no 60-s window sees more than the limit
+  plus one second's tokens), charged with an estimate before a call and
   corrected by the ``usage`` the server returns;
 * a 429 trips the shared :class:`CoolDown`, pausing every worker.
 """
@@ -31,7 +32,7 @@ class CoolDown:
 
 
 class TokenBucket:
-    def __init__(self, per_minute: float, burst_seconds: float = 10.0):
+    def __init__(self, per_minute: float, burst_seconds: float = 1.0):
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self._level = self.capacity
