@@ -49,7 +49,8 @@ class TokenBucket:
         async with self._lock:
             self._refill()
             while self._level < need:
-                await asyncio.sleep((need - self._level) / self.rate)
+                # short naps: replies in flight hand back what their estimate over-charged
+                await asyncio.sleep(min(0.05, (need - self._level) / self.rate))
                 self._refill()
             self._level -= tokens
 
