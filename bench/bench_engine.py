@@ -684,7 +684,7 @@ def bench_ratelimit(o: argparse.Namespace, rep: Report) -> dict:
             f"counts (window = the busiest 60 consecutive seconds); tokens per 60-s window are the `usage` "
             f"totals of the records, binned by record `t`. The token limit charges an estimate (prompt "
             f"characters + max_tokens) before each call, corrected by the reply's usage, and allows a burst "
-            f"of 10 s worth. One run each.\n\n"
+            f"of 1 s worth. One run each.\n\n"
             + table(["limits", "seconds", "requests", "max req in a second", "mean req/s",
                      "max req in 60 s", "max tokens in 60 s", "429s"], rows))
     return out
