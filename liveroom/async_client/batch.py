@@ -49,7 +49,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import orjson
@@ -562,21 +562,33 @@ async def _submit(args: argparse.Namespace, run_dir: Path, manifest: dict[str, A
 
 # ----------------------------------------------------------------- status, fetch, cancel
 
+def live_shards(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Shards with a batch that has not ended."""
+    return [s for s in state["shards"] if s.get("batch_id") and s.get("status") not in TERMINAL]
+
+
+def update_live(args: argparse.Namespace, run_dir: Path, base_url: str,
+                call: Callable[[BatchClient, str], Awaitable[dict[str, Any]]]) -> tuple[dict[str, Any], list]:
+    """Under the run's lock, update every live shard from ``call(client, batch_id)``
+    (retrieve or cancel) and save the state; returns it and the shards updated."""
+    with locked(run_dir):
+        state = load_state(run_dir)
+        live = live_shards(state)
+
+        async def update() -> None:
+            async with _client(args, base_url) as client:
+                for s in live:
+                    update_from_batch(s, await call(client, s["batch_id"]))
+
+        asyncio.run(update())
+        save_state(run_dir, state)
+    return state, live
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     run_dir, manifest, state, base_url = _opened(args)
-    live = [s for s in state["shards"] if s.get("batch_id") and s.get("status") not in TERMINAL]
-    if live and not args.offline:
-        with locked(run_dir):
-            state = load_state(run_dir)
-            live = [s for s in state["shards"] if s.get("batch_id") and s.get("status") not in TERMINAL]
-
-            async def refresh() -> None:
-                async with _client(args, base_url) as client:
-                    for s in live:
-                        update_from_batch(s, await client.get_batch(s["batch_id"]))
-
-            asyncio.run(refresh())
-            save_state(run_dir, state)
+    if live_shards(state) and not args.offline:
+        state, _ = update_live(args, run_dir, base_url, BatchClient.get_batch)
     for s in state["shards"]:
         print(shard_line(s))
     return 0
@@ -647,18 +659,9 @@ async def _fetch(args: argparse.Namespace, run_dir: Path, state: dict[str, Any],
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     run_dir, manifest, state, base_url = _opened(args)
-    with locked(run_dir):
-        state = load_state(run_dir)
-        live = [s for s in state["shards"] if s.get("batch_id") and s.get("status") not in TERMINAL]
-
-        async def cancel() -> None:
-            async with _client(args, base_url) as client:
-                for s in live:
-                    update_from_batch(s, await client.cancel_batch(s["batch_id"]))
-                    print(f"batch: {shard_line(s)}", file=sys.stderr)
-
-        asyncio.run(cancel())
-        save_state(run_dir, state)
+    state, live = update_live(args, run_dir, base_url, BatchClient.cancel_batch)
+    for s in live:
+        print(f"batch: {shard_line(s)}", file=sys.stderr)
     if not live:
         print("batch: no running batch to cancel", file=sys.stderr)
     else:
