@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 from ..errors import InputError
 from ..inputs import check_showcase, load_pitches, load_showcase
 from ..personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
-from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages
+from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
 from .checkpoint import Checkpoint, check_manifest, sha256_file
 from .engine import Engine, EngineConfig, Job, Stats
 from .http import ChatClient, endpoint_host
@@ -120,7 +120,13 @@ def plan_jobs(plan: Plan, done: dict[str, set[str]]) -> tuple[Iterator[Job], int
     todo = len(plan.pitches) * len(plan.stages) * len(plan.personas) - sum(len(done[s.name]) for s in plan.stages)
 
     def jobs() -> Iterator[Job]:
-        for req in iter_requests(iter_pitches(plan.pitches, plan.showcase), plan.stages, plan.personas, done):
+        pitches = plan.pitches
+        if any(done.values()):  # resuming: skip finished pitches before building them
+            keys = [p.key for p in plan.personas]
+            pending = [any(request_id(s.name, int(i), k) not in done[s.name] for s in plan.stages for k in keys)
+                       for i in pitches["index"]]
+            pitches = pitches[pending]
+        for req in iter_requests(iter_pitches(pitches, plan.showcase), plan.stages, plan.personas, done):
             meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
             if req.n_items:
                 meta["n_items"] = req.n_items
