@@ -268,15 +268,8 @@ STAGES: dict[str, Stage] = {
 
 
 def build_request(stage: Stage, pitch: Pitch, persona: Persona) -> Request:
-    messages = [
-        {"role": "system", "content": system_message(persona, pitch.start)},
-        {"role": "user", "content": stage.user(pitch)},
-    ]
-    return Request(
-        id=request_id(stage.name, pitch.index, persona.key), stage=stage.name, index=pitch.index,
-        persona=persona.key, messages=messages, schema=stage.schema(pitch),
-        n_items=len(pitch.items) if stage.needs_showcase else 0,
-    )
+    """The one request for (stage, pitch, persona); :func:`iter_requests` builds them all."""
+    return next(iter_requests([pitch], [stage], [persona]))
 
 
 def reask_messages(messages: Sequence[Mapping[str, str]], reply: str, reason: str) -> list[dict[str, str]]:
@@ -303,8 +296,7 @@ def iter_requests(
 ) -> Iterator[Request]:
     """Every request not yet in ``done[stage]``, pitch by pitch, built only when pulled.
 
-    Equal to :func:`build_request` for each (stage, pitch, persona), but the
-    parts that personas share (user message, schema) and that stages share
+    The parts that personas share (user message, schema) and that stages share
     (system message) are built once per pitch.
     """
     done = done or {}
@@ -324,7 +316,3 @@ def iter_requests(
                     system = systems[persona.key] = system_message(persona, pitch.start)
                 messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
                 yield Request(rid, stage.name, pitch.index, persona.key, messages, schema, n_items)
-
-
-def schema_json(stage: Stage, pitch: Pitch) -> str:
-    return json.dumps(stage.schema(pitch), ensure_ascii=False)
