@@ -353,13 +353,21 @@ def _advance(bs: BatchState, app: web.Application, b: Batch) -> None:
         o["finalizing_at"] = int(time.time())
 
 
-async def get_batch(request: web.Request) -> web.Response:
+def _batch(request: web.Request) -> tuple[BatchState, Any] | web.Response:
+    """The state and the batch the path names, or the error response (auth, 404)."""
     if (r := _gate(request)) is not None:
         return r
     bs = request.app[BATCH_STATE]
     b = bs.batches.get(request.match_info["id"])
     if b is None:
         return _err(404, f"No such Batch object: {request.match_info['id']}", "batch_not_found")
+    return bs, b
+
+
+async def get_batch(request: web.Request) -> web.Response:
+    if isinstance(found := _batch(request), web.Response):
+        return found
+    bs, b = found
     bs.counts["batch_gets"] += 1
     _advance(bs, request.app, b)
     return _json(b.obj)
@@ -378,12 +386,9 @@ async def list_batches(request: web.Request) -> web.Response:
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
-    if (r := _gate(request)) is not None:
-        return r
-    bs = request.app[BATCH_STATE]
-    b = bs.batches.get(request.match_info["id"])
-    if b is None:
-        return _err(404, f"No such Batch object: {request.match_info['id']}", "batch_not_found")
+    if isinstance(found := _batch(request), web.Response):
+        return found
+    bs, b = found
     if b.obj["status"] in ("completed", "failed", "expired", "cancelled"):
         return _err(409, f"Cannot cancel a batch with status {b.obj['status']}", "invalid_state")
     bs.counts["cancels"] += 1
