@@ -280,10 +280,10 @@ def build_payloads(pitches: Path, goods: Path, url: str) -> list[bytes]:
     """The chat-completions bodies bin/score would send for these inputs, serialized."""
     import orjson
 
-    from liveroom.async_client.score import ModelParams, make_plan, plan_jobs
+    from liveroom.async_client.score import ModelParams, make_plan, plan_jobs, scan_done
 
     plan = make_plan(str(pitches), str(goods), "entry,buy,read", None, ModelParams(), url)
-    jobs, _ = plan_jobs(plan, {s.name: set() for s in plan.stages})
+    jobs, _ = plan_jobs(plan, scan_done(plan))
     return [orjson.dumps(j.payload) for j in jobs]
 
 

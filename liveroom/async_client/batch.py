@@ -60,7 +60,7 @@ from ..stages import STAGES
 from .batch_api import BatchClient, FileFailed
 from .checkpoint import MANIFEST, Checkpoint, atomic_write, check_manifest, sha256_file
 from .http import endpoint_host, redact
-from .score import DEFAULT_BASE_URL, ModelParams, add_request_arguments, make_plan, plan_jobs
+from .score import DEFAULT_BASE_URL, ModelParams, add_request_arguments, make_plan, plan_jobs, scan_done
 
 BATCH_DIR = "batch"
 STATE = "state.json"
@@ -401,18 +401,14 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         dropped = [s for s in state["shards"] if not submitted(s)]
         pending = set() if args.include_submitted else pending_ids(run_dir, state)
         checkpoint = Checkpoint(run_dir)
-        done: dict[str, set[str]] = {}
-        n_done = n_pending = 0
         for s in plan.stages:
             checkpoint.repair(s.name)
-            done[s.name] = checkpoint.done(s.name)
-            n_done += len(done[s.name])
-        skip = {}
-        for s in plan.stages:
-            mine = {i for i in pending if i.startswith(s.name + ":")} - done[s.name]
-            n_pending += len(mine)
-            skip[s.name] = done[s.name] | mine
-        jobs, _ = plan_jobs(plan, skip)
+        done = scan_done(plan, checkpoint)
+        n_done = done.count()
+        for s in plan.stages:  # on their way in submitted batches: not asked again
+            done.add(s.name, [i.encode() for i in pending])
+        n_pending = done.count() - n_done
+        jobs, _ = plan_jobs(plan, done)
         first = 1 + max((int(re.findall(r"\d+", s["name"])[0]) for s in kept), default=0)
         written = _write_shards(d, jobs, first, args)
         checkpoint.open(plan.manifest)  # the manifest bin/score would write

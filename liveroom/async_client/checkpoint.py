@@ -14,6 +14,7 @@ with the differences named, never silently mixed.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import re
 import time
@@ -91,8 +92,11 @@ def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 # a line's head, found after the newline that ends the previous line: the literal
 # prefix lets the regex engine skip ahead fast (``^`` under re.M tries every byte),
 # and the id is matched as runs of plain bytes between escapes, not byte by byte
-_OK = re.compile(rb'\n\{"id":"([^"\\]*(?:\\.[^"\\]*)*)","status":"ok"')
-SCAN_BLOCK = 1 << 24  # bytes read at a time when scanning for done ids
+_HEAD = rb'\{"id":"([^"\\]*(?:\\.[^"\\]*)*)","status":"ok"'
+_OK = re.compile(rb"\n" + _HEAD)
+_OK_FIRST = re.compile(_HEAD)  # the file's first line has no newline before it
+SCAN_BLOCK = 1 << 24  # bytes scanned at a time: mapped, then dropped, so memory stays flat
+_PAGE = mmap.PAGESIZE
 
 
 class Checkpoint:
@@ -135,24 +139,33 @@ class Checkpoint:
             f.truncate(keep)
             return size - keep
 
-    def done(self, group: str) -> set[str]:
-        """Ids with an ok record (fast: reads only each line's head)."""
+    def ok_ids(self, group: str) -> Iterator[list[bytes]]:
+        """Ids with an ok record, a block of the file at a time.
+
+        Fast: the file is mapped, not copied, and only each line's head is
+        read; a last line without its newline (torn by a crash) is no record.
+        """
         path = self.path(group)
-        if not path.exists():
-            return set()
-        ids: set[str] = set()
-        rest = b""
-        with open(path, "rb") as f:  # block by block: memory stays flat however long the file
-            while block := f.read(SCAN_BLOCK):
-                cut = block.rfind(b"\n") + 1
-                if cut == 0:
-                    rest += block
-                    continue
-                ids.update(map(bytes.decode, _OK.findall(b"\n" + rest + block[:cut])))
-                rest = block[cut:]
-        if rest:
-            ids.update(map(bytes.decode, _OK.findall(b"\n" + rest)))
-        return ids
+        if not path.exists() or path.stat().st_size == 0:
+            return
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            end = m.rfind(b"\n") + 1  # complete lines only
+            first = _OK_FIRST.match(m, 0, end)
+            if first:
+                yield [first.group(1)]
+            pos = 0
+            while pos < end:
+                stop = m.rfind(b"\n", pos, min(end, pos + SCAN_BLOCK)) + 1
+                if stop <= pos:  # a line longer than a block
+                    stop = m.find(b"\n", pos) + 1
+                yield _OK.findall(m, max(pos - 1, 0), stop)  # from the newline before the block
+                if hasattr(m, "madvise"):  # give the scanned pages back: they count as our memory
+                    m.madvise(mmap.MADV_DONTNEED, pos // _PAGE * _PAGE, stop // _PAGE * _PAGE - pos // _PAGE * _PAGE)
+                pos = stop
+
+    def done(self, group: str) -> set[str]:
+        """Ids with an ok record."""
+        return {orjson.loads(b'"%s"' % i) if b"\\" in i else i.decode() for ids in self.ok_ids(group) for i in ids}
 
     def records(self, group: str) -> Iterator[dict[str, Any]]:
         path = self.path(group)

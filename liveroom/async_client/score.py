@@ -17,11 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from ..errors import InputError
 from ..inputs import check_showcase, load_pitches, load_showcase
 from ..personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
-from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
+from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages
 from .checkpoint import Checkpoint, check_manifest, sha256_file
+from .done import DoneTable
 from .engine import Engine, EngineConfig, Job, Stats
 from .http import ChatClient, endpoint_host
 from .limits import Limits
@@ -111,27 +114,29 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
     return Plan(df, showcase, chosen, persona_set, params, manifest)
 
 
-def plan_jobs(plan: Plan, done: dict[str, set[str]]) -> tuple[Iterator[Job], int]:
-    """The jobs not yet done (built lazily) and how many there are.
+def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
+    """What the run directory already holds, for the planned requests (none without one)."""
+    done = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
+    for s in plan.stages if checkpoint else ():
+        for ids in checkpoint.ok_ids(s.name):
+            done.add(s.name, ids)
+    return done
 
-    The manifest check guarantees that the run's records come from these same
-    inputs, stages and personas, so every done id is one of the planned ones.
-    """
-    todo = len(plan.pitches) * len(plan.stages) * len(plan.personas) - sum(len(done[s.name]) for s in plan.stages)
+
+def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:
+    """The jobs not yet done (built lazily) and how many there are."""
+    todo = done.flags.size - done.count()
 
     def jobs() -> Iterator[Job]:
-        pitches = plan.pitches
-        if any(done.values()):  # resuming: skip finished pitches before building them
-            keys = [p.key for p in plan.personas]
-            pending = [any(request_id(s.name, int(i), k) not in done[s.name] for s in plan.stages for k in keys)
-                       for i in pitches["index"]]
-            pitches = pitches[pending]
-        for req in iter_requests(iter_pitches(pitches, plan.showcase), plan.stages, plan.personas, done):
-            meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
-            if req.n_items:
-                meta["n_items"] = req.n_items
-            yield Job(req.id, req.stage, plan.params.payload(req.messages, req.stage, req.schema),
-                      meta, estimate_tokens(req.messages, plan.params.max_tokens))
+        rows = np.flatnonzero(done.pending_rows())  # finished pitches are skipped before they are built
+        pitches = plan.pitches if len(rows) == len(plan.pitches) else plan.pitches.iloc[rows]
+        for row, pitch in zip(rows, iter_pitches(pitches, plan.showcase)):
+            for req in iter_requests((pitch,), plan.stages, plan.personas, done.done_ids(row)):
+                meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
+                if req.n_items:
+                    meta["n_items"] = req.n_items
+                yield Job(req.id, req.stage, plan.params.payload(req.messages, req.stage, req.schema),
+                          meta, estimate_tokens(req.messages, plan.params.max_tokens))
 
     return jobs(), todo
 
@@ -142,8 +147,7 @@ async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
     checkpoint = Checkpoint(run_dir)
     checkpoint.open(plan.manifest)
     try:
-        done = {s.name: checkpoint.done(s.name) for s in plan.stages}
-        jobs, todo = plan_jobs(plan, done)
+        jobs, todo = plan_jobs(plan, scan_done(plan, checkpoint))
         async with ChatClient(base_url, api_key, timeout, config.concurrency) as client:
             engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar)
