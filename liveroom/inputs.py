@@ -7,13 +7,17 @@ Every problem is an :class:`InputError` of one line that names the file, the
 
 from __future__ import annotations
 
+import codecs
 import csv
+import gc
 import json
 import math
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Mapping, NamedTuple
+from typing import Iterable, Iterator, Mapping, NamedTuple
 
 import numpy as np
+import orjson
 import pandas as pd
 
 from .errors import InputError
@@ -153,6 +157,33 @@ def load_pitches(
 
 # --------------------------------------------------------------------------- showcase
 
+def _read_json_exactly(path: Path, raw: bytes) -> object:
+    """The stdlib parser, for what the fast one refuses: its errors name the
+    line, and it reads NaN and Infinity, which are then named as bad items."""
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path.name}: cannot read: {e}") from None
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path.name} line {e.lineno}: not valid JSON ({e.msg})") from None
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a big input is built: it makes none
+    and would rescan the growing heap again and again (2-3x the load time)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+_item = tuple.__new__  # Item(...) without the Python-level __new__ of a NamedTuple: a C call per item
+
+
 def load_showcase(path: str | Path) -> dict[str, list[Item]]:
     """Read the showcase JSON: ``start`` -> list of ``[idx, name, price]``.
 
@@ -161,29 +192,38 @@ def load_showcase(path: str | Path) -> dict[str, list[Item]]:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8-sig"))
+        raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         raise InputError(f"{path.name}: cannot read: {e}") from None
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path.name} line {e.lineno}: not valid JSON ({e.msg})") from None
+    with _gc_paused():
+        return _showcase(path, raw)
+
+
+def _showcase(path: Path, raw: bytes) -> dict[str, list[Item]]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        data = _read_json_exactly(path, raw)
     if not isinstance(data, dict):
         raise InputError(f"{path.name}: expected a JSON object mapping start time to a list of items")
+    isfinite = math.isfinite
     showcase: dict[str, list[Item]] = {}
     for start, items in data.items():
         if not isinstance(items, list):
             raise InputError(f"{path.name}: {start!r}: expected a list of [idx, name, price]")
         kept: list[Item] = []
         for n, it in enumerate(items, 1):
-            if (  # exact types: a bool is no idx or price
-                type(it) is not list or len(it) != 3
-                or type(it[0]) is not int or type(it[1]) is not str
-                or type(it[2]) not in (int, float) or not math.isfinite(it[2])  # json reads NaN and Infinity
-            ):
-                raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], got {json.dumps(it, ensure_ascii=False)[:80]}")
-            if it[2] > 0 and len(kept) < MAX_SHOWCASE_ITEMS:
-                kept.append(Item(it[0], it[1], float(it[2])))
+            if type(it) is list and len(it) == 3:
+                idx, name, price = it
+                # exact types: a bool is no idx or price; json reads NaN and Infinity
+                if type(idx) is int and type(name) is str and type(price) in (int, float) and isfinite(price):
+                    if price > 0 and len(kept) < MAX_SHOWCASE_ITEMS:
+                        kept.append(_item(Item, (idx, name, float(price))))
+                    continue
+            raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], "
+                             f"got {json.dumps(it, ensure_ascii=False)[:80]}")
         showcase[start] = kept
     return showcase
 
