@@ -114,6 +114,7 @@ class ChatClient:
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=self._timeout,
             connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; parsing them costs every reply
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
         return self

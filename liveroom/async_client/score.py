@@ -28,6 +28,7 @@ from .done import DoneTable
 from .engine import Engine, EngineConfig, Job, Stats
 from .http import ChatClient, endpoint_host
 from .limits import Limits
+from .runner import run_loop
 from .progress import Progress, status_line
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -165,15 +166,6 @@ async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
         return stats, engine.stopped
     finally:
         checkpoint.close()
-
-
-def run_loop(coro: Any) -> Any:
-    """``asyncio.run``, on uvloop where it is installed (less CPU per request)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
