@@ -82,6 +82,7 @@ from typing import Any, AsyncIterator, Sequence
 import orjson
 from aiohttp import web
 
+from ..async_client.runner import run_loop
 from ..errors import LiveroomError
 from .heuristic import buy_scores, entry_score, read_score
 from .prompt import Prompt, PromptError, read_prompt
@@ -324,6 +325,7 @@ def _bad_request(st: SimState, message: str, param: str | None = None) -> web.Re
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()  # the latency counts from here, so parsing is part of it, as at a real API
     st = request.app[STATE]
     cfg = st.config
     st.requests += 1
@@ -402,7 +404,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         st.max_in_flight = st.in_flight
     try:
         if delay > 0:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
         if fault == "slow":
             await asyncio.sleep(cfg.slow_ms / 1000.0)
             fault = None
@@ -618,5 +620,5 @@ async def _serve(config: SimConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = config_from_args(build_parser().parse_args(argv))
-    asyncio.run(_serve(config))
+    run_loop(_serve(config))
     return 0
