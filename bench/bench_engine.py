@@ -287,10 +287,12 @@ def build_payloads(pitches: Path, goods: Path, url: str) -> list[bytes]:
     return [orjson.dumps(j.payload) for j in jobs]
 
 
-async def _floor_loop(url: str, bodies: list[bytes], concurrency: int, via_client: bool = False) -> None:
+async def _floor_loop(url: str, bodies: list[bytes], concurrency: int, via_client: bool = False) -> list[float]:
+    """Post every body with ``concurrency`` workers; the wall-clock time each reply came back."""
     import aiohttp
     import orjson
 
+    done: list[float] = []
     it = iter(bodies)
     if via_client:  # the project's ChatClient (timeout, headers, status handling) around the same session
         from liveroom.async_client.http import ChatClient
@@ -302,9 +304,10 @@ async def _floor_loop(url: str, bodies: list[bytes], concurrency: int, via_clien
             async def one() -> None:
                 for payload in it:
                     await client.complete(payload)
+                    done.append(time.time())
 
             await asyncio.gather(*(one() for _ in range(concurrency)))
-        return
+        return done
     async with aiohttp.ClientSession(headers={"Content-Type": "application/json"},
                                      connector=aiohttp.TCPConnector(limit=concurrency)) as session:
         async def worker() -> None:
@@ -312,22 +315,26 @@ async def _floor_loop(url: str, bodies: list[bytes], concurrency: int, via_clien
                 async with session.post(url, data=body) as resp:
                     data = orjson.loads(await resp.read())
                     assert resp.status == 200 and data["choices"][0]["message"]["content"]
+                done.append(time.time())
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return done
 
 
 def floor_main(args: argparse.Namespace) -> int:
     """Internal: a bare aiohttp loop, run as its own process; prints one JSON line."""
     import resource
 
-    import uvloop
+    from liveroom.async_client.runner import run_loop  # uvloop and the collector settings bin/score runs with
 
     bodies = build_payloads(Path(args.pitches), Path(args.goods), args.url)
     r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    uvloop.run(_floor_loop(args.url.rstrip("/") + "/chat/completions", bodies, args.concurrency, args.via_client))
+    done = run_loop(_floor_loop(args.url.rstrip("/") + "/chat/completions", bodies, args.concurrency,
+                                  args.via_client))
     r1, t1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    print(json.dumps({"requests": len(bodies), "cpu_s": cpu, "wall_s": t1 - t0}))
+    period = (len(done) - 1) / (done[-1] - done[0]) if len(done) > 1 and done[-1] > done[0] else float("nan")
+    print(json.dumps({"requests": len(bodies), "cpu_s": cpu, "wall_s": t1 - t0, "period_rate": period}))
     return 0
 
 
@@ -390,7 +397,7 @@ def bench_cpu(o: argparse.Namespace, rep: Report) -> dict:
             f"`{cmd_shown}` (C = 8, 64, 256); CPU = user + sys of the process (`wait4`), minus the start-up "
             f"cost: the same command run again over the complete run directory, which sends nothing. "
             f"Floor: `python bench/bench_engine.py _floor` posts the same bodies (built and serialized "
-            f"before timing) with one aiohttp `ClientSession` on uvloop, C workers, reading and parsing "
+            f"before timing) with one aiohttp `ClientSession` on uvloop (with the collector settings of bin/score), C workers, reading and parsing "
             f"each reply; its CPU is taken around the send loop only. Median of {o.repeats} "
             f"(min-max in brackets). Target: <= 150 us.\n\n"
             + table(["C", "requests", "bin/score us/req", "start-up CPU s", "bin/score req/s",
@@ -405,10 +412,13 @@ def ideal_rate(c: int, latency_ms: float, rpm: float | None = None) -> float:
     return min(caps)
 
 
+THROUGHPUT_POINTS = ((0, 0), (50, 0), (200, 0), (50, 25))  # (latency ms, +- jitter ms)
+
+
 def bench_throughput(o: argparse.Namespace, rep: Report) -> dict:
     rows, out, cmd_shown = [], {}, ""
-    for lat in (0, 50, 200):
-        with Sim(lat) as sim:
+    for lat, jit in THROUGHPUT_POINTS:
+        with Sim(lat, "--jitter-ms", str(jit)) as sim:
             for c in (8, 64, 256):
                 ideal = ideal_rate(c, lat)
                 if o.quick:
@@ -417,9 +427,9 @@ def bench_throughput(o: argparse.Namespace, rep: Report) -> dict:
                     requests = 10008 if lat == 0 else max(1000, int(5 * ideal))
                 pitches, goods = synthetic(o.work, math.ceil(requests / 24))
                 requests = 24 * math.ceil(requests / 24)
-                rates, client_cores, server_cores = [], [], []
+                rates, floors, client_cores, server_cores = [], [], [], []
                 for r in range(o.repeats):
-                    run = fresh(o.work / f"tp-l{lat}-c{c}-{r}")
+                    run = fresh(o.work / f"tp-l{lat}-j{jit}-c{c}-{r}")
                     cmd = score_cmd(pitches, goods, run, sim.url, c)
                     cmd_shown = show_cmd(cmd)
                     s0 = sim.cpu()
@@ -428,29 +438,35 @@ def bench_throughput(o: argparse.Namespace, rep: Report) -> dict:
                     s1 = sim.cpu()
                     rate, n = send_rate(run)
                     assert n == requests, (n, requests)
-                    ts = record_times(run)
-                    period = ts[-1] - ts[0]
                     rates.append(rate)
                     client_cores.append(ch.cpu / ch.wall)
                     server_cores.append((s1 - s0) / ch.wall)
-                m = median(rates)
+                    floors.append(run_floor(pitches, goods, sim.url, c)["period_rate"])
+                m, fl = median(rates), median(floors)
                 mif = sim.stats()["max_in_flight"]
                 ratio = m / ideal if ideal < math.inf else float("nan")
-                out[(lat, c)] = {"rate": m, "ratio": ratio}
-                rows.append([f"{lat} ms", c, f"{requests:,}", "inf" if ideal == math.inf else f"{ideal:,.0f}",
+                out[(lat, jit, c)] = {"rate": m, "ratio": ratio, "floor": fl}
+                rows.append([f"{lat} ms" + (f" +- {jit}" if jit else ""), c, f"{requests:,}",
+                             "inf" if ideal == math.inf else f"{ideal:,.0f}",
                              f"{m:,.0f} ({spread(rates)})",
                              "CPU-bound" if ideal == math.inf else f"**{ratio:.3f}**",
+                             f"{fl:,.0f} ({spread(floors)})", f"{m / fl:.2f}",
                              f"{median(client_cores):.2f}", f"{median(server_cores):.2f}", mif])
     rep.add(f"### Throughput against the ideal min(C / latency, rpm / 60)\n\n"
-            f"`{cmd_shown}` against `python bin/sim-server --port 0 --latency-ms L` (its own process), "
-            f"a fresh run directory each time. Rate = (records - 1) / (last `t` - first `t`) of the run's "
-            f"JSONL records, i.e. over the sending period only (no interpreter start-up, input loading or "
-            f"drain). Median of {o.repeats} (min-max in brackets). Client and server cores = CPU seconds of "
-            f"each process / wall seconds of the `bin/score` run (the machine has 2 cores). "
-            f"Max in flight is the server's `/stats` `max_in_flight` (at latency 0 the simulator "
-            f"answers without yielding, so it stays 1).\n\n"
-            + table(["latency", "C", "requests", "ideal req/s", "req/s", "ratio", "client cores (whole process)",
-                     "server cores", "max in flight"], rows, right=1))
+            f"`{cmd_shown}` against `python bin/sim-server --port 0 --latency-ms L [--jitter-ms J]` (its own "
+            f"process; the latency counts from the request's arrival, jitter is uniform in +- J, so the mean "
+            f"stays L), a fresh run directory each time. Rate = (records - 1) / (last `t` - first `t`) of "
+            f"the run's JSONL records, i.e. over the sending period only (no interpreter start-up, input "
+            f"loading or drain). Floor = a bare aiohttp client (`python bench/bench_engine.py _floor`: one "
+            f"`ClientSession` on uvloop, C workers posting the same pre-serialized bodies) against the same "
+            f"server, rate over its own first..last reply: the most any aiohttp client gets from this server "
+            f"on this machine. Median of {o.repeats} (min-max in brackets). Client and server cores = CPU "
+            f"seconds of each process / wall seconds of the `bin/score` run (the machine has 2 cores). "
+            f"Max in flight is the server's `/stats` `max_in_flight` (at latency 0 the simulator answers "
+            f"without yielding, so it stays 1).\n\n"
+            + table(["latency", "C", "requests", "ideal req/s", "bin/score req/s", "ratio to ideal",
+                     "floor req/s", "bin/score / floor", "client cores (whole process)", "server cores",
+                     "max in flight"], rows, right=1))
     return out
 
 
@@ -600,7 +616,7 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
 def bench_resume(o: argparse.Namespace, rep: Report) -> dict:
     n = 417 if o.quick else PITCHES_PER_1M
     leave = 312  # the last 13 pitches: the producer walks every done request before the first send
-    rows, firsts, exits, rss = [], [], [], []
+    firsts, exits, rss = [], [], []
     with Sim(0) as sim:
         run, pitches, goods, sizes, done = build_done_run(o, n, sim.url, leave)
         total = 24 * n
@@ -700,7 +716,7 @@ def machine_line(load_before: str) -> str:
 
     return (f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} cores (`nproc`), CPU `{cpu_model()}`, "
             f"Linux {platform.release()}, Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
-            f"uvloop {uvloop.__version__}; client on uvloop, simulator on asyncio, both on the same 2 cores. "
+            f"uvloop {uvloop.__version__}; client and simulator on uvloop (each its own process), both on the same 2 cores. "
             f"The machine was shared with other work (load average {load_before} when this section was "
             f"written; each table gives its own), so absolute numbers are noisy; ratios come from the "
             f"same run.")
