@@ -96,15 +96,23 @@ def proc_rss_mb(pid: int) -> float:
     return proc_status_mb(pid, "VmRSS:") or float("nan")
 
 
+def pinned(cpu: int | None) -> Any:
+    """A ``preexec_fn`` that keeps the child on core ``cpu`` (None: anywhere, or where it cannot be pinned)."""
+    if cpu is None or not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
 class Child:
     """A subprocess whose exit is reaped with ``wait4`` (CPU time and peak RSS)."""
 
-    def __init__(self, args: Sequence[str], log: Path | None = None, env: dict | None = None):
+    def __init__(self, args: Sequence[str], log: Path | None = None, env: dict | None = None,
+                 cpu: int | None = None):
         self.args = [str(a) for a in args]
         self.t0 = time.perf_counter()
         self._log = open(log, "wb") if log else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=self._log, env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=pinned(cpu))
         self.pid = self.proc.pid
         self.rc: int | None = None
         self.wall = float("nan")
@@ -162,9 +170,10 @@ class Child:
 class Sim:
     """``bin/sim-server --port 0`` in its own process."""
 
-    def __init__(self, latency_ms: float = 0.0, *flags: str):
+    def __init__(self, latency_ms: float = 0.0, *flags: str, cpu: int | None = None):
         self.proc = subprocess.Popen([PY, str(BIN / "sim-server"), "--port", "0", "--latency-ms", str(latency_ms),
-                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                     preexec_fn=pinned(cpu))
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
             self.stop()
@@ -338,10 +347,12 @@ def floor_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_floor(pitches: Path, goods: Path, url: str, concurrency: int, via_client: bool = False) -> dict:
+def run_floor(pitches: Path, goods: Path, url: str, concurrency: int, via_client: bool = False,
+              cpu: int | None = None) -> dict:
     cmd = [PY, __file__, "_floor", "--pitches", str(pitches), "--goods", str(goods), "--url", url,
            "--concurrency", str(concurrency)] + (["--via-client"] if via_client else [])
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300,
+                         preexec_fn=pinned(cpu)).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -372,20 +383,21 @@ def bench_cpu(o: argparse.Namespace, rep: Report) -> dict:
     requests = 24 * n
     rows, out = [], {}
     cmd_shown = ""
-    with Sim(0) as sim:
+    repeats = o.repeats if o.quick else max(o.repeats, 5)
+    with Sim(0, cpu=1) as sim:  # server on core 1, client on core 0: the same placement every run
         for c in o.concurrency_cpu:
             per, startup, floor, floor_rate, rates = [], [], [], [], []
-            for r in range(o.repeats):
+            for r in range(repeats):
                 run = fresh(o.work / f"cpu-c{c}-{r}")
                 cmd = score_cmd(pitches, goods, run, sim.url, c)
                 cmd_shown = show_cmd(cmd)
-                total = Child(cmd).wait(600)
+                total = Child(cmd, cpu=0).wait(600)
                 assert total.rc == 0, total.rc
-                idle = Child(cmd).wait(120)  # over a complete run: sends nothing
+                idle = Child(cmd, cpu=0).wait(120)  # over a complete run: sends nothing
                 startup.append(idle.cpu)
                 per.append((total.cpu - idle.cpu) / requests * 1e6)
                 rates.append(send_rate(run)[0])
-                f = run_floor(pitches, goods, sim.url, c)
+                f = run_floor(pitches, goods, sim.url, c, cpu=0)
                 floor.append(f["cpu_s"] / f["requests"] * 1e6)
                 floor_rate.append(f["requests"] / f["wall_s"])
             m, fl = median(per), median(floor)
@@ -398,7 +410,9 @@ def bench_cpu(o: argparse.Namespace, rep: Report) -> dict:
             f"cost: the same command run again over the complete run directory, which sends nothing. "
             f"Floor: `python bench/bench_engine.py _floor` posts the same bodies (built and serialized "
             f"before timing) with one aiohttp `ClientSession` on uvloop (with the collector settings of bin/score), C workers, reading and parsing "
-            f"each reply; its CPU is taken around the send loop only. Median of {o.repeats} "
+            f"each reply; its CPU is taken around the send loop only. Client (bin/score, floor) pinned to core 0, "
+            f"simulator to core 1 (`sched_setaffinity`): unpinned, where the scheduler put the two processes "
+            f"moved the figures by 30% between runs. Median of {repeats} "
             f"(min-max in brackets). Target: <= 150 us.\n\n"
             + table(["C", "requests", "bin/score us/req", "start-up CPU s", "bin/score req/s",
                      "floor us/req", "floor req/s", "engine over floor us", "ratio"], rows))
