@@ -4,25 +4,27 @@ Every measurement runs the real commands as separate processes (the server in
 its own process, started with ``--port 0``), repeats each point (``--repeats``,
 default 3) and reports the median; ratios are computed within the same run.
 
-    python bench/bench_engine.py all [--write-docs]      # every table (about 15 minutes)
+    python bench/bench_engine.py all [--write-docs]      # every table (about 25 minutes)
     python bench/bench_engine.py --quick all             # small sizes, one repeat: a smoke test
     python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit [...]
 
 Tables:
 
-* ``throughput``: concurrency 8/64/256 x server latency 0/50/200 ms against
-  the ideal ``min(C / latency, rpm / 60)``. The rate is taken over the sending
+* ``throughput``: concurrency 8/64/256 x server latency 0/50/200 ms (and
+  50 +- 25 ms) against the ideal ``min(C / latency, rpm / 60)`` and against a
+  bare aiohttp client on the same server. The rate is taken over the sending
   period: (records - 1) / (last ``t`` - first ``t``) of the run's JSONL, so
   interpreter start-up and input loading are not in it.
 * ``cpu``: client CPU (user + sys of the ``bin/score`` process, from
   ``wait4``) per request at latency 0, minus the start-up cost measured with
   the same command over the already complete run directory (which sends
-  nothing); and the floor: a bare aiohttp loop on uvloop posting the same
-  payloads at the same concurrency (CPU measured around the send loop only).
+  nothing), client and server pinned to their own cores; and the floor: a
+  bare aiohttp loop on uvloop posting the same payloads at the same
+  concurrency (CPU measured around the send loop only).
 * ``oldway``: 8 processes x 1 request in flight (rows ``row % 8 == i``, each
   on its own shard file and run directory, started together) against one
   ``bin/score --concurrency 64``; wall time from start to the last exit.
-* ``memory``: peak RSS (``ru_maxrss``) of ``bin/score`` with 10k/100k/1M
+* ``memory``: peak RSS (``VmHWM``) of ``bin/score`` with 10k/100k/1M
   requests queued, stopped with SIGTERM after a while; and when resuming a run
   directory holding 1M ok records.
 * ``resume``: time from process start to the first request at the server and
@@ -754,7 +756,9 @@ COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_ol
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("table", nargs="+", choices=[*COMMANDS, "all", "_floor"])
+    ap.add_argument("table", nargs="*", metavar="TABLE",
+                    help=f"{', '.join(COMMANDS)} or all (none with --write-docs: rebuild the section from the "
+                         f"saved tables)")
     ap.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke test")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-engine")
@@ -766,6 +770,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     o = ap.parse_args(argv)
     if o.table == ["_floor"]:
         return floor_main(o)
+    unknown = [t for t in o.table if t not in (*COMMANDS, "all")]
+    if unknown or not (o.table or o.write_docs):
+        ap.error(f"choose tables from {', '.join(COMMANDS)} or all" + (f" (not {', '.join(unknown)})" if unknown else ""))
     if o.quick:
         o.repeats = 1
     o.concurrency_cpu = (8, 64, 256)
@@ -796,6 +803,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         head = (f"{SECTION}\n\n{machine_line(load)}\n\n"
                 "```\npython bench/bench_engine.py all --write-docs      # every table, then this section\n"
                 "python bench/bench_engine.py resume memory --write-docs   # some tables again; the others are kept\n"
+                "python bench/bench_engine.py --write-docs             # this section again from the saved tables\n"
                 "python bench/bench_engine.py --quick all             # smoke test, writes nothing\n```\n")
         write_docs(head + "\n" + "\n\n".join(parts) + "\n")
     return 0
