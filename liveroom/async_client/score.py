@@ -28,8 +28,8 @@ from .done import DoneTable
 from .engine import Engine, EngineConfig, Job, Stats
 from .http import ChatClient, endpoint_host
 from .limits import Limits
-from .runner import run_loop
 from .progress import Progress, status_line
+from .runner import run_loop
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
