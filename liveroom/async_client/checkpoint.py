@@ -160,7 +160,8 @@ class Checkpoint:
                     stop = m.find(b"\n", pos) + 1
                 yield _OK.findall(m, max(pos - 1, 0), stop)  # from the newline before the block
                 if hasattr(m, "madvise"):  # give the scanned pages back: they count as our memory
-                    m.madvise(mmap.MADV_DONTNEED, pos // _PAGE * _PAGE, stop // _PAGE * _PAGE - pos // _PAGE * _PAGE)
+                    lo, hi = pos // _PAGE * _PAGE, stop // _PAGE * _PAGE
+                    m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
                 pos = stop
 
     def done(self, group: str) -> set[str]:
