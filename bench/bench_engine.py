@@ -59,6 +59,8 @@ from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from liveroom.process import stop_process  # noqa: E402
 BIN = ROOT / "bin"
 PY = sys.executable
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -191,13 +193,7 @@ class Sim:
         return proc_cpu(self.proc.pid)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
     def __enter__(self) -> "Sim":
         return self

