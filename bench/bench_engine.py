@@ -287,7 +287,7 @@ def build_payloads(pitches: Path, goods: Path, url: str) -> list[bytes]:
     """The chat-completions bodies bin/score would send for these inputs, serialized."""
     import orjson
 
-    from liveroom.async_client.score import ModelParams, make_plan, plan_jobs, scan_done
+    from liveroom.scoring.plan import ModelParams, make_plan, plan_jobs, scan_done
 
     plan = make_plan(str(pitches), str(goods), "entry,buy,read", None, ModelParams(), url)
     jobs, _ = plan_jobs(plan, scan_done(plan))
@@ -585,8 +585,8 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
     requests (in the order bin/score sends them); records copied from a real run for realistic sizes."""
     import orjson
 
-    from liveroom.async_client.score import DEFAULT_MODEL, ModelParams, make_plan
-    from liveroom.personas import PERSONA_KEYS
+    from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan
+    from liveroom.data.personas import PERSONA_KEYS
 
     pitches, goods = synthetic(o.work, n)
     run = o.work / f"resume-{n}"

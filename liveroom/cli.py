@@ -42,9 +42,9 @@ def _command(module: str, prog: str) -> Callable[[Sequence[str] | None], int]:
     return entry
 
 
-score_main = _command(".async_client.score", "score")
-collect_main = _command(".features", "collect")
-batch_main = _command(".async_client.batch", "batch")
+score_main = _command(".scoring.score", "score")
+collect_main = _command(".scoring.collect", "collect")
+batch_main = _command(".scoring.batch", "batch")
 train_main = _command(".train.cli", "train")
 predict_main = _command(".train.predict", "predict")
 make_synthetic_main = _command(".synthetic", "make-synthetic")

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import LiveroomError
-from .layout import PAY_TARGETS, WATCH_TARGETS
+from .data.layout import PAY_TARGETS, WATCH_TARGETS
 from .process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent

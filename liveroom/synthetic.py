@@ -3,7 +3,7 @@
 ``make_synthetic(n, seed)`` returns a pitches table (every reference column,
 rows in time order, ``index`` 0..n-1), a showcase (``start`` -> ``[idx, name,
 price]`` items) and the four persona feature matrices (n x 8, persona order of
-:data:`liveroom.personas.PERSONA_KEYS`) exactly as the simulator
+:data:`liveroom.data.personas.PERSONA_KEYS`) exactly as the simulator
 (:mod:`liveroom.sim.heuristic`) answers them:
 
 * ``entry[i, k]  = entry_score(persona k, hour of start, is_workday)``
@@ -45,9 +45,9 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
-from .layout import LLM_FEATURES, PAY_TARGETS, WATCH_TARGETS
-from .moment import time_features
-from .personas import PERSONA_KEYS
+from .data.layout import LLM_FEATURES, PAY_TARGETS, WATCH_TARGETS
+from .data.moment import time_features
+from .data.personas import PERSONA_KEYS
 from .sim.heuristic import NEGATIVE_WORDS, POSITIVE_WORDS, buy_scores, entry_score, read_score
 
 # --------------------------------------------------------------------------- word lists

@@ -14,7 +14,7 @@ import pytest
 
 from liveroom import cli
 from liveroom.errors import InputError, LiveroomError
-from liveroom.inputs import load_pitches
+from liveroom.data.inputs import load_pitches
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = sorted(p.name for p in (ROOT / "bin").iterdir() if not p.name.startswith("."))

@@ -13,7 +13,7 @@ from conftest import (
 )
 
 from liveroom.errors import InputError, LiveroomError
-from liveroom.inputs import Item, check_showcase, load_pitches, load_showcase
+from liveroom.data.inputs import Item, check_showcase, load_pitches, load_showcase
 
 NO_TIME = [c for c in PITCH_COLUMNS if c not in TIME_COLS]
 

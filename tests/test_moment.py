@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from liveroom.errors import InputError
-from liveroom.moment import CalendarYearError, day_facts, describe_moment, time_features
+from liveroom.data.moment import CalendarYearError, day_facts, describe_moment, time_features
 
 
 def at(s: str) -> dt.datetime:

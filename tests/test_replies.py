@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from liveroom.replies import ReplyError, as_score, extract_json, pick
-from liveroom.stages import parse_buy, parse_entry, parse_read
+from liveroom.prompts.replies import ReplyError, as_score, extract_json, pick
+from liveroom.prompts.stages import parse_buy, parse_entry, parse_read
 
 # --------------------------------------------------------------------------- finding the JSON
 

@@ -22,9 +22,9 @@ import pytest
 from aiohttp import web
 
 from conftest import pitch_row, write_goods, write_pitches
-from liveroom.inputs import load_showcase
-from liveroom.moment import day_facts
-from liveroom.personas import PERSONA_KEYS
+from liveroom.data.inputs import load_showcase
+from liveroom.data.moment import day_facts
+from liveroom.data.personas import PERSONA_KEYS
 from liveroom.sim.heuristic import buy_scores, entry_score, read_score
 
 ROOT = Path(__file__).resolve().parent.parent

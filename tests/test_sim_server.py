@@ -2,7 +2,7 @@
 
 Every test starts the server with ``run_server`` (or ``bin/sim-server`` in a
 subprocess) and talks to it with aiohttp; requests are built by
-``liveroom.stages`` from hand-made pitches, and replies are checked against
+``liveroom.prompts.stages`` from hand-made pitches, and replies are checked against
 the heuristic and the stages' own parsers.
 """
 
@@ -21,14 +21,14 @@ import aiohttp
 import pytest
 
 from liveroom.errors import LiveroomError
-from liveroom.inputs import Item
-from liveroom.moment import day_facts
-from liveroom.personas import DEFAULT_PERSONAS, Persona
-from liveroom.replies import ReplyError
+from liveroom.data.inputs import Item
+from liveroom.data.moment import day_facts
+from liveroom.data.personas import DEFAULT_PERSONAS, Persona
+from liveroom.prompts.replies import ReplyError
 from liveroom.sim.heuristic import PROFILES, buy_scores, entry_score, read_score
 from liveroom.sim.prompt import read_system
 from liveroom.sim.server import SimConfig, main, run_server
-from liveroom.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
+from liveroom.prompts.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 

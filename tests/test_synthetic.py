@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from liveroom.cli import make_synthetic_main
-from liveroom.inputs import check_showcase, load_pitches, load_showcase
-from liveroom.layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, TEXT_COLUMNS
-from liveroom.moment import time_features
-from liveroom.personas import PERSONA_KEYS
+from liveroom.data.inputs import check_showcase, load_pitches, load_showcase
+from liveroom.data.layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, TEXT_COLUMNS
+from liveroom.data.moment import time_features
+from liveroom.data.personas import PERSONA_KEYS
 from liveroom.sim.heuristic import NEGATIVE_WORDS, POSITIVE_WORDS, buy_scores, entry_score, read_score
 from liveroom.synthetic import make_synthetic
 

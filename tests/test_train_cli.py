@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from liveroom.cli import predict_main, train_main
-from liveroom.layout import TARGET_COLUMNS
+from liveroom.data.layout import TARGET_COLUMNS
 from liveroom.synthetic import make_synthetic, write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent

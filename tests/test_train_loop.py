@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from liveroom.layout import TARGET_COLUMNS
+from liveroom.data.layout import TARGET_COLUMNS
 from liveroom.synthetic import make_synthetic, write_synthetic
 from liveroom.train.data import raw_inputs, read_features, read_pitches
 from liveroom.train.loop import TrainConfig, metric_names, train

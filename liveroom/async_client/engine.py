@@ -19,7 +19,7 @@ from typing import Any, Iterable, Protocol
 
 from tenacity import RetryCallState
 
-from ..replies import ReplyError
+from ..prompts.replies import ReplyError
 from .checkpoint import Checkpoint
 from .http import ChatClient, Fatal, Rejected, Reply, Retryable
 from .limits import Limits

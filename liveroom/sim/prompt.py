@@ -1,6 +1,6 @@
 """Reading a scoring prompt back: which stage, which persona, what moment.
 
-The simulator sees only the chat messages, exactly as :mod:`liveroom.stages`
+The simulator sees only the chat messages, exactly as :mod:`liveroom.prompts.stages`
 builds them. :func:`read_prompt` recovers what the heuristic needs:
 
 * the **stage** from the first user message: the entry title line, the buy
@@ -14,7 +14,7 @@ builds them. :func:`read_prompt` recovers what the heuristic needs:
 
 A re-ask conversation is read from its *first* user message, so it is
 answered like the original question. The patterns are derived from the
-templates in :mod:`liveroom.stages`, so a reworded prompt is followed as long
+templates in :mod:`liveroom.prompts.stages`, so a reworded prompt is followed as long
 as it keeps its placeholders. Anything unrecognisable raises
 :class:`PromptError` (the server answers 400).
 """
@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
-from ..personas import DEFAULT_PERSONAS
-from ..stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ
+from ..data.personas import DEFAULT_PERSONAS
+from ..prompts.stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ
 
 NAME_TO_KEY: dict[str, str] = {p.name: p.key for p in DEFAULT_PERSONAS}
 UNKNOWN_PREFIX = "unknown:"  # key prefix of personas the heuristic does not know

@@ -1,6 +1,6 @@
 """``bin/sim-server``: a local OpenAI-compatible chat-completions simulator.
 
-It answers the three scoring prompts of :mod:`liveroom.stages` with a
+It answers the three scoring prompts of :mod:`liveroom.prompts.stages` with a
 documented heuristic (:mod:`liveroom.sim.heuristic`); it is not a language
 model. It lets the scoring client, the benchmarks and the tests run without a
 model server, and it injects the failures real servers produce.

@@ -21,9 +21,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..inputs import load_pitches
-from ..layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, WATCH_TARGETS, PAY_TARGETS, input_names
-from ..personas import PERSONA_KEYS
+from ..data.inputs import load_pitches
+from ..data.layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, WATCH_TARGETS, PAY_TARGETS, input_names
+from ..data.personas import PERSONA_KEYS
 from .loss import debias_weight, ylogy
 
 SPLITS = ("train", "val", "test")
@@ -78,7 +78,7 @@ def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndar
 
 
 def raw_inputs(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None) -> np.ndarray:
-    """(n, 8 or 40) float64 inputs in :func:`liveroom.layout.input_names` order."""
+    """(n, 8 or 40) float64 inputs in :func:`liveroom.data.layout.input_names` order."""
     cols = [pitches[list(TABULAR_COLUMNS)].to_numpy(np.float64)]
     if features is not None:
         cols += [features[name] for name in LLM_FEATURES]

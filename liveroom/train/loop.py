@@ -36,8 +36,8 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError, LiveroomError
-from ..layout import REGRESSION_TARGETS, TARGET_COLUMNS
-from ..personas import PERSONA_KEYS
+from ..data.layout import REGRESSION_TARGETS, TARGET_COLUMNS
+from ..data.personas import PERSONA_KEYS
 from .data import SPLITS, Dataset, build_dataset, read_features, read_pitches
 from .loss import kl, kl_weight, per_sample_loss
 from .model import FastStep, SalesNet

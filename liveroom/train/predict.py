@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from ..errors import InputError
-from ..layout import TARGET_COLUMNS
-from ..personas import PERSONA_KEYS
+from ..data.layout import TARGET_COLUMNS
+from ..data.personas import PERSONA_KEYS
 from .data import raw_inputs, read_features, read_pitches
 from .loop import TrainConfig, build_net, load_checkpoint
 

@@ -1,6 +1,6 @@
 """``bin/score``: ask every (stage, pitch, persona) question, resumably.
 
-Wires the stages (:mod:`liveroom.stages`) to the generic engine: validates
+Wires the stages (:mod:`liveroom.prompts.stages`) to the generic engine: validates
 all input before anything is sent, checks or writes the run manifest, skips
 what the checkpoint already holds, and runs the engine with progress, limits,
 retries and clean shutdown on SIGINT/SIGTERM.
@@ -13,133 +13,18 @@ import asyncio
 import os
 import signal
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
-import numpy as np
-
-from ..errors import InputError
-from ..inputs import check_showcase, load_pitches, load_showcase
-from ..personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
-from ..stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages
-from .checkpoint import Checkpoint, check_manifest, sha256_file
-from .done import DoneTable
-from .engine import Engine, EngineConfig, Job, Stats
-from .http import ChatClient, endpoint_host
-from .limits import Limits
-from .progress import Progress, status_line
-from .runner import run_loop
+from ..async_client.checkpoint import Checkpoint, check_manifest
+from ..async_client.engine import Engine, EngineConfig, Stats
+from ..async_client.http import ChatClient
+from ..async_client.limits import Limits
+from ..async_client.progress import Progress, status_line
+from ..async_client.runner import run_loop
+from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o-mini"
-RESPONSE_FORMATS = ("json_object", "json_schema", "none")
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    model: str = DEFAULT_MODEL
-    temperature: float = 0.2
-    max_tokens: int = 1000
-    response_format: str = "json_object"
-
-    def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages,
-                                "temperature": self.temperature, "max_tokens": self.max_tokens}
-        if self.response_format == "json_object":
-            body["response_format"] = {"type": "json_object"}
-        elif self.response_format == "json_schema":
-            body["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": f"{stage}_reply", "strict": True, "schema": schema}}
-        return body
-
-
-class StageTask:
-    """Validation and re-asking of replies, by stage."""
-
-    def validate(self, job: Job, text: str) -> dict[str, Any]:
-        return STAGES[job.meta["stage"]].parse(text, job.meta.get("n_items", 0))
-
-    def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
-        return {**payload, "messages": reask_messages(payload["messages"], text, reason)}
-
-
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
-    # CJK text runs about one token per character; this errs high for ASCII
-    return sum(len(m["content"]) for m in messages) + max_tokens
-
-
-@dataclass
-class Plan:
-    """Everything validated, before any request is sent."""
-
-    pitches: Any
-    showcase: dict | None
-    stages: tuple[Stage, ...]
-    personas: tuple[Persona, ...]
-    params: ModelParams
-    manifest: dict[str, Any]
-
-
-def parse_stages(text: str) -> tuple[Stage, ...]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [n for n in names if n not in STAGES]
-    if unknown or not names:
-        raise InputError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
-    return tuple(STAGES[n] for n in dict.fromkeys(names))
-
-
-def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
-              params: ModelParams, base_url: str) -> Plan:
-    chosen = parse_stages(stages)
-    persona_set = load_personas(personas) if personas else DEFAULT_PERSONAS
-    df = load_pitches(pitches)
-    showcase = None
-    inputs = {"pitches": sha256_file(pitches)}
-    if any(s.needs_showcase for s in chosen):
-        if not goods:
-            raise InputError("--goods is required when scoring stage buy")
-        showcase = load_showcase(goods)
-        check_showcase(df, showcase, Path(goods).name)
-        inputs["goods"] = sha256_file(goods)
-    manifest = {
-        "format": 1,
-        "model": params.model,
-        "endpoint": endpoint_host(base_url),
-        "params": {"temperature": params.temperature, "max_tokens": params.max_tokens,
-                   "response_format": params.response_format},
-        "groups": {s.name: s.version for s in chosen},
-        "personas": personas_json(persona_set),
-        "inputs": inputs,
-    }
-    return Plan(df, showcase, chosen, persona_set, params, manifest)
-
-
-def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
-    """What the run directory already holds, for the planned requests (none without one)."""
-    done = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
-    for s in plan.stages if checkpoint else ():
-        for ids in checkpoint.ok_ids(s.name):
-            done.add(s.name, ids)
-    return done
-
-
-def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:
-    """The jobs not yet done (built lazily) and how many there are."""
-    todo = done.flags.size - done.count()
-
-    def jobs() -> Iterator[Job]:
-        rows = np.flatnonzero(done.pending_rows())  # finished pitches are skipped before they are built
-        pitches = plan.pitches if len(rows) == len(plan.pitches) else plan.pitches.iloc[rows]
-        for row, pitch in zip(rows, iter_pitches(pitches, plan.showcase)):
-            for req in iter_requests((pitch,), plan.stages, plan.personas, done.done_ids(row)):
-                meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
-                if req.n_items:
-                    meta["n_items"] = req.n_items
-                yield Job(req.id, req.stage, plan.params.payload(req.messages, req.stage, req.schema),
-                          meta, estimate_tokens(req.messages, plan.params.max_tokens))
-
-    return jobs(), todo
 
 
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,

@@ -20,7 +20,7 @@ import numpy as np
 import orjson
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 from .layout import TEXT_COLUMNS, TIME_COLUMNS
 from .moment import CalendarYearError, time_features
 

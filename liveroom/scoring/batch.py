@@ -55,12 +55,13 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import InputError, LiveroomError
-from ..replies import ReplyError
-from ..stages import STAGES
-from .batch_api import BatchClient, FileFailed
-from .checkpoint import MANIFEST, Checkpoint, atomic_write, check_manifest, sha256_file
-from .http import endpoint_host, redact
-from .score import DEFAULT_BASE_URL, ModelParams, add_request_arguments, make_plan, plan_jobs, scan_done
+from ..prompts.replies import ReplyError
+from ..prompts.stages import STAGES
+from ..async_client.batch_api import BatchClient, FileFailed
+from ..async_client.checkpoint import MANIFEST, Checkpoint, atomic_write, check_manifest, sha256_file
+from ..async_client.http import endpoint_host, redact
+from .plan import ModelParams, make_plan, plan_jobs, scan_done
+from .score import DEFAULT_BASE_URL, add_request_arguments
 
 BATCH_DIR = "batch"
 STATE = "state.json"

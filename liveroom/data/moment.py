@@ -14,7 +14,7 @@ import chinese_calendar
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
+from ..errors import InputError
 
 WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
 HOLIDAY_NAMES = {

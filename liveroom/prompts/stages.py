@@ -27,9 +27,9 @@ from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Sequen
 
 import pandas as pd
 
-from .inputs import Item
-from .moment import describe_moment
-from .personas import Persona
+from ..data.inputs import Item
+from ..data.moment import describe_moment
+from ..data.personas import Persona
 from .replies import ReplyError, as_score, extract_json, pick
 
 TEXT_LIMIT = 1024  # transcript characters shown to the model

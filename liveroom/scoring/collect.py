@@ -19,10 +19,10 @@ from typing import Any, Sequence
 import numpy as np
 import orjson
 
-from .async_client.checkpoint import MANIFEST, Checkpoint
-from .errors import InputError, LiveroomError
-from .inputs import load_pitches
-from .stages import STAGES
+from ..async_client.checkpoint import MANIFEST, Checkpoint
+from ..errors import InputError, LiveroomError
+from ..data.inputs import load_pitches
+from ..prompts.stages import STAGES
 
 FEATURES = ("entry", "state", "action", "read")
 SHOWN_MISSING = 20

@@ -1,0 +1,1 @@
+"""Pitches in: loading and validating the input files, the calendar, personas, the column layout."""

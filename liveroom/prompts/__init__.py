@@ -1,0 +1,1 @@
+"""The questions: the stage registry (template, schema, parser, features) and reply parsing."""

@@ -1,0 +1,210 @@
+"""The plan of a run: inputs -> validated plan -> the jobs still to do.
+
+Everything here is decided before a request is sent: the stages, personas
+and model parameters, the run manifest, and which (stage, pitch, persona)
+questions the run directory already holds (a done table of one byte per
+question: a set of 1M request ids would cost 100 MB of strings).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from ..async_client.checkpoint import Checkpoint, sha256_file
+from ..async_client.engine import Job
+from ..async_client.http import endpoint_host
+from ..data.inputs import check_showcase, load_pitches, load_showcase
+from ..data.personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
+from ..errors import InputError
+from ..prompts.stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
+
+DEFAULT_MODEL = "gpt-4o-mini"
+RESPONSE_FORMATS = ("json_object", "json_schema", "none")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    model: str = DEFAULT_MODEL
+    temperature: float = 0.2
+    max_tokens: int = 1000
+    response_format: str = "json_object"
+
+    def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "messages": messages,
+                                "temperature": self.temperature, "max_tokens": self.max_tokens}
+        if self.response_format == "json_object":
+            body["response_format"] = {"type": "json_object"}
+        elif self.response_format == "json_schema":
+            body["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": f"{stage}_reply", "strict": True, "schema": schema}}
+        return body
+
+
+class StageTask:
+    """Validation and re-asking of replies, by stage."""
+
+    def validate(self, job: Job, text: str) -> dict[str, Any]:
+        return STAGES[job.meta["stage"]].parse(text, job.meta.get("n_items", 0))
+
+    def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
+        return {**payload, "messages": reask_messages(payload["messages"], text, reason)}
+
+
+def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    # CJK text runs about one token per character; this errs high for ASCII
+    return sum(len(m["content"]) for m in messages) + max_tokens
+
+
+@dataclass
+class Plan:
+    """Everything validated, before any request is sent."""
+
+    pitches: Any
+    showcase: dict | None
+    stages: tuple[Stage, ...]
+    personas: tuple[Persona, ...]
+    params: ModelParams
+    manifest: dict[str, Any]
+
+
+def parse_stages(text: str) -> tuple[Stage, ...]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [n for n in names if n not in STAGES]
+    if unknown or not names:
+        raise InputError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
+    return tuple(STAGES[n] for n in dict.fromkeys(names))
+
+
+def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
+              params: ModelParams, base_url: str) -> Plan:
+    chosen = parse_stages(stages)
+    persona_set = load_personas(personas) if personas else DEFAULT_PERSONAS
+    df = load_pitches(pitches)
+    showcase = None
+    inputs = {"pitches": sha256_file(pitches)}
+    if any(s.needs_showcase for s in chosen):
+        if not goods:
+            raise InputError("--goods is required when scoring stage buy")
+        showcase = load_showcase(goods)
+        check_showcase(df, showcase, Path(goods).name)
+        inputs["goods"] = sha256_file(goods)
+    manifest = {
+        "format": 1,
+        "model": params.model,
+        "endpoint": endpoint_host(base_url),
+        "params": {"temperature": params.temperature, "max_tokens": params.max_tokens,
+                   "response_format": params.response_format},
+        "groups": {s.name: s.version for s in chosen},
+        "personas": personas_json(persona_set),
+        "inputs": inputs,
+    }
+    return Plan(df, showcase, chosen, persona_set, params, manifest)
+
+
+def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
+    """What the run directory already holds, for the planned requests (none without one)."""
+    done = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
+    for s in plan.stages if checkpoint else ():
+        for ids in checkpoint.ok_ids(s.name):
+            done.add(s.name, ids)
+    return done
+
+
+def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:
+    """The jobs not yet done (built lazily) and how many there are."""
+    todo = done.flags.size - done.count()
+
+    def jobs() -> Iterator[Job]:
+        rows = np.flatnonzero(done.pending_rows())  # finished pitches are skipped before they are built
+        pitches = plan.pitches if len(rows) == len(plan.pitches) else plan.pitches.iloc[rows]
+        for row, pitch in zip(rows, iter_pitches(pitches, plan.showcase)):
+            for req in iter_requests((pitch,), plan.stages, plan.personas, done.done_ids(row)):
+                meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
+                if req.n_items:
+                    meta["n_items"] = req.n_items
+                yield Job(req.id, req.stage, plan.params.payload(req.messages, req.stage, req.schema),
+                          meta, estimate_tokens(req.messages, plan.params.max_tokens))
+
+    return jobs(), todo
+
+
+
+# ----------------------------------------------------------------- done table
+
+_INDEX = re.compile(rb"-?[0-9]{1,18}")
+
+
+class _Numbers(dict):
+    """Persona key (bytes) -> its number; -1 for a key not planned."""
+
+    def __missing__(self, key: bytes) -> int:
+        return -1
+
+
+def _split(stage: bytes, ids: list[bytes], personas: _Numbers) -> tuple[np.ndarray, np.ndarray]:
+    """Pitch index and persona number of each ``stage:index:persona`` id of
+    ``stage``; ids of another shape or stage are left out."""
+    parts = b":".join(ids).split(b":")  # stage, index, persona, stage, index, ...
+    if len(parts) == 3 * len(ids) and parts[0::3].count(stage) == len(ids):  # the usual case
+        try:
+            index = np.fromiter(map(int, parts[1::3]), np.int64, len(ids))
+        except (ValueError, OverflowError):
+            pass
+        else:
+            return index, np.fromiter(map(personas.__getitem__, parts[2::3]), np.int64, len(ids))
+    good = [t for t in (i.split(b":") for i in ids) if len(t) == 3 and t[0] == stage and _INDEX.fullmatch(t[1])]
+    return (np.array([int(t[1]) for t in good], dtype=np.int64),
+            np.array([personas[t[2]] for t in good], dtype=np.int64))
+
+
+class DoneTable:
+    """Done flags for the planned requests: ``stages`` x pitch ``indices`` x ``personas``."""
+
+    def __init__(self, indices: Sequence[int], stages: Sequence[str], personas: Sequence[str]):
+        self._indices = indices = np.asarray(indices, dtype=np.int64)
+        self._order = np.argsort(indices, kind="stable")
+        self._sorted = indices[self._order]
+        self._stage = {s: i for i, s in enumerate(stages)}
+        self._persona = {p: i for i, p in enumerate(personas)}
+        self._numbers = _Numbers((p.encode(), i) for p, i in self._persona.items())
+        self.flags = np.zeros((len(stages), len(indices), len(personas)), dtype=bool)
+
+    def _rows(self, index: np.ndarray) -> np.ndarray:
+        """Row in file order of each pitch index; -1 where the index is not planned."""
+        if not len(self._sorted):
+            return np.full(len(index), -1)
+        pos = np.searchsorted(self._sorted, index).clip(max=len(self._sorted) - 1)
+        return np.where(self._sorted[pos] == index, self._order[pos], -1)
+
+    def add(self, stage: str, ids: Iterable[bytes]) -> None:
+        """Mark ``ids`` of ``stage`` done; ids outside the plan are ignored."""
+        ids = list(ids)
+        s = self._stage.get(stage)
+        if s is None or not ids:
+            return
+        index, persona = _split(stage.encode(), ids, self._numbers)
+        rows = self._rows(index)
+        ok = (rows >= 0) & (persona >= 0)
+        self.flags[s, rows[ok], persona[ok]] = True
+
+    def count(self) -> int:
+        return int(self.flags.sum())
+
+    def pending_rows(self) -> np.ndarray:
+        """Boolean per pitch row: some request of it is not done."""
+        return ~self.flags.all(axis=(0, 2))
+
+    def done_ids(self, row: int) -> dict[str, set[str]]:
+        """The done request ids of the pitch in ``row``, by stage (usually none)."""
+        flags = self.flags[:, row]
+        if not flags.any():
+            return {}
+        index = int(self._indices[row])
+        personas = list(self._persona)
+        return {stage: {request_id(stage, index, personas[k]) for k in np.flatnonzero(flags[s])}
+                for stage, s in self._stage.items()}
