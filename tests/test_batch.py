@@ -25,8 +25,10 @@ import pytest
 
 from conftest import pitch_row, write_goods, write_pitches
 from liveroom.cli import batch_main, collect_main
-from liveroom.sim.batch_server import BATCH_STATE, BatchConfig, make_app, run_batch_server
-from liveroom.sim.server import STATE, SimConfig
+from liveroom.sim.batch_jobs import BatchConfig
+from liveroom.sim.batch_server import BATCH_STATE, make_app, run_batch_server
+from liveroom.sim.chat_server import STATE
+from liveroom.sim.config import SimConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY = "sk-batchtest-0123456789abcdef"

@@ -20,15 +20,17 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from liveroom.errors import LiveroomError
 from liveroom.data.inputs import Item
 from liveroom.data.moment import day_facts
 from liveroom.data.personas import DEFAULT_PERSONAS, Persona
+from liveroom.errors import LiveroomError
 from liveroom.prompts.replies import ReplyError
+from liveroom.prompts.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
+from liveroom.sim.chat_server import run_server
+from liveroom.sim.config import SimConfig
 from liveroom.sim.heuristic import PROFILES, buy_scores, entry_score, read_score
 from liveroom.sim.prompt import read_system
-from liveroom.sim.server import SimConfig, main, run_server
-from liveroom.prompts.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
+from liveroom.sim.server import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

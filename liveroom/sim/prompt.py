@@ -4,7 +4,9 @@ The simulator sees only the chat messages, exactly as :mod:`liveroom.prompts.sta
 builds them. :func:`read_prompt` recovers what the heuristic needs:
 
 * the **stage** from the first user message: the entry title line, the buy
-  item lines ``#i 【name】 单价【p】元``, or the read transcript inside 「」;
+  item lines ``#i 【name】 单价【p】元``, or the read transcript inside 「」,
+  named as the stage registry :data:`~liveroom.prompts.stages.STAGES` names
+  the stage asking that template;
 * the **persona** from the system message's ``身份：<name>，年龄`` (a name
   outside :data:`DEFAULT_PERSONAS` gives a key the heuristic does not know,
   i.e. its neutral profile);
@@ -21,13 +23,15 @@ as it keeps its placeholders. Anything unrecognisable raises
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Sequence
 
+from ..data.inputs import Item
 from ..data.personas import DEFAULT_PERSONAS
-from ..prompts.stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ
+from ..prompts.stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ, STAGES, Pitch
 
 NAME_TO_KEY: dict[str, str] = {p.name: p.key for p in DEFAULT_PERSONAS}
 UNKNOWN_PREFIX = "unknown:"  # key prefix of personas the heuristic does not know
@@ -39,7 +43,7 @@ class PromptError(ValueError):
 
 @dataclass(frozen=True)
 class Prompt:
-    stage: str                       # "entry", "buy" or "read"
+    stage: str                       # ENTRY_STAGE, BUY_STAGE or READ_STAGE
     persona: str                     # persona key (unknown names: "unknown:<name>")
     hour: int | None = None          # hour of the moment, None when not stated
     workday: bool = False            # today is a workday (incl. a swapped working day)
@@ -58,6 +62,22 @@ BUY_HEAD = _literal(BUY.split("{title}")[0])
 READ_HEAD = _literal(READ.split("{prod}")[0])
 READ_OPEN = _literal(READ.split("{prod}")[1].split("{text}")[0])   # ... ends with 「
 READ_TAIL = _literal(READ.split("{text}")[1])                        # starts with 」
+
+_PROBE = Pitch(0, dt.datetime(2024, 1, 1), "t", "p", "x", (Item(1, "n", 1.0),))
+
+
+def _stage_asking(head: str) -> str:
+    """The registry's name of the stage whose user message starts with ``head``."""
+    names = [s.name for s in STAGES.values() if s.user(_PROBE).startswith(head)]
+    if len(names) != 1:
+        raise LookupError(f"{len(names)} stages of the registry ask a prompt starting {head!r}, not one")
+    return names[0]
+
+
+ENTRY_STAGE = _stage_asking(ENTRY_HEAD)
+BUY_STAGE = _stage_asking(BUY_HEAD)
+READ_STAGE = _stage_asking(READ_HEAD)
+_KNOWN = (ENTRY_STAGE, BUY_STAGE, READ_STAGE)
 
 _ITEM = re.compile(
     "^" + re.escape(ITEM_LINE)
@@ -78,8 +98,9 @@ def content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         parts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type", "text") == "text"]
-        if all(isinstance(t, str) for t in parts):
-            return "".join(parts)
+        texts = [t for t in parts if isinstance(t, str)]
+        if len(texts) == len(parts):
+            return "".join(texts)
     raise PromptError("message 'content' must be a string or a list of text parts")
 
 
@@ -94,7 +115,7 @@ def read_system(system: str) -> tuple[str, int | None, bool]:
     if hour is not None and not 0 <= hour <= 23:
         hour = None
     m = _TODAY.search(system)  # the first 今天是 is today's (also in 天亮后的今天是)
-    workday = bool(m) and m.group(1).startswith(_WORKDAY_KINDS)
+    workday = m is not None and m.group(1).startswith(_WORKDAY_KINDS)
     return key, hour, workday
 
 
@@ -126,19 +147,19 @@ def read_stage(user: str) -> tuple[str, tuple[int, ...], tuple[float, ...], str]
     if user.startswith(READ_HEAD):
         text = _transcript(user)
         if text is None:
-            raise PromptError("read prompt without a 「transcript」")
-        return "read", (), (), text
+            raise PromptError(f"{READ_STAGE} prompt without a 「transcript」")
+        return READ_STAGE, (), (), text
     if user.startswith(ENTRY_HEAD):
-        return "entry", (), (), ""
+        return ENTRY_STAGE, (), (), ""
     if user.startswith(BUY_HEAD) or _ITEM.search(user):
         idx, prices = _prices(user)
         if not prices:
-            raise PromptError("buy prompt without item lines '#i 【name】 单价【p】元'")
-        return "buy", idx, prices, ""
+            raise PromptError(f"{BUY_STAGE} prompt without item lines '#i 【name】 单价【p】元'")
+        return BUY_STAGE, idx, prices, ""
     text = _transcript(user)
     if text is not None:
-        return "read", (), (), text
-    raise PromptError("the user message is none of the entry, buy or read prompts")
+        return READ_STAGE, (), (), text
+    raise PromptError(f"the user message is none of the {', '.join(_KNOWN[:-1])} or {_KNOWN[-1]} prompts")
 
 
 def read_prompt(messages: Sequence[Any]) -> Prompt:
@@ -156,6 +177,6 @@ def read_prompt(messages: Sequence[Any]) -> Prompt:
         raise PromptError("no user message")
     stage, idx, prices, text = read_stage(user)
     key, hour, workday = read_system(system or "")
-    if stage == "entry" and hour is None:
-        raise PromptError("entry prompt without the moment ('现在是YYYY年M月D日 星期X HH:MM') in the system message")
+    if stage == ENTRY_STAGE and hour is None:
+        raise PromptError(f"{ENTRY_STAGE} prompt without the moment ('现在是YYYY年M月D日 星期X HH:MM') in the system message")
     return Prompt(stage, key, hour, workday, prices, idx, text)

@@ -1,0 +1,235 @@
+"""The simulated Batch API's state and a batch's lifecycle, without HTTP.
+
+A batch really is processed: every line's body is read back with
+:func:`~liveroom.sim.prompt.read_prompt` and answered by
+:func:`~liveroom.sim.completion.complete`, exactly as the same request in
+direct mode. Its lifecycle moves one step every ``polls_per_step``
+retrievals: ``validating`` -> ``in_progress`` (half the lines counted) ->
+``in_progress`` (all) -> ``finalizing`` -> ``completed`` (or ``expired`` /
+``failed``; a cancel ends it ``cancelled`` at the next retrieval).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .completion import complete, completion_body, conversation_digest, error_object, model_of
+from .config import SimConfig
+from .prompt import PromptError, read_prompt
+
+ENDPOINTS = ("/v1/chat/completions",)
+WINDOWS = ("24h",)
+STEPS = ("validating", "in_progress", "in_progress", "finalizing")  # then the end state
+TERMINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@dataclass
+class BatchConfig:
+    sim: SimConfig = field(default_factory=SimConfig)
+    polls_per_step: int = 1        # retrievals per lifecycle step
+    file_delay_s: float = 0.0      # an upload is unknown (404) for this long
+    error_every: int = 0           # every Nth line (input order) ends in the error file (HTTP 500 body)
+    nonjson_every: int = 0         # every Nth line is answered with prose, no JSON
+    expire_after: int | None = None  # do only this many lines, then end as expired
+    shuffle: bool = False          # output lines in a random order
+    api_fail_first: int = 0        # the first N Batch API calls get 503
+    create_delay_s: float = 0.0    # POST /batches answers after this long
+
+
+@dataclass
+class Batch:
+    obj: dict[str, Any]
+    lines: list[dict[str, Any]]     # the validated input lines
+    errors: list[dict[str, Any]]    # validation errors: the batch fails
+    polls: int = 0
+    cancel_at: int | None = None    # lines done when a cancel came
+
+
+class BatchState:
+    """Files, batches and counters of one running Batch API."""
+
+    def __init__(self, config: BatchConfig):
+        self.config = config
+        self.files: dict[str, dict[str, Any]] = {}
+        self.contents: dict[str, bytes] = {}
+        self.batches: dict[str, Batch] = {}
+        self.counts: Counter[str] = Counter()
+        self.per_file: Counter[str] = Counter()
+        self.fail_left = config.api_fail_first
+        self.next_id = 0
+
+    def new_id(self, prefix: str) -> str:
+        self.next_id += 1
+        return f"{prefix}-{self.next_id:06d}"
+
+    def stats(self) -> dict[str, Any]:
+        return {**self.counts, "batches_per_file": dict(self.per_file)}
+
+    def visible(self, file_id: str) -> dict[str, Any] | None:
+        """The file object, or None while it is unknown (not uploaded, or still invisible)."""
+        f = self.files.get(file_id)
+        if f is None or time.time() < f["_visible_at"]:
+            return None
+        return {k: v for k, v in f.items() if not k.startswith("_")}
+
+    def store(self, data: bytes, filename: str, purpose: str, delay_s: float = 0.0) -> str:
+        """Keep a file; it becomes visible after ``delay_s``."""
+        fid = self.new_id("file")
+        now = time.time()
+        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(now),
+                           "filename": filename, "purpose": purpose, "status": "processed",
+                           "_visible_at": now + delay_s if delay_s else 0}
+        self.contents[fid] = data
+        return fid
+
+
+def validate(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the usable lines, the validation errors) of an input file."""
+    lines, errors, ids = [], [], set()
+    for n, raw in enumerate(data.splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            errors.append({"code": "invalid_json_line", "message": "This line is not parseable as valid JSON.",
+                           "line": n})
+            continue
+        cid = obj.get("custom_id") if isinstance(obj, dict) else None
+        if not isinstance(cid, str) or not cid:
+            errors.append({"code": "missing_required_parameter", "message": "custom_id is required", "line": n})
+        elif cid in ids:
+            errors.append({"code": "duplicate_custom_id", "message": f"duplicate custom_id {cid!r}", "line": n})
+        elif obj.get("method") != "POST" or obj.get("url") != endpoint:
+            errors.append({"code": "invalid_url", "message": f"method must be POST and url {endpoint}", "line": n})
+        elif not isinstance(obj.get("body"), dict):
+            errors.append({"code": "invalid_request", "message": "body must be an object", "line": n})
+        else:
+            ids.add(cid)
+            lines.append(obj)
+    if not lines and not errors:
+        errors.append({"code": "empty_file", "message": "The input file is empty.", "line": None})
+    return lines, errors
+
+
+def new_batch(bs: BatchState, fid: str, endpoint: str, window: str, metadata: Any) -> Batch:
+    """A ``validating`` batch of input file ``fid`` (which must be visible)."""
+    lines, errors = validate(bs.contents[fid], endpoint)
+    bid = bs.new_id("batch")
+    now = int(time.time())
+    obj = {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": fid,
+           "completion_window": window, "status": "validating", "output_file_id": None, "error_file_id": None,
+           "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
+           "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
+           "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+           "metadata": metadata}
+    bs.batches[bid] = b = Batch(obj, lines, errors)
+    bs.counts["batches_created"] += 1
+    bs.per_file[fid] += 1
+    return b
+
+
+def done_lines(bs: BatchState, b: Batch, step: int) -> int:
+    """How many input lines are done at lifecycle ``step``."""
+    n = len(b.lines)
+    if bs.config.expire_after is not None:
+        n = min(n, bs.config.expire_after)
+    if b.cancel_at is not None:
+        return min(n, b.cancel_at)
+    return 0 if step <= 0 else (n // 2 if step == 1 else n)
+
+
+def _line(rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
+    return orjson.dumps({"id": rid, "custom_id": custom_id,
+                         "response": {"status_code": status, "request_id": rid, "body": body}, "error": None})
+
+
+def process(bs: BatchState, b: Batch, upto: int) -> tuple[list[bytes], list[bytes]]:
+    """Output and error lines for the first ``upto`` input lines."""
+    cfg = bs.config
+    sim = cfg.sim
+    out, err = [], []
+    for n, line in enumerate(b.lines[:upto], 1):
+        rid, cid = f"batch_req_{b.obj['id']}_{n}", line["custom_id"]
+        if cfg.error_every and n % cfg.error_every == 0:
+            msg = "The server had an error processing your request (simulated)."
+            err.append(_line(rid, cid, 500, error_object(msg, "server_error")))
+            continue
+        messages = line["body"].get("messages") or []
+        try:
+            prompt = read_prompt(messages)
+        except PromptError as e:
+            err.append(_line(rid, cid, 400, error_object(f"unrecognised prompt: {e}", "invalid_request_error",
+                                                         None, "messages")))
+            continue
+        fault = "nonjson" if cfg.nonjson_every and n % cfg.nonjson_every == 0 else None
+        c = complete(prompt, messages, conversation_digest(messages), sim.seed, fault)
+        out.append(_line(rid, cid, 200, completion_body(f"chatcmpl-{rid}", model_of(line["body"], sim.model), c)))
+    if cfg.shuffle:
+        random.Random(sim.seed).shuffle(out)
+        random.Random(sim.seed + 1).shuffle(err)
+    return out, err
+
+
+def _store_lines(bs: BatchState, lines: list[bytes], purpose: str) -> str | None:
+    return bs.store(b"\n".join(lines) + b"\n", f"{purpose}.jsonl", purpose) if lines else None
+
+
+def finish(bs: BatchState, b: Batch, status: str) -> None:
+    """End ``b`` as ``status``: its output and error files written, its counts final."""
+    o = b.obj
+    upto = done_lines(bs, b, len(STEPS))
+    out, err = process(bs, b, upto)
+    if status == "expired":
+        for n, line in enumerate(b.lines[upto:], upto + 1):
+            err.append(orjson.dumps({"id": f"batch_req_{o['id']}_{n}", "custom_id": line["custom_id"],
+                                     "response": None, "error": {
+                                         "code": "batch_expired",
+                                         "message": "This request could not be executed before the "
+                                                    "completion window expired."}}))
+    o["output_file_id"] = _store_lines(bs, out, "batch_output")
+    o["error_file_id"] = _store_lines(bs, err, "batch_output")
+    o["request_counts"] = {"total": len(b.lines), "completed": len(out), "failed": len(err)}
+    o["status"] = status
+    o[f"{status}_at"] = int(time.time())
+
+
+def advance(bs: BatchState, b: Batch) -> None:
+    """One retrieval of ``b``: a step forward every ``polls_per_step`` of them."""
+    o = b.obj
+    if o["status"] in TERMINAL:
+        return
+    b.polls += 1
+    if o["status"] == "cancelling":
+        finish(bs, b, "cancelled")
+        return
+    step = b.polls // max(1, bs.config.polls_per_step)
+    if step >= 1 and b.errors:
+        o.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": b.errors})
+        return
+    if step >= len(STEPS):
+        expired = bs.config.expire_after is not None and bs.config.expire_after < len(b.lines)
+        finish(bs, b, "expired" if expired else "completed")
+        return
+    o["status"] = STEPS[step]
+    if step >= 1:
+        o["in_progress_at"] = o["in_progress_at"] or int(time.time())
+        done = done_lines(bs, b, step)
+        failed = sum(1 for n in range(1, done + 1) if bs.config.error_every and n % bs.config.error_every == 0)
+        o["request_counts"] = {"total": len(b.lines), "completed": done - failed, "failed": failed}
+    if o["status"] == "finalizing":
+        o["finalizing_at"] = int(time.time())
+
+
+def cancel(bs: BatchState, b: Batch) -> None:
+    """Mark ``b`` cancelling: the lines done so far are kept."""
+    bs.counts["cancels"] += 1
+    step = b.polls // max(1, bs.config.polls_per_step)
+    b.cancel_at = done_lines(bs, b, step)
+    b.obj.update(status="cancelling", cancelling_at=int(time.time()))

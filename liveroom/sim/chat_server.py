@@ -1,0 +1,246 @@
+"""The chat-completions simulator as an aiohttp application: state, routes, serving.
+
+:func:`make_app` builds it from a :class:`~liveroom.sim.config.SimConfig`;
+:func:`run_server` serves it for a block and yields its base URL. The routes,
+counters and faults are documented in :mod:`liveroom.sim.server` (the
+``bin/sim-server`` command).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import sys
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from .completion import complete, completion_body, conversation_digest, error_object, model_of
+from .config import SimConfig
+from .faults import Refusal, RpmWindow, draw, http_fault, reset
+from .prompt import Prompt, PromptError, read_prompt
+from .serving import json_response, require_key, serve
+
+PER_SECOND_WINDOW = 120  # seconds of per-second counts kept for /stats
+OPEN_PATHS = {"/health", "/stats"}  # answered without the API key
+
+
+class SimState:
+    """Counters and per-conversation memory of one running simulator."""
+
+    def __init__(self, config: SimConfig):
+        self.config = config
+        self.faults_p = config.fault_probabilities()
+        self.seed_bytes = struct.pack("<q", config.seed)
+        self.requests = 0
+        self.replies: dict[str, int] = {}
+        self.faults: dict[str, int] = {}
+        self.stages: dict[str, int] = {}
+        self.duplicates = 0
+        self.reasks = 0
+        self.rate_limited = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        # conversation digest -> (times seen << 1) | answered-with-200 bit
+        self.seen: dict[bytes, int] = {}
+        self.per_second: dict[int, int] = {}
+        self.rpm = RpmWindow(config.rpm_limit) if config.rpm_limit else None
+        self.fail_left = config.fail_first
+        self.next_id = 0
+
+    def arrived(self) -> None:
+        """Count a chat request (in ``requests`` and its second of ``per_second``)."""
+        self.requests += 1
+        sec = int(time.time())
+        ps = self.per_second
+        if sec in ps:
+            ps[sec] += 1
+            return
+        ps[sec] = 1
+        if len(ps) > PER_SECOND_WINDOW:
+            for old in [s for s in ps if s <= sec - PER_SECOND_WINDOW]:
+                del ps[old]
+
+    def count_reply(self, status: int, note: str = "") -> None:
+        """Count a chat reply by status (and log it with ``--log-requests``)."""
+        key = str(status)
+        self.replies[key] = self.replies.get(key, 0) + 1
+        if self.config.log_requests:
+            print(f"sim-server: {status} {note}".rstrip(), file=sys.stderr, flush=True)
+
+    def reply(self, status: int, body: Any, headers: dict[str, str] | None = None, note: str = "") -> web.Response:
+        """A chat reply, counted."""
+        self.count_reply(status, note)
+        return json_response(body, status, headers)
+
+    def stats(self) -> dict[str, Any]:
+        cut = int(time.time()) - PER_SECOND_WINDOW
+        return {
+            "requests": self.requests,
+            "replies": dict(self.replies),
+            "faults": dict(self.faults),
+            "duplicates": self.duplicates,
+            "reasks": self.reasks,
+            "rate_limited": self.rate_limited,
+            "stages": dict(self.stages),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "per_second": sorted([s, n] for s, n in self.per_second.items() if s > cut),
+        }
+
+
+STATE = web.AppKey("liveroom_sim_state", SimState)
+
+
+def _bad_request(st: SimState, message: str, param: str | None = None) -> web.Response:
+    return st.reply(400, error_object(message, "invalid_request_error", None, param), note=message)
+
+
+def _refused(request: web.Request) -> None:
+    """A chat request refused for its key still counts as received and as a 401."""
+    st = request.app[STATE]
+    st.arrived()
+    st.count_reply(401, "unauthorized")
+
+
+def _read(st: SimState, raw: bytes) -> tuple[dict[str, Any], list[dict[str, Any]], Prompt] | web.Response:
+    """(body, messages, prompt) of a readable request, or its 400."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return _bad_request(st, "We could not parse the JSON body of your request.")
+    if not isinstance(body, dict):
+        return _bad_request(st, "The request body must be a JSON object.")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return _bad_request(st, "'messages' is a required property and must be a non-empty list", "messages")
+    if body.get("stream"):
+        return _bad_request(st, "streaming is not supported by the simulator", "stream")
+    rf = body.get("response_format")
+    if rf is not None and not (isinstance(rf, dict) and rf.get("type") in ("text", "json_object", "json_schema")):
+        return _bad_request(st, "'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                            "response_format")
+    try:
+        prompt = read_prompt(messages)
+    except PromptError as e:
+        return _bad_request(st, f"unrecognised prompt: {e}", "messages")
+    return body, messages, prompt
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    arrived = time.monotonic()  # the latency counts from here, so parsing is part of it, as at a real API
+    st = request.app[STATE]
+    cfg = st.config
+    st.arrived()
+    read = _read(st, await request.read())
+    if isinstance(read, web.Response):
+        return read
+    body, messages, prompt = read
+
+    if st.rpm is not None and (refusal := st.rpm.refuse(time.monotonic())) is not None:
+        st.rate_limited += 1
+        return st.reply(*refusal, note="rpm limit")
+
+    digest = conversation_digest(messages)
+    seen = st.seen.get(digest, 0)
+    if seen & 1:
+        st.duplicates += 1
+    st.seen[digest] = seen + 2
+    if len(messages) > 2 and any(m.get("role") == "assistant" for m in messages):
+        st.reasks += 1
+    st.stages[prompt.stage] = st.stages.get(prompt.stage, 0) + 1
+
+    fault, u_jitter = draw(st.faults_p, bool(cfg.jitter_ms), st.seed_bytes, digest, seen >> 1)
+    if st.fail_left > 0:
+        st.fail_left -= 1
+        fault = cfg.fail_first_kind
+    if fault is not None:
+        st.faults[fault] = st.faults.get(fault, 0) + 1
+    delay = cfg.latency_ms / 1000.0
+    if cfg.jitter_ms:
+        delay = max(0.0, delay + (2.0 * u_jitter - 1.0) * cfg.jitter_ms / 1000.0)
+
+    st.in_flight += 1
+    if st.in_flight > st.max_in_flight:
+        st.max_in_flight = st.in_flight
+    try:
+        if delay > 0:
+            await asyncio.sleep(max(0.0, arrived + delay - time.monotonic()))
+        if fault == "slow":
+            await asyncio.sleep(cfg.slow_ms / 1000.0)
+            fault = None
+        return _respond(st, request, body, messages, prompt, digest, fault)
+    finally:
+        st.in_flight -= 1
+
+
+def _respond(st: SimState, request: web.Request, body: dict[str, Any], messages: list[dict[str, Any]],
+             prompt: Prompt, digest: bytes, fault: str | None) -> web.StreamResponse:
+    cfg = st.config
+    note = f"{prompt.stage} {prompt.persona}" + (f" fault={fault}" if fault else "")
+    refusal: Refusal | None = http_fault(fault, cfg.retry_after) if fault else None
+    if refusal is not None:
+        return st.reply(*refusal, note=note)
+    if fault == "reset":
+        reset(request)
+        if cfg.log_requests:
+            print(f"sim-server: reset {note}", file=sys.stderr, flush=True)
+        return web.Response(status=204)  # never reaches the client: the connection is gone
+
+    c = complete(prompt, messages, digest, cfg.seed, fault)
+    st.prompt_tokens += c.prompt_tokens
+    st.completion_tokens += c.completion_tokens
+    st.next_id += 1
+    reply = completion_body(f"chatcmpl-sim{cfg.seed & 0xffff:04x}{st.next_id:08x}", model_of(body, cfg.model), c)
+    st.seen[digest] |= 1
+    return st.reply(200, reply, None, note)
+
+
+async def models(request: web.Request) -> web.Response:
+    cfg = request.app[STATE].config
+    return json_response({"object": "list", "data": [
+        {"id": cfg.model, "object": "model", "created": 0, "owned_by": "liveroom"}]})
+
+
+async def health(request: web.Request) -> web.Response:
+    return json_response(b'{"status":"ok"}')
+
+
+async def stats(request: web.Request) -> web.Response:
+    return json_response(request.app[STATE].stats())
+
+
+def make_app(config: SimConfig | None = None) -> web.Application:
+    """The simulator as an aiohttp application (validates ``config`` first).
+
+    Serve it with ``handler_cancellation=True`` (as :func:`run_server` does)
+    so that a client giving up on a ``slow`` fault ends its handler.
+    """
+    config = config or SimConfig()
+    config.validate()
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app[STATE] = SimState(config)
+    require_key(app, config.api_key, OPEN_PATHS).refused[chat_completions] = _refused
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/chat/completions", chat_completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/models", models)
+    app.router.add_get("/health", health)
+    app.router.add_get("/stats", stats)
+    return app
+
+
+@asynccontextmanager
+async def run_server(config: SimConfig | None = None) -> AsyncIterator[str]:
+    """Serve the simulator on ``config.host:config.port`` (default 127.0.0.1, a
+    free port) for the duration of the block; yields ``http://HOST:PORT/v1``."""
+    config = config or SimConfig()
+    async with serve(make_app(config), config.host, config.port) as url:
+        yield url

@@ -1,0 +1,173 @@
+"""The simulated completion of a prompt, for the chat and the batch server alike.
+
+One place decides what the simulator answers (the heuristic's scores as the
+stage's JSON, with a reason whose wording depends on the conversation and the
+seed), how many tokens a request and its answer count, and what a
+``chat.completion`` and an error object look like, so that a batch line is
+answered exactly as the same request in direct mode.
+
+Tokens are estimated as characters // 2 + 1, counting a message content that
+is not a string (a list of content parts, a missing content) as its JSON text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import orjson
+
+from .heuristic import buy_scores, entry_score, read_score
+from .prompt import BUY_STAGE, ENTRY_STAGE, READ_STAGE, Prompt
+
+CONTENT_FAULTS = ("nonjson", "fenced", "out_of_range", "wrong_key")
+
+ENTRY_REASONS = {
+    1: ("现在这个时间不方便，不会进去", "没空也没兴趣，直接划走"),
+    2: ("时间不太合适，不太想进", "兴趣不大，大概会划走"),
+    3: ("有点空，可能进去看一眼", "说不准，看心情"),
+    4: ("正好有空，也挺感兴趣", "这个时间适合逛逛直播"),
+    5: ("正是空闲时间，一定进去看看", "很感兴趣，马上进去"),
+}
+BUY_REASONS = {
+    1: ("太贵了，超出预算", "价格远超我的承受范围"),
+    2: ("有点贵，不太舍得", "价格偏高，再看看"),
+    3: ("价格还行，可以考虑", "一般，需要时再买"),
+    4: ("价格合适，正好需要", "在预算之内，挺想买"),
+    5: ("很便宜，非常想买", "价格实惠，马上下单"),
+}
+READ_REASONS = {
+    1: ("感觉在夸大其词，更不想买了", "讲解让人反感"),
+    2: ("有些说法不太可信", "讲得有点虚"),
+    3: ("没讲出什么新东西", "对购买意愿没什么影响"),
+    4: ("讲得挺实在，有点心动", "优惠说得清楚，更想买了"),
+    5: ("优惠力度很大，非常心动", "讲解很有说服力，马上想买"),
+}
+PROSE = (
+    "我觉得这个直播间还可以，可能会看一看，不过也说不准。",
+    "抱歉，作为这个身份我很难给出明确的判断，要看当时的心情和安排。",
+    "这个问题挺有意思的。总体来说我比较犹豫，需要再想想。",
+)
+
+
+def _reason(table: Mapping[int, tuple[str, ...]], score: int, pick: int) -> str:
+    options = table[min(5, max(1, score))]
+    return options[pick % len(options)]
+
+
+# each stage's reply object: (prompt, wording pick, a score to put instead or None)
+def _entry(prompt: Prompt, pick: int, bad: int | None) -> dict[str, Any]:
+    s = entry_score(prompt.persona, prompt.hour or 0, prompt.workday)
+    return {"want_to_enter": bad or s, "reason": _reason(ENTRY_REASONS, s, pick)}
+
+
+def _buy(prompt: Prompt, pick: int, bad: int | None) -> dict[str, Any]:
+    scores = buy_scores(prompt.persona, list(prompt.prices))
+    items = [{"idx": i, "want_to_buy": s, "reason": _reason(BUY_REASONS, s, pick + n)}
+             for n, (i, s) in enumerate(zip(prompt.idx, scores))]
+    if bad:
+        items[0]["want_to_buy"] = bad
+    return {"items": items}
+
+
+def _read(prompt: Prompt, pick: int, bad: int | None) -> dict[str, Any]:
+    s = read_score(prompt.persona, prompt.text)
+    return {"impact": bad or s, "reason": _reason(READ_REASONS, s, pick)}
+
+
+ReplyObject = Callable[[Prompt, int, int | None], dict[str, Any]]
+REPLIES: dict[str, ReplyObject] = {ENTRY_STAGE: _entry, BUY_STAGE: _buy, READ_STAGE: _read}
+#: the score key of each stage and its misspelling for the ``wrong_key`` fault
+WRONG_KEYS = {ENTRY_STAGE: ("want_to_enter", "wantToEnter"), BUY_STAGE: ("want_to_buy", "score_x"),
+              READ_STAGE: ("impact", "impact_score")}
+
+
+def answer(prompt: Prompt, pick: int = 0, fault: str | None = None) -> str:
+    """The reply content for a prompt: the heuristic's scores as the stage's JSON.
+
+    ``pick`` chooses among reason wordings; ``fault`` is one of
+    :data:`CONTENT_FAULTS` or None.
+    """
+    if fault == "nonjson":
+        return PROSE[pick % len(PROSE)]
+    obj = REPLIES[prompt.stage](prompt, pick, 7 if fault == "out_of_range" else None)
+    if fault == "wrong_key":
+        right, wrong = WRONG_KEYS[prompt.stage]
+
+        def rename(d: dict[str, Any]) -> dict[str, Any]:
+            return {(wrong if k == right else k): v for k, v in d.items()}
+
+        obj = {"items": [rename(it) for it in obj["items"]]} if "items" in obj else rename(obj)
+    text = orjson.dumps(obj).decode()
+    if fault == "fenced":
+        return f"好的，下面是我的回答：\n```json\n{text}\n```\n以上就是我的打分。"
+    return text
+
+
+def conversation_digest(messages: Sequence[dict[str, Any]]) -> bytes:
+    """8 bytes naming a conversation: what duplicates, fault draws and wording go by."""
+    convo = orjson.dumps([(m.get("role"), m.get("content")) for m in messages])
+    return hashlib.blake2b(convo, digest_size=8).digest()
+
+
+def tokens(text_chars: int) -> int:
+    """The simulator's token estimate for so many characters."""
+    return text_chars // 2 + 1
+
+
+def prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
+    """The estimate for a request's messages (non-string contents as their JSON)."""
+    chars = 0
+    for m in messages:
+        c = m.get("content")
+        chars += len(c) if isinstance(c, str) else len(orjson.dumps(c))
+    return tokens(chars)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A simulated answer and its token counts."""
+
+    content: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def complete(prompt: Prompt, messages: Sequence[dict[str, Any]], digest: bytes, seed: int,
+             fault: str | None = None) -> Completion:
+    """The answer to a readable conversation (``digest``: its :func:`conversation_digest`)."""
+    pick = int.from_bytes(digest[:4], "little") + seed
+    content = answer(prompt, pick, fault)
+    return Completion(content, prompt_tokens(messages), tokens(len(content)))
+
+
+def completion_body(completion_id: str, model: str, c: Completion) -> dict[str, Any]:
+    """The ``chat.completion`` object carrying ``c``."""
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "system_fingerprint": "liveroom-sim",
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": c.content, "refusal": None},
+            "logprobs": None,
+            "finish_reason": "stop",
+        }],
+        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                  "total_tokens": c.prompt_tokens + c.completion_tokens},
+    }
+
+
+def model_of(body: dict[str, Any], default: str) -> str:
+    """The model a request names, else the server's."""
+    model = body.get("model")
+    return model if isinstance(model, str) and model else default
+
+
+def error_object(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
+    """An OpenAI-style error body."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -1,0 +1,78 @@
+"""What the chat simulator does, as one dataclass the ``bin/sim-server`` flags map onto."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+from ..errors import LiveroomError
+
+#: injectable faults, in the order a request's draw tries them
+FAULT_KINDS = ("429", "500", "503", "reset", "slow", "nonjson", "fenced", "out_of_range", "wrong_key", "quota")
+
+
+def flag(name: str) -> str:
+    """The command-line spelling of a setting (``p_out_of_range``: ``p-out-of-range``)."""
+    return name.replace("_", "-")
+
+
+@dataclass
+class SimConfig:
+    """Everything the simulator does; the CLI flags map one to one onto these."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    seed: int = 0
+    model: str = "liveroom-sim"
+    api_key: str | None = field(default=None, repr=False)
+    latency_ms: float = 0.0
+    jitter_ms: float = 0.0
+    p_429: float = 0.0
+    p_500: float = 0.0
+    p_503: float = 0.0
+    p_reset: float = 0.0
+    p_slow: float = 0.0
+    p_nonjson: float = 0.0
+    p_fenced: float = 0.0
+    p_out_of_range: float = 0.0
+    p_wrong_key: float = 0.0
+    p_quota: float = 0.0
+    retry_after: float = 1.0
+    slow_ms: float = 30000.0
+    fail_first: int = 0
+    fail_first_kind: str = "500"
+    rpm_limit: int = 0
+    log_requests: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fail_first_kind, str):
+            self.fail_first_kind = self.fail_first_kind.replace("-", "_")
+
+    def fault_probabilities(self) -> tuple[tuple[str, float], ...]:
+        """(kind, probability) of the faults switched on, in :data:`FAULT_KINDS` order."""
+        return tuple((k, getattr(self, "p_" + k)) for k in FAULT_KINDS if getattr(self, "p_" + k) > 0)
+
+    def validate(self) -> None:
+        """Raise :class:`LiveroomError` naming the first bad setting."""
+        for f in fields(self):
+            if f.name.startswith("p_"):
+                p = getattr(self, f.name)
+                if not (isinstance(p, (int, float)) and 0.0 <= p <= 1.0):
+                    raise LiveroomError(f"--{flag(f.name)} must be a probability in [0, 1], got {p!r}")
+        total = sum(p for _, p in self.fault_probabilities())
+        if total > 1.0 + 1e-9:
+            raise LiveroomError(f"the fault probabilities are exclusive and must sum to at most 1, got {total:g}")
+        for name in ("latency_ms", "jitter_ms", "retry_after", "slow_ms"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+                raise LiveroomError(f"--{flag(name)} must be a number >= 0, got {v!r}")
+        for name in ("fail_first", "rpm_limit"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise LiveroomError(f"--{flag(name)} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.fail_first_kind not in FAULT_KINDS:
+            raise LiveroomError(
+                f"--fail-first-kind must be one of {', '.join(FAULT_KINDS)}, got {self.fail_first_kind!r}")
+        if not 0 <= self.port <= 65535:
+            raise LiveroomError(f"--port must be in 0..65535, got {self.port}")
+        if self.api_key is not None and not self.api_key:
+            raise LiveroomError("--api-key must not be empty")
