@@ -1,0 +1,46 @@
+"""``bin/batch``: score through an OpenAI-compatible Batch API into a run directory.
+
+The same run directory as ``bin/score`` (same manifest, same per-stage JSONL
+records), so the bulk can go by batch at the provider's batch price and the
+stragglers be finished with ``bin/score``; ``bin/collect`` reads either.
+
+::
+
+    bin/batch prepare --pitches P.csv --goods G.json --out RUN_DIR [--model M] [--stages ...]
+    bin/batch submit  --run RUN_DIR      # upload + create one batch per prepared file
+    bin/batch status  --run RUN_DIR      # one line per file
+    bin/batch fetch   --run RUN_DIR [--wait]   # poll, download, import
+    bin/batch import  --run RUN_DIR FILE...    # output/error files obtained by hand
+    bin/batch cancel  --run RUN_DIR      # cancel the batches still running
+
+Layout under ``RUN_DIR/batch/``:
+
+* ``requests-NNNN.jsonl``: request lines ``{"custom_id", "method": "POST",
+  "url", "body"}``, the body being exactly what direct mode sends;
+* ``requests-NNNN.meta.jsonl``: per request the record fields direct mode
+  keeps beside the reply (stage, index, persona, n_items), read by import;
+* ``requests-NNNN.output.jsonl`` / ``.errors.jsonl``: the provider's files;
+* ``state.json`` (written atomically): per file its upload id, batch id,
+  status and request counts, so ``submit`` never makes a second batch for a
+  file and resumes an upload that has no batch yet.
+
+A file whose batch has ended (completed, failed, expired, cancelled) and has
+been imported is *finished*: ``prepare`` asks again for whatever of it is
+still not ok. The requests of files submitted and not yet finished are left
+out of ``prepare`` (they are still on their way) unless ``--include-submitted``.
+
+Import matches lines by ``custom_id`` in any order, parses replies with the
+stage's parser, as direct mode does, and appends one record per request:
+``ok``, ``invalid`` (an unusable reply; batch mode does not re-ask) or
+``error`` (the provider's error). Requests already ok are skipped, duplicate
+lines and unknown ids are reported, never imported twice.
+
+The rooms: :mod:`.state` (state.json, typed shards, the lock), :mod:`.prepare`
+(request files), :mod:`.importer` (provider lines -> records), :mod:`.flows`
+(submit, status, fetch, cancel, import: results, no printing) and :mod:`.cli`
+(flags, words, exit status).
+"""
+
+from .cli import main
+
+__all__ = ["main"]

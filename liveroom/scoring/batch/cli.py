@@ -1,0 +1,256 @@
+"""``bin/batch``: the command line over the flows, and the words it prints.
+
+Progress goes to stderr as it happens, ``status`` lines to stdout. Exit
+status: 0 done, 1 some requests failed or some lines were not usable, 2 bad
+input or a fatal API error (raised, worded by :mod:`liveroom.cli`), 3 fetch
+without ``--wait`` while batches are still running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from ...async_client.http import endpoint_host
+from ...errors import InputError
+from ..plan import ModelParams, Plan, make_plan
+from ..score import DEFAULT_BASE_URL, add_request_arguments
+from .flows import Api, Event, Run, UploadWait, api_key, cancel, fetch, import_by_hand, open_run, status, submit
+from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
+
+_LIMITS, _WAIT = ShardLimits(), UploadWait()
+_API = Api("", None)
+
+_SAID = {
+    "uploaded": "{name}: uploaded as {file_id}",
+    "resumed": "{name}: resuming with uploaded file {file_id}",
+    "stale": "{name}: {detail} of its requests are done meanwhile; not submitted; run bin/batch prepare again",
+    "upload_failed": "{name}: {detail}; it will be uploaded again by the next submit",
+    "created": "{name}: batch {batch_id} {status}",
+    "changed": "{line}",
+    "imported": "{name}: {status}, imported {detail}",
+    "not_submitted": "not submitted yet: {detail} (run bin/batch submit)",
+}
+
+
+def _err(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def _say(e: Event) -> None:
+    """A flow's step, as one line on stderr."""
+    s = e.shard
+    shown: dict[str, Any] = {"detail": e.detail}
+    if s is not None:
+        shown.update(name=s.name, file_id=s.file_id, batch_id=s.batch_id, status=s.status, line=s.line())
+    _err("batch: " + _SAID[e.kind].format(**shown))
+
+
+def _api(args: argparse.Namespace, run: Run) -> Api:
+    return Api(run.base_url, api_key(), args.timeout, args.max_retries, args.backoff)
+
+
+# ----------------------------------------------------------------- commands
+
+def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits]:
+    """The plan and file limits of ``prepare``, every flag checked before anything is written."""
+    if args.max_requests < 1:
+        raise InputError("--max-requests must be at least 1")
+    if args.max_bytes < 1024:
+        raise InputError("--max-bytes must be at least 1024")
+    if not args.endpoint.startswith("/"):
+        raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {args.endpoint!r}")
+    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    u = urlsplit(base_url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise InputError(f"--base-url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {endpoint_host(base_url)!r}")
+    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url)
+    return plan, ShardLimits(args.endpoint, args.max_requests, args.max_bytes)
+
+
+def _prepared_line(r: PrepareResult) -> str:
+    w = r.written
+    where = f"{r.dir}/{w[0].name}" + (f" .. {w[-1].name}" if len(w) > 1 else "") if w else ""
+    return (f"batch: prepared {r.requests} request(s) in {len(w)} file(s)" + (f": {where}" if where else "")
+            + (f"; {r.replaced} earlier unsubmitted file(s) replaced" if r.replaced else "")
+            + (f"; {r.pending} request(s) left out: in submitted batches not fetched yet" if r.pending else ""))
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    plan, limits = _prepare_inputs(args)
+    run_dir = Path(args.out)
+    r = prepare(run_dir, plan, limits, args.include_submitted)
+    _err(_prepared_line(r))
+    if r.requests == 0:
+        _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    run = open_run(Path(args.run), args.base_url)
+    r = submit(run, _api(args, run), UploadWait(args.file_timeout, args.file_poll), _say)
+    if not r.todo:
+        _err("batch: nothing to submit: every prepared file has its batch")
+    return 1 if r.refused else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    run = open_run(Path(args.run), args.base_url)
+    for s in status(run, _api(args, run), args.offline):
+        print(s.line())
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    run = open_run(Path(args.run), args.base_url)
+    r = fetch(run, _api(args, run), args.wait, args.interval, _say)
+    if not r.watched:
+        _err("batch: no batch to fetch")
+        return 0
+    if r.report.seen or r.report.files_skipped:
+        for line in r.report.lines():
+            _err(line)
+    if r.left:
+        _err(f"batch: {r.left} batch(es) still running; run bin/batch fetch again (or with --wait)")
+        return 3
+    if r.report.failed + r.ended_early:
+        _err("batch: some requests are not ok; bin/batch prepare (then submit) or bin/score asks them again")
+        return 1
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    run = open_run(Path(args.run), args.base_url)
+    live = cancel(run, _api(args, run))
+    for s in live:
+        _err(f"batch: {s.line()}")
+    if not live:
+        _err("batch: no running batch to cancel")
+    else:
+        _err("batch: run bin/batch fetch --wait to import what was done")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    r = import_by_hand(Path(args.run), [Path(f) for f in args.files], api_key())
+    for line in r.report.lines():
+        _err(line)
+    if r.finished:
+        _err(f"batch: every request of {', '.join(r.finished)} is now accounted for; marked finished")
+    return 1 if r.report.failed or r.report.unknown or r.report.malformed else 0
+
+
+# ----------------------------------------------------------------- command line
+
+def _add_api(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
+    sp.add_argument("--base-url", default=None,
+                    help="API base URL (default: the run's endpoint; $OPENAI_BASE_URL when it is the same)")
+    sp.add_argument("--timeout", type=float, default=_API.timeout, help="seconds per HTTP call (default: %(default)s)")
+    sp.add_argument("--max-retries", type=int, default=_API.max_retries,
+                    help="retries of a call on 429/5xx/connection errors (default: %(default)s)")
+    sp.add_argument("--backoff", type=float, default=_API.backoff,
+                    help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
+
+
+def _add_prepare(sub: Any) -> None:
+    sp = sub.add_parser("prepare", help="write the request files for what is not done yet",
+                        description="Write RUN_DIR/batch/requests-NNNN.jsonl in the OpenAI batch format for "
+                                    "every request not yet ok in RUN_DIR (nor on its way in a submitted batch). "
+                                    "Unsubmitted files of an earlier prepare are replaced. The run manifest is "
+                                    "the one bin/score with the same flags writes.")
+    add_request_arguments(sp)
+    sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
+                    help="run directory (created or extended)")
+    sp.add_argument("--endpoint", default=_LIMITS.endpoint,
+                    help="the 'url' of each request line and the batch endpoint, e.g. /v4/chat/completions "
+                         "for GLM (default: %(default)s)")
+    sp.add_argument("--max-requests", type=int, default=_LIMITS.max_requests,
+                    help="requests per file (default: %(default)s)")
+    sp.add_argument("--max-bytes", type=int, default=_LIMITS.max_bytes, help="bytes per file (default: %(default)s)")
+    sp.add_argument("--include-submitted", action="store_true",
+                    help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
+    sp.set_defaults(func=cmd_prepare)
+
+
+def _add_submit(sub: Any) -> None:
+    sp = sub.add_parser("submit", help="upload each prepared file and create its batch (idempotent)",
+                        description="Upload (purpose=batch) every prepared file without a batch, wait until the "
+                                    "upload is visible, and create its batch (completion window 24h). Ids are kept "
+                                    "in RUN_DIR/batch/state.json: running it again never makes a second batch for "
+                                    "a file, and a file uploaded without a batch gets its batch without a new upload.")
+    _add_api(sp)
+    sp.add_argument("--file-timeout", type=float, default=_WAIT.timeout,
+                    help="seconds to wait for an upload to become usable (default: %(default)s)")
+    sp.add_argument("--file-poll", type=float, default=_WAIT.poll,
+                    help="seconds between checks of an upload (default: %(default)s)")
+    sp.set_defaults(func=cmd_submit)
+
+
+def _add_watching(sub: Any) -> None:
+    """status, fetch and cancel."""
+    sp = sub.add_parser("status", help="one line per file: batch id, status, completed/failed/total")
+    _add_api(sp)
+    sp.add_argument("--offline", action="store_true", help="print the recorded state without asking the server")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("fetch", help="poll the batches; download and import those that ended",
+                        description="Poll every submitted batch (validating, in_progress, finalizing, then "
+                                    "completed, failed, expired or cancelled); for each that ended, download its "
+                                    "output and error files into RUN_DIR/batch/ and import them. A batch that ended "
+                                    "early contributes what it did; the next prepare asks for the rest.")
+    _add_api(sp)
+    sp.add_argument("--wait", action="store_true", help="keep polling until every batch has ended")
+    sp.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default: %(default)s)")
+    sp.set_defaults(func=cmd_fetch)
+
+
+def _add_import_and_cancel(sub: Any) -> None:
+    sp = sub.add_parser("import", help="import output/error files obtained by hand",
+                        description="Import provider output or error files (lines in any order, matched by "
+                                    "custom_id) into RUN_DIR. Replies are checked with the same parser as direct "
+                                    "mode; requests already ok are skipped; duplicate lines and unknown ids are "
+                                    "reported, never imported twice.")
+    sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
+    sp.add_argument("files", nargs="+", metavar="FILE", help="provider output or error files (JSONL)")
+    sp.set_defaults(func=cmd_import)
+
+    sp = sub.add_parser("cancel", help="cancel the batches still running")
+    _add_api(sp)
+    sp.set_defaults(func=cmd_cancel)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="batch",
+        description="Score pitches through an OpenAI-compatible Batch API (e.g. GLM-4, Qwen, OpenAI), "
+                    "into the same run directory as bin/score: prepare request files, submit them, "
+                    "fetch and import the results; finish stragglers with bin/batch again or bin/score.",
+        epilog="The API key is read from $OPENAI_API_KEY only and is never written anywhere. "
+               "Exit status: 0 done, 1 some requests failed or some lines were not usable "
+               "(prepare again or run bin/score to retry them), 2 bad input or fatal API error, "
+               "3 (fetch without --wait) batches still running.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_prepare(sub)
+    _add_submit(sub)
+    _add_watching(sub)
+    _add_import_and_cancel(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("timeout", "backoff"):
+        if getattr(args, name, 1) <= 0:
+            parser.error(f"--{name} must be positive")
+    if getattr(args, "max_retries", 0) < 0:
+        parser.error("--max-retries must be >= 0")
+    rc: int = args.func(args)
+    return rc

@@ -1,0 +1,337 @@
+"""``submit``, ``status``, ``fetch``, ``cancel`` and ``import``: each returns what it did.
+
+Every flow works under the run's lock on a state loaded again under it, and
+saves the state after each step that changed it (an upload, a batch, an
+import), so a killed command resumes where it stopped. Nothing here prints:
+what a long flow does, it says as it happens through ``notify`` (an
+:class:`Event`); what it ends with, it returns. The command line words both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Literal, Sequence
+
+from ...async_client.batch_api import BatchClient, FileFailed
+from ...async_client.checkpoint import sha256_file
+from ...async_client.http import endpoint_host
+from ...errors import InputError, LiveroomError
+from ..score import DEFAULT_BASE_URL
+from .importer import ImportReport, finish_covered, import_files
+from .state import (
+    BatchState,
+    Shard,
+    batch_dir,
+    done_ids,
+    ended,
+    load_state,
+    locked,
+    read_manifest,
+    save_state,
+    shard_ids,
+)
+
+COMPLETION_WINDOW = "24h"
+
+EventKind = Literal["uploaded", "resumed", "stale", "upload_failed", "created", "changed", "imported",
+                    "not_submitted"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of a flow, as it happens: the shard as it was then, and the step's own detail."""
+
+    kind: EventKind
+    shard: Shard | None = None
+    detail: str = ""
+
+
+Notify = Callable[[Event], None]
+
+
+def _quiet(event: Event) -> None:
+    pass
+
+
+def _event(kind: EventKind, shard: Shard | None = None, detail: str = "") -> Event:
+    return Event(kind, replace(shard) if shard is not None else None, detail)
+
+
+def api_key() -> str | None:
+    """The API key, from ``$OPENAI_API_KEY`` only: it is never written anywhere."""
+    return os.environ.get("OPENAI_API_KEY") or None
+
+
+@dataclass(frozen=True)
+class Api:
+    """How to reach the Batch API."""
+
+    base_url: str
+    key: str | None
+    timeout: float = 120.0
+    max_retries: int = 6
+    backoff: float = 1.0
+
+    def client(self) -> BatchClient:
+        return BatchClient(self.base_url, self.key, timeout=self.timeout, max_retries=self.max_retries,
+                           backoff=self.backoff)
+
+
+@dataclass
+class Run:
+    """A prepared run directory, as read before the lock is taken."""
+
+    dir: Path
+    manifest: dict[str, Any]
+    state: BatchState
+    base_url: str
+
+
+def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -> str:
+    """``--base-url``, else ``$OPENAI_BASE_URL`` when it is the run's endpoint, else the run's endpoint."""
+    want = manifest.get("endpoint") or endpoint_host(DEFAULT_BASE_URL)
+    env = os.environ.get("OPENAI_BASE_URL")
+    url = arg or (env if env and endpoint_host(env) == want else want)
+    if url != want and endpoint_host(url) != want:
+        raise InputError(f"{run_dir} was prepared for {want}, not {endpoint_host(url)}; "
+                         "use the same --base-url, or another run directory")
+    return url
+
+
+def open_run(run_dir: Path, base_url: str | None) -> Run:
+    """The run directory of a prepare, with the endpoint it was prepared for."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    state = load_state(run_dir)
+    if not state.shards:
+        raise InputError(f"{run_dir}: no prepared batch files; run bin/batch prepare first")
+    return Run(run_dir, manifest, state, resolve_base_url(base_url, manifest, run_dir))
+
+
+def _batch_id(s: Shard) -> str:
+    if not s.batch_id:
+        raise LiveroomError(f"{s.name}: no batch yet")  # callers pick shards with one
+    return s.batch_id
+
+
+# ----------------------------------------------------------------- submit
+
+@dataclass
+class SubmitResult:
+    todo: int = 0  # files without a batch; none: nothing to submit
+    refused: int = 0  # files not submitted: requests done meanwhile, or the upload failed
+
+
+@dataclass(frozen=True)
+class UploadWait:
+    timeout: float = 600.0  # seconds for an upload to become usable
+    poll: float = 2.0
+
+
+def submit(run: Run, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet) -> SubmitResult:
+    """Upload every prepared file without a batch and create its batch, never a second one."""
+    with locked(run.dir):
+        state = load_state(run.dir)
+        return asyncio.run(_submit(run, state, api, wait, notify))
+
+
+async def _submit(run: Run, state: BatchState, api: Api, wait: UploadWait, notify: Notify) -> SubmitResult:
+    todo = [s for s in state.shards if not s.batch_id and not s.finished]
+    result = SubmitResult(len(todo))
+    if not todo:
+        return result
+    _check_files(batch_dir(run.dir), todo)  # everything checked before the first call
+    done = done_ids(run.dir, run.manifest)
+    async with api.client() as client:
+        for s in todo:
+            if not await _submit_one(client, run.dir, state, s, done, wait, notify):
+                result.refused += 1
+    return result
+
+
+def _check_files(d: Path, todo: list[Shard]) -> None:
+    for s in todo:
+        if not s.file_id:
+            path = d / s.name
+            if not path.exists():
+                raise LiveroomError(f"{path}: missing; run bin/batch prepare again")
+            if sha256_file(path) != s.sha256:
+                raise LiveroomError(f"{path}: changed since prepare; run bin/batch prepare again")
+
+
+async def _submit_one(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, done: set[str],
+                      wait: UploadWait, notify: Notify) -> bool:
+    """Upload (unless an upload is kept), wait until it is usable, find or create its batch."""
+    file_id = s.file_id
+    if file_id:
+        notify(_event("resumed", s))
+    else:
+        file_id = await _upload(client, run_dir, state, s, done, notify)
+    if file_id is None or not await _usable(client, run_dir, state, s, file_id, wait, notify):
+        return False
+    b = await client.find_batch(file_id) or await client.create_batch(file_id, s.endpoint, COMPLETION_WINDOW)
+    s.batch_id, s.note = b["id"], None
+    s.update(b)
+    s.submitted_at = round(time.time(), 3)
+    save_state(run_dir, state)
+    notify(_event("created", s))
+    return True
+
+
+async def _usable(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, file_id: str,
+                  wait: UploadWait, notify: Notify) -> bool:
+    """Wait until the upload can be used; one the server failed is forgotten, to be uploaded again."""
+    try:
+        await client.wait_file(file_id, wait.timeout, wait.poll)
+    except FileFailed as e:
+        notify(_event("upload_failed", s, str(e)))
+        s.file_id, s.status, s.note = None, "prepared", str(e)
+        save_state(run_dir, state)
+        return False
+    return True
+
+
+async def _upload(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, done: set[str],
+                  notify: Notify) -> str | None:
+    """The new upload's file id; None when requests of the file were done meanwhile."""
+    stale = len(shard_ids(run_dir, s) & done)
+    if stale:
+        notify(_event("stale", s, str(stale)))
+        return None
+    obj = await client.upload(batch_dir(run_dir) / s.name)
+    s.file_id, s.status, s.note = obj["id"], "uploaded", None
+    save_state(run_dir, state)
+    notify(_event("uploaded", s))
+    return s.file_id
+
+
+# ----------------------------------------------------------------- status, cancel
+
+BatchCall = Callable[[BatchClient, str], Awaitable[dict[str, Any]]]
+
+
+def update_live(run: Run, api: Api, call: BatchCall) -> tuple[BatchState, list[Shard]]:
+    """Under the run's lock, update every live shard from ``call(client, batch_id)``
+    (retrieve or cancel) and save the state; returns it and the shards updated."""
+    with locked(run.dir):
+        state = load_state(run.dir)
+        live = [s for s in state.shards if s.live]
+
+        async def update() -> None:
+            async with api.client() as client:
+                for s in live:
+                    s.update(await call(client, _batch_id(s)))
+
+        asyncio.run(update())
+        save_state(run.dir, state)
+    return state, live
+
+
+def status(run: Run, api: Api, offline: bool = False) -> list[Shard]:
+    """Every shard, those with a running batch asked about first (unless ``offline``)."""
+    if any(s.live for s in run.state.shards) and not offline:
+        return update_live(run, api, BatchClient.get_batch)[0].shards
+    return run.state.shards
+
+
+def cancel(run: Run, api: Api) -> list[Shard]:
+    """Cancel the batches still running; the shards cancelled."""
+    return update_live(run, api, BatchClient.cancel_batch)[1]
+
+
+# ----------------------------------------------------------------- fetch
+
+@dataclass
+class FetchResult:
+    watched: int = 0  # files with a batch not yet finished; none: no batch to fetch
+    left: int = 0  # still running when it stopped
+    ended_early: int = 0  # batches that ended other than completed
+    report: ImportReport = field(default_factory=ImportReport)
+
+
+def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet) -> FetchResult:
+    """Poll the batches; download and import those that ended (every poll until all have, with ``wait``)."""
+    if interval <= 0:
+        raise InputError("--interval must be positive")
+    with locked(run.dir):
+        state = load_state(run.dir)
+        return asyncio.run(_fetch(run.dir, state, api, wait, interval, notify))
+
+
+async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interval: float,
+                 notify: Notify) -> FetchResult:
+    watch = [s for s in state.shards if s.batch_id and not s.finished]
+    waiting = [s.name for s in state.shards if not s.batch_id and not s.finished]
+    if waiting:
+        notify(_event("not_submitted", detail=", ".join(waiting)))
+    result = FetchResult(len(watch))
+    if not watch:
+        return result
+    async with api.client() as client:
+        while True:
+            for s in watch:
+                if not s.finished:
+                    await _poll(client, run_dir, state, s, api.key, result.report, notify)
+            result.left = sum(1 for s in watch if not s.finished)
+            if not result.left or not wait:
+                break
+            await asyncio.sleep(interval)
+    result.ended_early = sum(1 for s in watch if s.status != "completed")
+    return result
+
+
+async def _poll(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, key: str | None,
+                report: ImportReport, notify: Notify) -> None:
+    """Ask about one batch; when it has ended, download its files, import them, mark it finished."""
+    if s.update(await client.get_batch(_batch_id(s))):
+        notify(_event("changed", s))
+        save_state(run_dir, state)
+    if not ended(s.status):
+        return
+    files = await _download(client, run_dir, s)
+    import_files(run_dir, state, files, key, report)
+    s.finished = True
+    if s.status != "completed":
+        s.note = (s.note + "; " if s.note else "") + \
+            "ended early: what is missing is prepared again by the next prepare"
+    save_state(run_dir, state)
+    notify(_event("imported", s, ", ".join(f.name for f in files) or "nothing"))
+
+
+async def _download(client: BatchClient, run_dir: Path, s: Shard) -> list[Path]:
+    """The batch's output and error files, as ``requests-NNNN.output.jsonl`` / ``.errors.jsonl``."""
+    files = []
+    stem = s.name.removesuffix(".jsonl")
+    for file_id, suffix in ((s.output_file_id, "output"), (s.error_file_id, "errors")):
+        if file_id:
+            dest = batch_dir(run_dir) / f"{stem}.{suffix}.jsonl"
+            await client.download(file_id, dest)
+            files.append(dest)
+    return files
+
+
+# ----------------------------------------------------------------- import by hand
+
+@dataclass
+class ImportResult:
+    report: ImportReport
+    finished: list[str]  # files whose every request is now accounted for
+
+
+def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None) -> ImportResult:
+    """Import provider files obtained by hand; files then fully accounted for are marked finished."""
+    run_dir = Path(run_dir)
+    read_manifest(run_dir)
+    for f in files:
+        if not f.is_file():
+            raise InputError(f"{f}: no such file")
+    with locked(run_dir):
+        state = load_state(run_dir)
+        report = import_files(run_dir, state, files, key)
+        names = finish_covered(run_dir, state, report.seen)
+        save_state(run_dir, state)
+    return ImportResult(report, names)

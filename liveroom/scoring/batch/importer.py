@@ -1,0 +1,261 @@
+"""Provider output and error files -> checkpoint records, as direct mode writes them.
+
+Lines are matched by ``custom_id`` in any order and replies parsed with the
+stage's parser: one record per request, ``ok``, ``invalid`` (an unusable
+reply; batch mode does not re-ask) or ``error`` (the provider's error).
+Requests already ok are skipped; duplicate lines, unknown ids and unreadable
+lines are counted and shown, never imported twice; a file imported once
+(by its hash) is skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import orjson
+
+from ...async_client.checkpoint import Checkpoint, sha256_file
+from ...async_client.http import redact
+from ...errors import InputError
+from ...prompts.replies import ReplyError
+from ...prompts.stages import STAGES
+from .state import BatchState, done_ids, load_meta, read_manifest, shard_ids
+
+SHOWN = 5  # examples shown per kind of problem
+
+
+@dataclass
+class ImportReport:
+    ok: int = 0
+    invalid: int = 0
+    error: int = 0
+    already_ok: int = 0
+    duplicates: int = 0
+    unknown: int = 0
+    malformed: int = 0
+    files_skipped: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)
+
+    def example(self, kind: str, text: str) -> None:
+        shown = self.examples.setdefault(kind, [])
+        if len(shown) < SHOWN:
+            shown.append(text)
+
+    @property
+    def failed(self) -> int:
+        return self.invalid + self.error
+
+    def lines(self, prog: str = "batch") -> list[str]:
+        out = [f"{prog}: imported {self.ok} ok, {self.invalid} invalid, {self.error} error; "
+               f"{self.already_ok} already ok, {self.duplicates} duplicate line(s), "
+               f"{self.unknown} unknown id(s), {self.malformed} unreadable line(s)"]
+        for name in self.files_skipped:
+            out.append(f"{prog}: {name}: already imported, skipped")
+        for kind, shown in self.examples.items():
+            out.append(f"{prog}: {kind}: " + "; ".join(shown))
+        return out
+
+
+# ----------------------------------------------------------------- one line -> one record
+
+def _completion_text_and_usage(body: Any) -> tuple[str, dict[str, int]]:
+    """The reply text and token counts of a chat completion body; raises when it has none."""
+    text = body["choices"][0]["message"]["content"]
+    if not isinstance(text, str):
+        raise TypeError("content is not a string")
+    raw = body.get("usage") or {}
+    return text, {k: v for k, v in raw.items() if isinstance(v, int)}
+
+
+def _error_text(obj: Any) -> str:
+    """A provider error body as ``code: message``, one short line."""
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        inner: dict[Any, Any] = err if isinstance(err, dict) else obj
+        msg = str(inner.get("message") or "").strip()
+        code = str(inner.get("code") or inner.get("type") or "").strip()
+        return ": ".join(x for x in (code, msg) if x) or orjson.dumps(obj).decode()[:200]
+    return str(obj)[:200]
+
+
+@dataclass
+class _Outcome:
+    status: str = "error"
+    scores: Any = None
+    reply: str | None = None
+    usage: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+
+
+def _record(cid: str, meta: dict[str, Any], o: _Outcome) -> dict[str, Any]:
+    """The checkpoint record, with direct mode's keys in direct mode's order."""
+    return {"id": cid, "status": o.status, **meta, "scores": o.scores, "reply": o.reply,
+            "usage": o.usage, "attempts": 1, "reasks": 0, "latency_ms": None, "error": o.error,
+            "t": round(time.time(), 3)}
+
+
+def _response(obj: dict[str, Any]) -> tuple[Any, Any]:
+    """A line's HTTP status code and body (decoded when it is a JSON string)."""
+    resp = obj.get("response")
+    code = resp.get("status_code") if isinstance(resp, dict) else None
+    body = resp.get("body") if isinstance(resp, dict) else None
+    if isinstance(body, str):
+        try:
+            body = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
+    return code, body
+
+
+def _completed(body: Any, meta: dict[str, Any]) -> _Outcome:
+    """A 200 line: its reply checked with the stage's parser, as direct mode does."""
+    try:
+        text, usage = _completion_text_and_usage(body)
+    except (KeyError, IndexError, TypeError, AttributeError) as e:
+        return _Outcome(error=f"unreadable response body ({type(e).__name__}: {e})")
+    try:
+        scores = STAGES[meta["stage"]].parse(text, meta.get("n_items", 0))
+    except ReplyError as e:
+        return _Outcome("invalid", reply=text, usage=usage, error=str(e))
+    return _Outcome("ok", scores, text, usage)
+
+
+def _failure(code: Any, body: Any, err: Any) -> str:
+    """What went wrong with a line that has no usable completion."""
+    if code is not None:
+        return f"HTTP {code}: {_error_text(body)}"
+    if err:
+        return _error_text(err)
+    return "the line has neither a response nor an error"
+
+
+def line_record(obj: dict[str, Any], meta: dict[str, Any], key: str | None) -> dict[str, Any]:
+    """The checkpoint record of one provider output/error line, as direct mode writes it."""
+    code, body = _response(obj)
+    outcome = _completed(body, meta) if code == 200 else _Outcome(error=_failure(code, body, obj.get("error")))
+    if outcome.error:
+        outcome.error = redact(outcome.error, key)
+    return _record(obj["custom_id"], meta, outcome)
+
+
+# ----------------------------------------------------------------- files -> checkpoint
+
+def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: str | None,
+                 report: ImportReport | None = None) -> ImportReport:
+    """Import provider files into the checkpoint (``key`` is masked in errors); the caller saves ``state``."""
+    run_dir = Path(run_dir)
+    report = report or ImportReport()
+    manifest = read_manifest(run_dir)
+    meta = load_meta(run_dir, state)
+    chosen: dict[str, dict[str, Any]] = {}  # parsed first: one record per id, ok preferred
+    new_files: dict[str, str] = {}
+    for path in map(Path, files):
+        digest = _digest(path)
+        if digest in state.imported or digest in new_files:
+            report.files_skipped.append(path.name)
+            continue
+        new_files[digest] = path.name
+        _read_file(path, meta, key, chosen, report)
+    _write_records(run_dir, manifest, chosen, report)
+    state.imported.update(new_files)
+    return report
+
+
+def _digest(path: Path) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _custom_id(line: bytes) -> tuple[dict[str, Any], str] | None:
+    """A line's object and its custom_id, or None when it has none."""
+    try:
+        obj = orjson.loads(line)
+        cid = obj["custom_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    return (obj, cid) if isinstance(cid, str) else None
+
+
+def _read_file(path: Path, meta: dict[str, dict[str, Any]], key: str | None,
+               chosen: dict[str, dict[str, Any]], report: ImportReport) -> None:
+    """Every line of one file into ``chosen``; unreadable lines and unknown ids counted."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parsed = _custom_id(line)
+            if parsed is None:
+                report.malformed += 1
+                report.example("unreadable lines", f"{path.name} line {n}")
+                continue
+            obj, cid = parsed
+            if cid not in meta:
+                report.unknown += 1
+                report.example("unknown ids", f"{cid!r} ({path.name} line {n})")
+                continue
+            _choose(chosen, line_record(obj, meta[cid], key), report, f"{path.name} line {n}")
+
+
+def _choose(chosen: dict[str, dict[str, Any]], rec: dict[str, Any], report: ImportReport, where: str) -> None:
+    """Keep ``rec`` unless its id has a record already: a duplicate, that wins only ok over failed."""
+    cid = rec["id"]
+    old = chosen.get(cid)
+    if old is not None:
+        report.duplicates += 1
+        report.example("duplicate lines", f"{cid} ({where})")
+        if old["status"] == "ok" or rec["status"] != "ok":
+            return
+    chosen[cid] = rec
+
+
+def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, dict[str, Any]],
+                   report: ImportReport) -> None:
+    """Append the chosen records of requests not already ok, counting each."""
+    checkpoint = Checkpoint(run_dir)
+    checkpoint.open(manifest)
+    try:
+        done = {g: checkpoint.done(g) for g in manifest.get("groups", {})}
+        for cid, rec in chosen.items():
+            stage = rec["stage"]
+            if stage not in done:
+                report.unknown += 1
+                report.example("unknown ids", f"{cid!r} (stage {stage} is not in the run)")
+                continue
+            report.seen.add(cid)
+            if cid in done[stage]:
+                report.already_ok += 1
+                continue
+            checkpoint.write(stage, rec)
+            _count(report, cid, rec)
+            if rec["status"] == "ok":
+                done[stage].add(cid)
+    finally:
+        checkpoint.close()
+
+
+def _count(report: ImportReport, cid: str, rec: dict[str, Any]) -> None:
+    if rec["status"] == "ok":
+        report.ok += 1
+    else:
+        setattr(report, rec["status"], getattr(report, rec["status"]) + 1)
+        report.example(f"{rec['status']} replies", f"{cid}: {rec['error']}")
+
+
+def finish_covered(run_dir: Path, state: BatchState, seen: set[str]) -> list[str]:
+    """Mark submitted files whose every request is now accounted for as finished; their names."""
+    if not seen:
+        return []
+    done = done_ids(run_dir, read_manifest(run_dir))
+    names = []
+    for shard in state.shards:
+        if shard.submitted and not shard.finished and shard_ids(run_dir, shard) <= (seen | done):
+            shard.finished = True
+            shard.note = "imported by hand"
+            names.append(shard.name)
+    return names

@@ -1,0 +1,173 @@
+"""``bin/batch prepare``: the request files for what is not done yet.
+
+Each request line is ``{"custom_id", "method": "POST", "url", "body"}``, the
+body being exactly what direct mode sends; beside it a meta line keeps the
+record fields import needs. Files are written as ``.tmp``, fsynced, and only
+then renamed into place and named in the state, so a crash leaves the run as
+it was. Unsubmitted files of an earlier prepare are replaced; requests in
+files submitted and not yet finished are left out (they are on their way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Iterable, Iterator
+
+import orjson
+
+from ...async_client.checkpoint import Checkpoint, check_manifest
+from ...async_client.engine import Job
+from ...errors import InputError
+from ..plan import Plan, plan_jobs, scan_done
+from .state import Shard, batch_dir, load_state, locked, pending_ids, save_state
+
+DEFAULT_ENDPOINT = "/v1/chat/completions"
+
+
+@dataclass(frozen=True)
+class ShardLimits:
+    """What goes in each request file."""
+
+    endpoint: str = DEFAULT_ENDPOINT  # the 'url' of each line and the batch endpoint
+    max_requests: int = 50000
+    max_bytes: int = 200_000_000
+
+
+@dataclass
+class PrepareResult:
+    dir: Path  # RUN_DIR/batch
+    written: list[Shard] = field(default_factory=list)
+    replaced: int = 0  # earlier unsubmitted files replaced
+    pending: int = 0  # requests left out: in submitted batches not fetched yet
+
+    @property
+    def requests(self) -> int:
+        return sum(s.requests for s in self.written)
+
+
+def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: bool = False) -> PrepareResult:
+    """Write the request files of every request not yet ok (nor on its way) and name them in the state."""
+    run_dir = Path(run_dir)
+    plan.manifest = check_manifest(run_dir, plan.manifest)
+    load_state(run_dir)  # unreadable state: refused before anything is written
+    with locked(run_dir):
+        state = load_state(run_dir)
+        kept = [s for s in state.shards if s.submitted]
+        dropped = [s for s in state.shards if not s.submitted]
+        d = batch_dir(run_dir)
+        jobs, pending = _jobs(run_dir, plan, set() if include_submitted else pending_ids(run_dir, state))
+        written = write_shards(d, jobs, _next_number(kept), limits)
+        checkpoint = Checkpoint(run_dir)
+        checkpoint.open(plan.manifest)  # the manifest bin/score would write
+        checkpoint.close()
+        _put_in_place(d, dropped, written)
+        state.shards = kept + written
+        save_state(run_dir, state)
+    return PrepareResult(d, written, len(dropped), pending)
+
+
+def _jobs(run_dir: Path, plan: Plan, pending: set[str]) -> tuple[Iterator[Job], int]:
+    """The jobs not done in the checkpoint nor in ``pending``, and how many of ``pending`` are planned."""
+    checkpoint = Checkpoint(run_dir)
+    for s in plan.stages:
+        checkpoint.repair(s.name)
+    done = scan_done(plan, checkpoint)
+    n_done = done.count()
+    for s in plan.stages:  # on their way in submitted batches: not asked again
+        done.add(s.name, [i.encode() for i in pending])
+    jobs, _ = plan_jobs(plan, done)
+    return jobs, done.count() - n_done
+
+
+def _next_number(kept: list[Shard]) -> int:
+    """The NNNN of the next file: after every file kept."""
+    return 1 + max((int(re.findall(r"\d+", s.name)[0]) for s in kept), default=0)
+
+
+def _put_in_place(d: Path, dropped: list[Shard], written: list[Shard]) -> None:
+    """Remove the replaced files (unless a new one has the name), rename the new ones into place."""
+    new = {w.name for w in written} | {w.meta for w in written}
+    for s in dropped:
+        for name in (s.name, s.meta):
+            if name not in new:
+                (d / name).unlink(missing_ok=True)
+    for w in written:
+        os.replace(d / (w.name + ".tmp"), d / w.name)
+        os.replace(d / (w.meta + ".tmp"), d / w.meta)
+
+
+def write_shards(d: Path, jobs: Iterable[Job], first: int, limits: ShardLimits) -> list[Shard]:
+    """``requests-NNNN.jsonl.tmp`` and their meta files from ``first`` on, fsynced; nothing left on error."""
+    d.mkdir(parents=True, exist_ok=True)
+    writer = _ShardWriter(d, first, limits)
+    try:
+        for job in jobs:
+            writer.add(job)
+        writer.close()
+    except BaseException:
+        writer.discard()
+        raise
+    for w in writer.written:
+        for name in (w.name, w.meta):
+            with open(d / (name + ".tmp"), "rb") as f:
+                os.fsync(f.fileno())
+    return writer.written
+
+
+class _ShardWriter:
+    """Request lines into the current pair of ``.tmp`` files, a new pair whenever a limit is reached."""
+
+    def __init__(self, d: Path, first: int, limits: ShardLimits):
+        self.d, self.first, self.limits = d, first, limits
+        self.written: list[Shard] = []
+        self._files: tuple[IO[bytes], IO[bytes]] | None = None
+        self._hash = hashlib.sha256()
+
+    def add(self, job: Job) -> None:
+        line = orjson.dumps({"custom_id": job.id, "method": "POST", "url": self.limits.endpoint,
+                             "body": job.payload}) + b"\n"
+        if len(line) > self.limits.max_bytes:
+            raise InputError(f"request {job.id} alone is {len(line)} bytes, over --max-bytes {self.limits.max_bytes}")
+        req, meta = self._start() if self._files is None or self._full(len(line)) else self._files
+        req.write(line)
+        self._hash.update(line)
+        meta.write(orjson.dumps({"id": job.id, **job.meta}) + b"\n")
+        self.written[-1].requests += 1
+        self.written[-1].bytes += len(line)
+
+    def _full(self, size: int) -> bool:
+        cur = self.written[-1]
+        return cur.requests >= self.limits.max_requests or cur.bytes + size > self.limits.max_bytes
+
+    def _start(self) -> tuple[IO[bytes], IO[bytes]]:
+        self.close()
+        stem = f"requests-{self.first + len(self.written):04d}"
+        shard = Shard(f"{stem}.jsonl", f"{stem}.meta.jsonl", 0, 0, None, self.limits.endpoint,
+                      prepared_at=round(time.time(), 3))
+        self.written.append(shard)
+        self._hash = hashlib.sha256()
+        self._files = (open(self.d / (shard.name + ".tmp"), "wb"), open(self.d / (shard.meta + ".tmp"), "wb"))
+        return self._files
+
+    def close(self) -> None:
+        """Close the current pair, its request file's hash recorded."""
+        if self._files is None:
+            return
+        self.written[-1].sha256 = self._hash.hexdigest()
+        for f in self._files:
+            f.close()
+        self._files = None
+
+    def discard(self) -> None:
+        """Close and remove every file written."""
+        for f in self._files or ():
+            f.close()
+        self._files = None
+        for w in self.written:
+            (self.d / (w.name + ".tmp")).unlink(missing_ok=True)
+            (self.d / (w.meta + ".tmp")).unlink(missing_ok=True)

@@ -1,0 +1,237 @@
+"""The batch state of a run directory: ``RUN_DIR/batch/state.json`` and its files.
+
+One :class:`Shard` per prepared request file says how far the file is on its
+way (uploaded, batch created, ended, imported), so that ``submit`` never makes
+a second batch for a file and every command can resume after a crash. The
+JSON is the one ``bin/batch`` has always written: a shard's keys are the
+fields below, in that order, and those set only later (``note``,
+``request_counts``, ``submitted_at``, the provider's file ids) are absent
+until then; keys this version does not know are kept as they are.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterator
+
+import orjson
+
+from ...async_client.checkpoint import MANIFEST, Checkpoint, atomic_write
+from ...errors import InputError, LiveroomError
+
+BATCH_DIR = "batch"
+STATE = "state.json"
+LOCK = ".lock"
+FORMAT = 1
+TERMINAL = ("completed", "failed", "expired", "cancelled")  # a batch in one of these has ended
+
+_CUSTOM_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"', re.M)
+_REQUIRED = ("name", "meta", "requests", "bytes", "sha256", "endpoint")
+_LATER = ("note", "request_counts", "submitted_at", "output_file_id", "error_file_id")
+
+
+def ended(status: str | None) -> bool:
+    """Whether a batch in ``status`` has ended: the one place that says so."""
+    return status in TERMINAL
+
+
+@dataclass
+class Shard:
+    """One prepared request file and its batch."""
+
+    name: str  # requests-NNNN.jsonl, under RUN_DIR/batch/
+    meta: str  # requests-NNNN.meta.jsonl: the record fields of each request
+    requests: int
+    bytes: int
+    sha256: str | None  # of the request file, checked before it is uploaded
+    endpoint: str
+    prepared_at: float | None = None
+    status: str = "prepared"
+    file_id: str | None = None
+    batch_id: str | None = None
+    finished: bool = False  # the batch ended and its files were imported
+    note: str | None = None
+    request_counts: dict[str, int] | None = None
+    submitted_at: float | None = None
+    output_file_id: str | None = None  # the provider's files, once the batch has them
+    error_file_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> Shard:
+        if not isinstance(obj, dict):
+            raise ValueError("a shard is not an object")
+        missing = [k for k in _REQUIRED if k not in obj]
+        if missing:
+            raise ValueError(f"a shard has no {', '.join(missing)}")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        return cls(**{k: v for k, v in obj.items() if k in known},
+                   extra={k: v for k, v in obj.items() if k not in known})
+
+    def to_json(self) -> dict[str, Any]:
+        """The shard as state.json holds it (``note`` appears, null, once the file is submitted)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _LATER + ("extra",)}
+        for k in _LATER:
+            value = getattr(self, k)
+            if value is not None or (k == "note" and self.submitted):
+                out[k] = value
+        return {**out, **self.extra}
+
+    @property
+    def submitted(self) -> bool:
+        return bool(self.file_id or self.batch_id)
+
+    @property
+    def live(self) -> bool:
+        """It has a batch that has not ended."""
+        return bool(self.batch_id) and not ended(self.status)
+
+    def counts_text(self) -> str:
+        c = self.request_counts or {}
+        return f"{c.get('completed', 0)}/{c.get('failed', 0)}/{c.get('total', self.requests)}"
+
+    def line(self) -> str:
+        """One line for ``status``: name, batch id, status, completed/failed/total."""
+        status = self.status or "prepared"
+        extra = " finished" if self.finished else ""
+        note = f" ({self.note})" if self.note else ""
+        return (f"{self.name}  {self.batch_id or '-'}  {status}  "
+                f"{self.counts_text()} completed/failed/total{extra}{note}")
+
+    def update(self, batch: dict[str, Any]) -> bool:
+        """Copy a batch object's progress in; True when something ``line`` shows changed."""
+        before = (self.status, self.counts_text())
+        self.status = str(batch.get("status") or self.status)
+        rc = batch.get("request_counts")
+        if isinstance(rc, dict):
+            self.request_counts = {k: int(rc.get(k) or 0) for k in ("total", "completed", "failed")}
+        if batch.get("output_file_id"):
+            self.output_file_id = batch["output_file_id"]
+        if batch.get("error_file_id"):
+            self.error_file_id = batch["error_file_id"]
+        note = _errors_note(batch)
+        if note:
+            self.note = note
+        return before != (self.status, self.counts_text())
+
+
+def _errors_note(batch: dict[str, Any]) -> str | None:
+    """The first three of a batch's errors, as one note."""
+    errors = (batch.get("errors") or {}).get("data") if isinstance(batch.get("errors"), dict) else None
+    if not errors:
+        return None
+    return "; ".join(str(e.get("message") or e.get("code")) + (f" (line {e['line']})" if e.get("line") else "")
+                     for e in errors[:3] if isinstance(e, dict))
+
+
+@dataclass
+class BatchState:
+    """``state.json``: the shards, and the provider files already imported."""
+
+    shards: list[Shard] = field(default_factory=list)
+    imported: dict[str, str] = field(default_factory=dict)  # sha256 of a provider file -> its name
+    format: int = FORMAT
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, obj: Any) -> BatchState:
+        if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list):
+            raise ValueError("no list of shards")
+        rest = {k: v for k, v in obj.items() if k not in ("format", "shards", "imported")}
+        return cls([Shard.from_json(s) for s in obj["shards"]], dict(obj.get("imported") or {}),
+                   obj.get("format", FORMAT), rest)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": self.format, "shards": [s.to_json() for s in self.shards],
+                "imported": self.imported, **self.extra}
+
+
+# ----------------------------------------------------------------- the run directory
+
+def batch_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / BATCH_DIR
+
+
+def load_state(run_dir: Path) -> BatchState:
+    path = batch_dir(run_dir) / STATE
+    if not path.exists():
+        return BatchState()
+    try:
+        return BatchState.from_json(orjson.loads(path.read_bytes()))
+    except (orjson.JSONDecodeError, ValueError, TypeError) as e:
+        raise LiveroomError(f"{path}: unreadable batch state ({e})") from None
+
+
+def save_state(run_dir: Path, state: BatchState) -> None:
+    """Written whole and renamed into place: a crash leaves the old state or the new one."""
+    atomic_write(batch_dir(run_dir) / STATE, orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2))
+
+
+@contextmanager
+def locked(run_dir: Path) -> Iterator[None]:
+    """One ``bin/batch`` at a time per run directory."""
+    d = batch_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / LOCK, "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise LiveroomError(f"another bin/batch is working on {run_dir}; wait for it to end") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MANIFEST
+    try:
+        manifest: dict[str, Any] = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise InputError(f"{run_dir}: not a run directory (no {MANIFEST}); run bin/batch prepare first") from None
+    except orjson.JSONDecodeError as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
+    return manifest
+
+
+def done_ids(run_dir: Path, manifest: dict[str, Any]) -> set[str]:
+    """Ids already ok in the run's checkpoint, every stage together."""
+    checkpoint = Checkpoint(run_dir)
+    return set().union(*(checkpoint.done(g) for g in manifest.get("groups", {})))
+
+
+def shard_ids(run_dir: Path, shard: Shard) -> set[str]:
+    """The request ids of a shard, read from its meta file."""
+    path = batch_dir(run_dir) / shard.meta
+    if not path.exists():
+        raise LiveroomError(f"{path}: missing; it lists the requests of {shard.name}")
+    return {m.decode() for m in _CUSTOM_ID.findall(path.read_bytes())}
+
+
+def load_meta(run_dir: Path, state: BatchState) -> dict[str, dict[str, Any]]:
+    """Request id -> the record fields of every prepared request."""
+    meta: dict[str, dict[str, Any]] = {}
+    d = batch_dir(run_dir)
+    for shard in state.shards:
+        path = d / shard.meta
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                if line.endswith(b"\n"):
+                    m = orjson.loads(line)
+                    meta[m.pop("id")] = m
+    return meta
+
+
+def pending_ids(run_dir: Path, state: BatchState) -> set[str]:
+    """Ids in files submitted and not yet finished: still on their way."""
+    out: set[str] = set()
+    for shard in state.shards:
+        if shard.submitted and not shard.finished:
+            out |= shard_ids(run_dir, shard)
+    return out
