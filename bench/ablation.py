@@ -24,7 +24,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from liveroom.synthetic import make_synthetic, write_synthetic  # noqa: E402
-from liveroom.train.loop import PRESETS, TrainConfig, train  # noqa: E402
+from liveroom.train.config import PRESETS, TrainConfig  # noqa: E402
+from liveroom.train.loop import train  # noqa: E402
 
 VARIANTS: dict[str, dict] = {
     "tabular only": dict(inputs="tabular", debias=False),

@@ -46,12 +46,12 @@ import torch  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch._dynamo.utils import counters  # noqa: E402
 
-from liveroom.data.layout import TARGET_COLUMNS, input_names  # noqa: E402
+from liveroom.data.layout import N_REG, N_SHARE, TARGET_COLUMNS, input_names  # noqa: E402
 from liveroom.data.personas import PERSONA_KEYS  # noqa: E402
 from liveroom.synthetic import make_synthetic, write_synthetic  # noqa: E402
 from liveroom.train.data import Dataset, build_dataset, read_features, read_pitches  # noqa: E402
 from liveroom.train.loss import EPS, batch_loss, kl_weight, per_sample_loss  # noqa: E402
-from liveroom.train.model import N_REG, N_SHARE, FastStep, SalesNet  # noqa: E402
+from liveroom.train.model import FastStep, SalesNet  # noqa: E402
 
 REFERENCE_EPOCH_S = {20_000: 37.0, 200_000: 395.0}  # the reference on this machine (issue), batch 16, one epoch
 B = 16

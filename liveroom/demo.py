@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .data.layout import N_PERSONAS, N_SHARE, PAY_TARGETS, WATCH_TARGETS
 from .errors import LiveroomError
-from .data.layout import PAY_TARGETS, WATCH_TARGETS
 from .process import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,12 +93,12 @@ def baseline(pitches: Path) -> dict[str, float]:
     out = {"rmse_log_gmv": float(np.sqrt((err ** 2).mean())), "mae_log_gmv": float(err.abs().mean())}
     for name, cols in (("watch", WATCH_TARGETS), ("pay", PAY_TARGETS)):
         y, p = test[list(cols)].to_numpy(), train[list(cols)].to_numpy().mean(0)
-        out[f"kl_{name}"] = float(np.mean(np.sum(y * (np.log(np.clip(y, 1e-12, None)) - np.log(p + 1e-9)), 1) / 8))
+        out[f"kl_{name}"] = float(np.mean(np.sum(y * (np.log(np.clip(y, 1e-12, None)) - np.log(p + 1e-9)), 1) / N_SHARE))
     return out
 
 
 def _score_summary(stderr: str) -> str:
-    lines = [l.removeprefix("score: ") for l in stderr.splitlines() if l.startswith("score: ")]
+    lines = [s.removeprefix("score: ") for s in stderr.splitlines() if s.startswith("score: ")]
     return lines[0] if lines else "?"
 
 
@@ -116,7 +116,7 @@ def report(data: Path, sim_url: str, score_line: str, n: int) -> str:
     return "\n".join([
         "",
         "=" * 72,
-        f"liveroom demo: {n} pitches x 3 stages x 8 personas = {n * 24} requests",
+        f"liveroom demo: {n} pitches x 3 stages x {N_PERSONAS} personas = {n * 3 * N_PERSONAS} requests",
         f"  to the simulator at {sim_url} (heuristic answers, not a language model)",
         f"  scoring: {score_line}",
         "",
@@ -169,7 +169,7 @@ def demo_local(data: Path, n_local: int, port: int) -> str:
     entry = np.load(local / "features" / "entry.npy")
     return "\n".join([
         "", "=" * 72,
-        f"liveroom demo (LLM=local): {n_local} pitches x 24 requests through a real local LLM server",
+        f"liveroom demo (LLM=local): {n_local} pitches x {3 * N_PERSONAS} requests through a real local LLM server",
         f"  scoring: {_score_summary(p.stderr)} ({elapsed:.0f} s with server start-up; exit {p.returncode})",
         f"  entry scores (pitches x personas):\n{entry}",
         f"  outputs: {local}/run, {local}/features",

@@ -9,9 +9,12 @@ import torch
 
 from liveroom.data.layout import TARGET_COLUMNS
 from liveroom.synthetic import make_synthetic, write_synthetic
+from liveroom.train.checkpoint import load_model
+from liveroom.train.config import TrainConfig
 from liveroom.train.data import raw_inputs, read_features, read_pitches
-from liveroom.train.loop import TrainConfig, metric_names, train
-from liveroom.train.predict import load_model, predict
+from liveroom.train.loop import train
+from liveroom.train.metrics import metric_names
+from liveroom.train.predict import predict
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,14 @@
-"""The one place that decides column names and the feature layout.
+"""The one place that decides column names, counts, slices and the feature layout.
 
 Input x of the sales model: the 8 tabular columns, then the LLM features
 ``entry``, ``action``, ``read``, ``state`` (8 personas each) = 40 floats.
-Targets y: 4 log counts, 8 watch shares, 8 pay shares = 20 floats.
+Targets y: 4 log counts (``REG``), 8 watch shares (``WATCH``), 8 pay shares
+(``PAY``) = 20 floats.
+
+The sales model is built for the default persona set: its share targets are
+the ``prop_<persona>_*`` columns of those personas, so every count here
+follows :data:`~liveroom.data.personas.PERSONA_KEYS`. A custom persona set
+changes what is scored; the trainer refuses feature matrices of another width.
 """
 
 from __future__ import annotations
@@ -24,6 +30,17 @@ TARGET_COLUMNS: tuple[str, ...] = (*REGRESSION_TARGETS, *WATCH_TARGETS, *PAY_TAR
 
 #: columns every pitches file must have to be scored
 TEXT_COLUMNS: tuple[str, ...] = ("index", "start", "title", "prod", "text")
+
+N_PERSONAS = len(PERSONA_KEYS)                  # 8
+N_TABULAR = len(TABULAR_COLUMNS)                # 8 inputs without the LLM features (40 with them)
+N_REG = len(REGRESSION_TARGETS)                 # 4
+N_SHARE = N_PERSONAS                            # 8 shares per head
+N_TARGETS = len(TARGET_COLUMNS)                 # 20
+
+#: where each head's targets (and outputs) sit in y
+REG = slice(0, N_REG)
+WATCH = slice(N_REG, N_REG + N_SHARE)
+PAY = slice(N_REG + N_SHARE, N_REG + 2 * N_SHARE)
 
 
 def llm_feature_names(personas: tuple[str, ...] = PERSONA_KEYS) -> list[str]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from .loop import PRESETS, TrainConfig, train
+from .config import PRESETS, TrainConfig
+from .loop import train
 from .loss import KL_SCHEDULES
 
 
 def parser() -> argparse.ArgumentParser:
+    """``bin/train``'s flags; defaults shown are TrainConfig's."""
     d = TrainConfig("", "")
     ap = argparse.ArgumentParser(
         prog="train",
@@ -50,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The preset's settings, overridden by the flags given."""
     d = TrainConfig("", "")
     preset = dict(PRESETS[args.preset])
     for name in ("temperature", "patience", "kl_schedule"):
@@ -63,6 +66,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``bin/train``: check the numbers, train, print the selected epoch's test metrics."""
     ap = parser()
     args = ap.parse_args(argv)
     for name, lo in (("epochs", 1), ("batch_size", 1), ("hidden", 1)):

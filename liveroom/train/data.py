@@ -20,21 +20,35 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from ..errors import InputError
 from ..data.inputs import load_pitches
-from ..data.layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, WATCH_TARGETS, PAY_TARGETS, input_names
+from ..data.layout import (
+    LLM_FEATURES,
+    N_PERSONAS,
+    N_TARGETS,
+    PAY,
+    PAY_TARGETS,
+    TABULAR_COLUMNS,
+    TARGET_COLUMNS,
+    WATCH,
+    WATCH_TARGETS,
+    input_names,
+)
 from ..data.personas import PERSONA_KEYS
+from ..errors import InputError
+from .config import TrainConfig
 from .loss import debias_weight, ylogy
 
 SPLITS = ("train", "val", "test")
 
 
 def read_pitches(path: str | Path, with_targets: bool) -> pd.DataFrame:
+    """The pitches file with its tabular columns (and the targets, for training) checked numeric."""
     numeric = (*TABULAR_COLUMNS, *(TARGET_COLUMNS if with_targets else ()))
     return load_pitches(path, need=(), numeric=numeric)
 
 
 def _load_npy(path: Path) -> np.ndarray:
+    """One .npy file, never unpickled, or a one-line error."""
     if not path.is_file():
         raise InputError(f"{path.parent}: missing {path.name}")
     try:
@@ -48,7 +62,7 @@ def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndar
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: features directory not found")
-    n, k = len(index), len(PERSONA_KEYS)
+    n, k = len(index), N_PERSONAS
     if (directory / "index.npy").exists():
         idx = _load_npy(directory / "index.npy")
         if idx.shape != (n,):
@@ -58,7 +72,7 @@ def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndar
             r = int(diff[0])
             raise InputError(f"{directory / 'index.npy'}: row {r + 1} is pitch index {idx[r]}, "
                              f"but the pitches file has index {index[r]} there")
-    out = {}
+    out: dict[str, np.ndarray] = {}
     for name in LLM_FEATURES:
         path = directory / f"{name}.npy"
         a = _load_npy(path)
@@ -109,6 +123,7 @@ class Dataset:
     names: list[str]
 
     def part(self, split: str) -> Tensor:
+        """The rows of one split: ``train``, ``val`` or ``test``."""
         a, b = self.bounds
         return {"train": self.rows[:a], "val": self.rows[a:b], "test": self.rows[b:]}[split]
 
@@ -116,13 +131,13 @@ class Dataset:
         return rows[:, :self.n_in]
 
     def y(self, rows: Tensor) -> Tensor:
-        return rows[:, self.n_in:self.n_in + 20]
+        return rows[:, self.n_in:self.n_in + N_TARGETS]
 
     def weight(self, rows: Tensor) -> Tensor:
-        return rows[:, self.n_in + 20]
+        return rows[:, self.n_in + N_TARGETS]
 
     def ylogy(self, rows: Tensor) -> Tensor:
-        return rows[:, self.n_in + 21:]
+        return rows[:, self.n_in + N_TARGETS + 1:]
 
 
 def build_dataset(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None, *, debias: bool,
@@ -143,7 +158,18 @@ def build_dataset(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None,
         w = debias_weight(torch.from_numpy(features["action"]), torch.from_numpy(features["state"]))
     else:
         w = torch.ones(len(x), dtype=x.dtype)
-    ylogys = torch.stack([ylogy(y[:, 4:12]), ylogy(y[:, 12:20])], 1)
+    ylogys = torch.stack([ylogy(y[:, WATCH]), ylogy(y[:, PAY])], 1)
     rows = torch.cat([(x - mean) / std, y, w[:, None], ylogys], 1).to(device=device, dtype=torch.float32)
     return Dataset(rows, x.shape[1], bounds, mean.float().to(device), std.float().to(device),
                    input_names(features is not None))
+
+
+def load_training_data(cfg: TrainConfig, device: torch.device) -> Dataset:
+    """The configured pitches (and persona features) as a :class:`Dataset` on ``device``."""
+    pitches = read_pitches(cfg.pitches, with_targets=True)
+    features = None
+    if cfg.with_llm:
+        if not cfg.features:
+            raise InputError("--features FEATURES_DIR is required with --inputs tabular+llm")
+        features = read_features(cfg.features, pitches["index"].to_numpy())
+    return build_dataset(pitches, features, debias=cfg.debias, standardize=cfg.standardize, device=device)

@@ -18,11 +18,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..data.layout import PAY, REG, WATCH
+
 EPS = 1e-9
 KL_SCHEDULES = ("constant", "reference")
 
 
 def kl_weight(batch: int, schedule: str) -> float:
+    """The KL weight of batch ``batch`` of an epoch under ``schedule``."""
     if schedule == "reference":
         return max(1.0 - 0.025 * batch, 0.0)
     return 1.0
@@ -40,8 +43,8 @@ def kl(y: Tensor, p: Tensor) -> Tensor:
 
 def per_sample_loss(reg: Tensor, watch: Tensor, pay: Tensor, y: Tensor, w_kl: float) -> Tensor:
     """(B,) losses for predictions (B, 4), (B, 8), (B, 8) against targets y (B, 20)."""
-    mse = ((reg - y[:, :4]) ** 2).mean(-1)
-    return mse + w_kl * kl(y[:, 4:12], watch) + w_kl * kl(y[:, 12:20], pay)
+    mse = ((reg - y[:, REG]) ** 2).mean(-1)
+    return mse + w_kl * kl(y[:, WATCH], watch) + w_kl * kl(y[:, PAY], pay)
 
 
 def debias_weight(action: Tensor, state: Tensor) -> Tensor:
@@ -50,4 +53,5 @@ def debias_weight(action: Tensor, state: Tensor) -> Tensor:
 
 
 def batch_loss(per_sample: Tensor, weight: Tensor) -> Tensor:
+    """The weighted mean that the optimiser minimises."""
     return (weight * per_sample).mean()

@@ -16,20 +16,28 @@ updates everything. ``tests/test_train_model.py`` checks it against autograd.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
+from ..data.layout import N_REG, N_SHARE
 from .loss import EPS
-
-N_REG, N_SHARE = 4, 8
 
 
 def _head(hidden: int, k: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, k))
 
 
+def linear(seq: nn.Sequential, i: int) -> nn.Linear:
+    """Layer ``i`` of a trunk or head, typed (the state dict keeps the Sequential's names)."""
+    layer = seq[i]
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
 class SalesNet(nn.Module):
-    def __init__(self, n_in: int, hidden: int = 64, dropout: float = 0.1, temperature: float = 500.0):
+    def __init__(self, n_in: int, hidden: int = 64, dropout: float = 0.1, temperature: float = 500.0) -> None:
         super().__init__()
         self.temperature = temperature
         self.trunk = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Dropout(dropout))
@@ -47,16 +55,12 @@ class SalesNet(nn.Module):
             h = self.trunk(x)
             heads = [self.reg(h), self.watch(h), self.pay(h)]
         else:
-            h = torch.relu(self.trunk[0](x)) * masks[0]
+            h = torch.relu(linear(self.trunk, 0)(x)) * masks[0]
             m = masks[1].chunk(3, dim=1)
-            heads = [hd[3](torch.relu(hd[0](h)) * mi) for hd, mi in zip((self.reg, self.watch, self.pay), m)]
+            heads = [linear(hd, 3)(torch.relu(linear(hd, 0)(h)) * mi)
+                     for hd, mi in zip((self.reg, self.watch, self.pay), m)]
         reg, watch, pay = heads
         return reg, torch.softmax(watch / self.temperature, -1), torch.softmax(pay / self.temperature, -1)
-
-
-def _layout(net: SalesNet) -> list[nn.Linear]:
-    """Linear layers in flat order: trunk, the heads' first layers, the heads' last layers."""
-    return [net.trunk[0], net.reg[0], net.watch[0], net.pay[0], net.reg[3], net.watch[3], net.pay[3]]
 
 
 class FastStep:
@@ -68,17 +72,18 @@ class FastStep:
     :meth:`loss_and_grad`.
     """
 
-    def __init__(self, net: SalesNet):
+    def __init__(self, net: SalesNet) -> None:
         self.net = net
-        H = self.hidden = net.trunk[0].out_features
-        t, r, w, p = net.trunk[0], net.reg, net.watch, net.pay
+        t = linear(net.trunk, 0)
+        first = [linear(hd, 0) for hd in (net.reg, net.watch, net.pay)]
+        last = [linear(hd, 3) for hd in (net.reg, net.watch, net.pay)]
+        H, n_in = t.out_features, t.in_features
+        self.hidden = H
         # flat order: W1 | W of the heads' first layers | b1 | their biases | W out | b out
-        order = [(t, "weight"), (r[0], "weight"), (w[0], "weight"), (p[0], "weight"),
-                 (t, "bias"), (r[0], "bias"), (w[0], "bias"), (p[0], "bias"),
-                 (r[3], "weight"), (w[3], "weight"), (p[3], "weight"),
-                 (r[3], "bias"), (w[3], "bias"), (p[3], "bias")]
+        order = [(m, a) for a in ("weight", "bias") for m in (t, *first)]
+        order += [(m, a) for a in ("weight", "bias") for m in last]
         self.flat = nn.Parameter(torch.cat([getattr(m, a).detach().reshape(-1) for m, a in order]))
-        self.flat.grad = torch.zeros_like(self.flat)
+        grad = self.flat.grad = torch.zeros_like(self.flat)
         offset = 0
         for m, a in order:  # the net's parameters become views of flat
             shape = getattr(m, a).shape
@@ -86,14 +91,14 @@ class FastStep:
             setattr(m, a, nn.Parameter(self.flat.data[offset:offset + n].view(shape)))
             offset += n
         k = N_REG + 2 * N_SHARE
-        sizes = {"W1": H * t.in_features, "Wh": 3 * H * H, "b1": H, "bh": 3 * H, "Wo": k * H, "bo": k}
-        shapes = {"W1": (H, t.in_features), "Wh": (3 * H, H), "Wo": (k, H)}
-        offset = 0
-        for name, n in sizes.items():  # parameter and gradient views by group
-            for prefix, buf in (("", self.flat.data), ("g", self.flat.grad)):
-                v = buf[offset:offset + n]
-                setattr(self, prefix + name, v.view(shapes[name]) if name in shapes else v)
-            offset += n
+        shapes = [(H, n_in), (3 * H, H), (H,), (3 * H,), (k, H), (k,)]  # parameter and gradient views by group
+
+        def groups(buf: Tensor) -> list[Tensor]:
+            parts = buf.split([math.prod(s) for s in shapes])
+            return [p.view(s) for p, s in zip(parts, shapes)]
+
+        self.W1, self.Wh, self.b1, self.bh, self.Wo, self.bo = groups(self.flat.data)
+        self.gW1, self.gWh, self.gb1, self.gbh, self.gWo, self.gbo = groups(grad)
 
     def masks(self, batch: int, p: float, generator: torch.Generator | None) -> tuple[Tensor, Tensor] | None:
         """Scaled dropout masks for one batch (None when p = 0), drawn like nn.Dropout."""

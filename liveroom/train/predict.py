@@ -10,30 +10,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import InputError
-from ..data.layout import TARGET_COLUMNS
+from ..data.layout import N_TABULAR, TARGET_COLUMNS
 from ..data.personas import PERSONA_KEYS
+from ..errors import InputError
+from .checkpoint import load_model
 from .data import raw_inputs, read_features, read_pitches
-from .loop import TrainConfig, build_net, load_checkpoint
-
-
-def load_model(model_dir: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The model in ``MODEL_DIR/best.pt`` (eval mode, CPU) and its checkpoint dict."""
-    ck = load_checkpoint(Path(model_dir) / "best.pt")
-    cfg = TrainConfig.from_dict(ck["config"])
-    net = build_net(cfg, len(ck["inputs"]), torch.device("cpu"))
-    net.load_state_dict(ck["model"])
-    return net.eval(), ck
+from .model import SalesNet
 
 
 @torch.no_grad()
-def predict(net: torch.nn.Module, ck: dict, x_raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def predict(net: SalesNet, ck: dict[str, Any], x_raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """(n, 20) predictions for raw inputs in the model's column order."""
     x = (torch.from_numpy(x_raw).float() - ck["x_mean"]) / ck["x_std"]
     parts = [torch.cat(net(part), 1) for part in x.split(chunk)]
@@ -41,6 +33,7 @@ def predict(net: torch.nn.Module, ck: dict, x_raw: np.ndarray, chunk: int = 6553
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``bin/predict``: read the model and the new pitches, write the forecasts."""
     ap = argparse.ArgumentParser(
         prog="predict",
         description="Write the model's forecasts (index + the 20 target columns) for new pitches.")
@@ -57,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise InputError(f"{args.model}: model was trained for personas {', '.join(ck['personas'])}")
     pitches = read_pitches(args.pitches, with_targets=False)
     features = None
-    if len(ck["inputs"]) > 8:
+    if len(ck["inputs"]) > N_TABULAR:
         if not args.features:
             raise InputError(f"--features is required: the model in {args.model} uses the persona features")
         features = read_features(args.features, pitches["index"].to_numpy())
