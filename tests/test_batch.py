@@ -25,6 +25,8 @@ import pytest
 
 from conftest import pitch_row, write_goods, write_pitches
 from liveroom.cli import batch_main, collect_main
+from liveroom.scoring.batch import flows
+from liveroom.scoring.batch.state import TERMINAL, Shard, ended, load_state, save_state
 from liveroom.sim.batch_jobs import BatchConfig
 from liveroom.sim.batch_server import BATCH_STATE, make_app, run_batch_server
 from liveroom.sim.chat_server import STATE
@@ -438,3 +440,139 @@ def test_wrong_key_is_one_line_fatal_and_never_written(tmp_path, capsys, server,
     assert "wrong-key" not in err
     assert srv.counts.get("uploads", 0) == 0
     assert_no_key(run)
+
+
+# state.json as bin/batch wrote it before the package split: it must load, and be written back the same
+TODAY_STATE = """{
+  "format": 1,
+  "shards": [
+    {
+      "name": "requests-0001.jsonl",
+      "meta": "requests-0001.meta.jsonl",
+      "requests": 40,
+      "bytes": 51647,
+      "sha256": "54a5424906dae1023b95eddd99fd156513c6b942726353368bbc382a24afb06d",
+      "endpoint": "/v1/chat/completions",
+      "prepared_at": 1712345678.123,
+      "status": "completed",
+      "file_id": "file-aaa",
+      "batch_id": "batch_bbb",
+      "finished": true,
+      "note": null,
+      "request_counts": {
+        "total": 40,
+        "completed": 36,
+        "failed": 4
+      },
+      "submitted_at": 1712345680.5,
+      "output_file_id": "file-out",
+      "error_file_id": "file-err"
+    },
+    {
+      "name": "requests-0002.jsonl",
+      "meta": "requests-0002.meta.jsonl",
+      "requests": 9,
+      "bytes": 11648,
+      "sha256": "d9bc241811ff4f511fbfc1f89a414dddbca105128d503351aa9701fae63a7268",
+      "endpoint": "/v4/chat/completions",
+      "prepared_at": 1712345690.0,
+      "status": "expired",
+      "file_id": "file-ccc",
+      "batch_id": "batch_ddd",
+      "finished": true,
+      "note": "ended early: what is missing is prepared again by the next prepare",
+      "request_counts": {
+        "total": 9,
+        "completed": 2,
+        "failed": 7
+      },
+      "submitted_at": 1712345691.25,
+      "error_file_id": "file-err2",
+      "later_key": [1, 2]
+    },
+    {
+      "name": "requests-0003.jsonl",
+      "meta": "requests-0003.meta.jsonl",
+      "requests": 5,
+      "bytes": 6000,
+      "sha256": "00bc241811ff4f511fbfc1f89a414dddbca105128d503351aa9701fae63a7200",
+      "endpoint": "/v1/chat/completions",
+      "prepared_at": 1712345700.0,
+      "status": "prepared",
+      "file_id": null,
+      "batch_id": null,
+      "finished": false
+    }
+  ],
+  "imported": {
+    "0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f": "requests-0001.output.jsonl"
+  }
+}"""
+
+
+def test_state_json_of_before_the_split_loads_and_is_written_back_the_same(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "batch").mkdir(parents=True)
+    (run / "batch" / "state.json").write_text(TODAY_STATE)
+    st = load_state(run)
+    done, expired, prepared = st.shards
+    assert all(isinstance(s, Shard) for s in st.shards)
+    assert (done.batch_id, done.output_file_id, done.request_counts) == \
+        ("batch_bbb", "file-out", {"total": 40, "completed": 36, "failed": 4})
+    assert expired.endpoint == "/v4/chat/completions" and expired.output_file_id is None and expired.finished
+    assert (prepared.status, prepared.submitted, prepared.request_counts, prepared.note) == \
+        ("prepared", False, None, None)
+    assert not any(s.live for s in st.shards)
+    assert st.imported == {"0f" * 32: "requests-0001.output.jsonl"}
+
+    save_state(run, st)
+    text = (run / "batch" / "state.json").read_text()
+    assert json.loads(text) == json.loads(TODAY_STATE)
+    assert [list(s) for s in json.loads(text)["shards"]] == [list(s) for s in json.loads(TODAY_STATE)["shards"]]
+    assert text == json.dumps(json.loads(TODAY_STATE), indent=2)
+
+    (run / "manifest.json").write_text("{}")
+    rc, out = batch(capsys, "status", "--run", str(run), "--base-url", "https://api.openai.com/v1")
+    assert rc == 0 and out.splitlines() == [
+        "requests-0001.jsonl  batch_bbb  completed  36/4/40 completed/failed/total finished",
+        "requests-0002.jsonl  batch_ddd  expired  2/7/9 completed/failed/total finished (ended early: what is "
+        "missing is prepared again by the next prepare)",
+        "requests-0003.jsonl  -  prepared  0/0/5 completed/failed/total"]
+    # an old state without the imported table, and one that is not a state at all
+    (run / "batch" / "state.json").write_text('{"format": 1, "shards": []}')
+    assert load_state(run).imported == {}
+    (run / "batch" / "state.json").write_text('{"format": 1, "shards": [{"name": "x.jsonl"}]}')
+    rc, err = batch(capsys, "status", "--run", str(run))
+    assert rc == 2 and "unreadable batch state" in err and len(err.strip().splitlines()) == 1
+
+
+def test_terminal_statuses():
+    assert TERMINAL == ("completed", "failed", "expired", "cancelled")
+    assert all(ended(s) for s in TERMINAL)
+    assert not any(ended(s) for s in ("validating", "in_progress", "finalizing", "cancelling", None))
+
+
+def test_flows_return_what_they_did_and_print_nothing(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    opened = flows.open_run(run, None)
+    api = flows.Api(opened.base_url, KEY, backoff=0.01)
+    events: list[flows.Event] = []
+    got = flows.submit(opened, api, flows.UploadWait(poll=0.05), events.append)
+    assert (got.todo, got.refused) == (1, 0)
+    assert [e.kind for e in events] == ["uploaded", "created"]
+    assert events[0].shard.file_id and not events[0].shard.batch_id  # the shard as it was then
+    assert events[1].shard.batch_id == state(run)["shards"][0]["batch_id"]
+    assert flows.submit(opened, api).todo == 0
+
+    events.clear()
+    fetched = flows.fetch(opened, api, wait=True, interval=0.01, notify=events.append)
+    assert (fetched.watched, fetched.left, fetched.ended_early) == (1, 0, 0)
+    assert fetched.report.ok == N_PITCHES * 8 and not fetched.report.failed
+    assert events[-1].kind == "imported" and events[-1].detail == "requests-0001.output.jsonl"
+    (shard,) = flows.status(flows.open_run(run, None), api)
+    assert shard.finished and shard.status == "completed"
+    assert flows.cancel(opened, api) == []
+    out = capsys.readouterr()
+    assert out.out == "" and out.err == ""
