@@ -223,11 +223,18 @@ def test_stage_registry():
     assert build_request(STAGES["entry"], PITCH, MOTHER).n_items == 0
 
 
+def test_the_stages_fill_each_layout_feature_once():
+    from liveroom.data.layout import LLM_FEATURES
+
+    filled = [f for s in STAGES.values() for f in s.features]
+    assert sorted(filled) == sorted(LLM_FEATURES)
+
+
 # --------------------------------------------------------------------------- versions
 
 def rebuilt(name: str) -> Stage:
     s = STAGES[name]
-    return Stage(s.name, s.user, s.schema, s.parse, s.features, s.needs_showcase)
+    return Stage(s.name, s.user, s.schema, s.parse, s.features, s.template, s.needs_showcase)
 
 
 def test_version_is_stable_and_named():
@@ -326,7 +333,7 @@ def test_version_changes_with_the_schema(monkeypatch):
     before = STAGES["read"].version
     monkeypatch.setattr(stages, "_SCORE", {"type": "integer", "enum": [1, 2, 3]})
     st = STAGES["read"]
-    assert Stage(st.name, st.user, stages.read_schema, st.parse, st.features).version != before
+    assert Stage(st.name, st.user, stages.read_schema, st.parse, st.features, st.template).version != before
     assert rebuilt("entry").version != STAGES["entry"].version
 
 

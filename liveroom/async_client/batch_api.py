@@ -5,7 +5,7 @@ multipart, ``purpose=batch``), read a file's metadata and content, create,
 retrieve, list and cancel batches. Every call is retried with the same
 policy as chat requests (:mod:`.policy`): 408, 409, 429 (honouring
 ``Retry-After``), 5xx, timeouts and dropped connections are tried again;
-401 and 403 raise :class:`~.http.Fatal` (one line, exit status 2); other
+401 and 403 raise :class:`~.errors.Fatal` (one line, exit status 2); other
 4xx raise :class:`BatchAPIError`. The API key goes in the ``Authorization``
 header only and is masked in every message.
 """
@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Awaitable, Callable, TypeVar
+from types import TracebackType
+from typing import Any, TypeVar
 
 import aiohttp
 import orjson
 
 from ..errors import LiveroomError
-from .http import Rejected, Retryable, http_error, redact
+from .errors import Rejected, Retryable
 from .policy import retry_policy
+from .transport import http_error, transport_errors
 
 T = TypeVar("T")
 
@@ -33,7 +36,7 @@ FILE_FAILED = ("error", "failed", "deleted")
 class BatchAPIError(LiveroomError):
     """The server refused a Batch API call (a 4xx other than the retryable ones)."""
 
-    def __init__(self, message: str, status: int | None = None):
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
@@ -46,7 +49,7 @@ class BatchClient:
     """Calls ``{base_url}/files`` and ``{base_url}/batches``."""
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 120.0,
-                 upload_timeout: float = 1800.0, max_retries: int = 6, backoff: float = 1.0):
+                 upload_timeout: float = 1800.0, max_retries: int = 6, backoff: float = 1.0) -> None:
         self.base = base_url.rstrip("/")
         self._key = api_key
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -56,12 +59,13 @@ class BatchClient:
         self.calls = 0  # HTTP attempts, for reports
         self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "BatchClient":
+    async def __aenter__(self) -> BatchClient:
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if self._session is not None:
             await self._session.close()
 
@@ -93,15 +97,11 @@ class BatchClient:
             kwargs["data"] = data
         if timeout is not None:
             kwargs["timeout"] = timeout
-        try:
+        with transport_errors(what, self._key):
             async with self._session.request(method, self.base + path, **kwargs) as resp:
                 body = await resp.read()
                 self._check(resp.status, resp.headers, body, what)
                 return body
-        except asyncio.TimeoutError:
-            raise Retryable(f"{what}: timed out") from None
-        except aiohttp.ClientError as e:
-            raise Retryable(redact(f"{what}: connection error: {type(e).__name__}: {e}", self._key)) from None
 
     async def _json(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
         async def call() -> dict[str, Any]:
@@ -156,7 +156,7 @@ class BatchClient:
             status = (info or {}).get("status")
             if info is not None and (status in FILE_READY or status is None):
                 return info
-            if status in FILE_FAILED:
+            if info is not None and status in FILE_FAILED:
                 detail = info.get("status_details") or info.get("error") or ""
                 raise FileFailed(f"file {file_id}: status {status}" + (f": {detail}" if detail else ""))
             if loop.time() >= deadline:
@@ -174,7 +174,7 @@ class BatchClient:
             assert self._session is not None
             what = f"download {file_id}"
             self.calls += 1
-            try:
+            with transport_errors(what, self._key):
                 async with self._session.get(f"{self.base}/files/{file_id}/content",
                                              timeout=self._upload_timeout) as resp:
                     if resp.status != 200:
@@ -186,10 +186,6 @@ class BatchClient:
                             n += len(block)
                         f.flush()
                         os.fsync(f.fileno())
-            except asyncio.TimeoutError:
-                raise Retryable(f"{what}: timed out") from None
-            except aiohttp.ClientError as e:
-                raise Retryable(redact(f"{what}: connection error: {type(e).__name__}: {e}", self._key)) from None
             os.replace(tmp, dest)
             return n
 

@@ -4,7 +4,9 @@ A record is written, flushed to the OS, for every finished request, and the
 files are fsynced every second and on close, so a killed run loses at most
 the requests in flight. On open, a torn last line (a write cut by a crash) is
 dropped. Only ``"status": "ok"`` records count as done; failed ones stay in
-the file as history and are asked again on the next run.
+the file as history and are asked again on the next run. What a line holds,
+and how its head is found, is decided by :mod:`.record`; which of the ok ids
+a task still needs is the task's business (they are handed over raw).
 
 The manifest fixes what the records mean (model, endpoint, parameters, prompt
 versions, persona set, input hashes); a run whose manifest differs is refused
@@ -16,14 +18,15 @@ from __future__ import annotations
 import hashlib
 import mmap
 import os
-import re
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any
 
 import orjson
 
 from ..errors import LiveroomError
+from .record import OK_FIRST, OK_LINE, Record, RecordError, decode_id, dumps, loads
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -31,10 +34,11 @@ FSYNC_EVERY = 1.0  # seconds
 
 
 class ManifestMismatch(LiveroomError):
-    pass
+    """The run directory was made by another command (other model, prompts, inputs...)."""
 
 
 def sha256_file(path: str | Path) -> str:
+    """The hex SHA-256 of a file, read a block at a time."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -43,6 +47,7 @@ def sha256_file(path: str | Path) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` so that ``path`` holds the old or the new bytes, never a mix, even after a crash."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(data)
@@ -53,13 +58,13 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
     if isinstance(old, dict) and isinstance(new, dict):
-        out = []
+        out: list[str] = []
         for k in sorted(set(old) | set(new)):
             out += _differences(old.get(k), new.get(k), f"{where}.{k}" if where else k)
         return out
     if old == new:
         return []
-    show = lambda v: orjson.dumps(v).decode()[:60]  # noqa: E731
+    show: Callable[[Any], str] = lambda v: orjson.dumps(v).decode()[:60]  # noqa: E731
     return [f"{where}: run has {show(old)}, command gives {show(new)}"]
 
 
@@ -89,12 +94,6 @@ def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return {**manifest, **{k: {**old.get(k, {}), **manifest.get(k, {})} for k in extendable}}
 
 
-# a line's head, found after the newline that ends the previous line: the literal
-# prefix lets the regex engine skip ahead fast (``^`` under re.M tries every byte),
-# and the id is matched as runs of plain bytes between escapes, not byte by byte
-_HEAD = rb'\{"id":"([^"\\]*(?:\\.[^"\\]*)*)","status":"ok"'
-_OK = re.compile(rb"\n" + _HEAD)
-_OK_FIRST = re.compile(_HEAD)  # the file's first line has no newline before it
 SCAN_BLOCK = 1 << 24  # bytes scanned at a time: mapped, then dropped, so memory stays flat
 _PAGE = mmap.PAGESIZE
 
@@ -102,9 +101,9 @@ _PAGE = mmap.PAGESIZE
 class Checkpoint:
     """Append-only records of one run directory."""
 
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path) -> None:
         self.dir = Path(run_dir)
-        self._files: dict[str, Any] = {}
+        self._files: dict[str, IO[bytes]] = {}
         self._last_sync = time.monotonic()
 
     # -- reading -------------------------------------------------------------------
@@ -140,7 +139,7 @@ class Checkpoint:
             return size - keep
 
     def ok_ids(self, group: str) -> Iterator[list[bytes]]:
-        """Ids with an ok record, a block of the file at a time.
+        """Ids with an ok record, a block of the file at a time, as raw (JSON-escaped) bytes.
 
         Fast: the file is mapped, not copied, and only each line's head is
         read; a last line without its newline (torn by a crash) is no record.
@@ -150,7 +149,7 @@ class Checkpoint:
             return
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             end = m.rfind(b"\n") + 1  # complete lines only
-            first = _OK_FIRST.match(m, 0, end)
+            first = OK_FIRST.match(m, 0, end)
             if first:
                 yield [first.group(1)]
             pos = 0
@@ -158,7 +157,7 @@ class Checkpoint:
                 stop = m.rfind(b"\n", pos, min(end, pos + SCAN_BLOCK)) + 1
                 if stop <= pos:  # a line longer than a block
                     stop = m.find(b"\n", pos) + 1
-                yield _OK.findall(m, max(pos - 1, 0), stop)  # from the newline before the block
+                yield OK_LINE.findall(m, max(pos - 1, 0), stop)  # from the newline before the block
                 if hasattr(m, "madvise"):  # give the scanned pages back: they count as our memory
                     lo, hi = pos // _PAGE * _PAGE, stop // _PAGE * _PAGE
                     m.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
@@ -166,9 +165,10 @@ class Checkpoint:
 
     def done(self, group: str) -> set[str]:
         """Ids with an ok record."""
-        return {orjson.loads(b'"%s"' % i) if b"\\" in i else i.decode() for ids in self.ok_ids(group) for i in ids}
+        return {decode_id(i) for ids in self.ok_ids(group) for i in ids}
 
-    def records(self, group: str) -> Iterator[dict[str, Any]]:
+    def records(self, group: str) -> Iterator[Record]:
+        """Every complete record of ``group``, in file order."""
         path = self.path(group)
         if not path.exists():
             return
@@ -177,8 +177,8 @@ class Checkpoint:
                 if not line.endswith(b"\n"):
                     return  # torn tail of a crashed run
                 try:
-                    yield orjson.loads(line)
-                except orjson.JSONDecodeError:
+                    yield loads(line)
+                except RecordError:
                     raise LiveroomError(f"{path} line {n}: not a JSON record") from None
 
     # -- writing -------------------------------------------------------------------
@@ -190,19 +190,21 @@ class Checkpoint:
             self.repair(group)
             self._files[group] = open(self.path(group), "ab", buffering=0)
 
-    def write(self, group: str, record: dict[str, Any]) -> None:
-        """Append one record; ``record`` must start with ``id`` then ``status``."""
-        self._files[group].write(orjson.dumps(record) + b"\n")
+    def write(self, group: str, record: Record | Mapping[str, Any]) -> None:
+        """Append one record (a mapping is read as :meth:`Record.from_dict` reads it)."""
+        self._files[group].write(dumps(record))
         now = time.monotonic()
         if now - self._last_sync > FSYNC_EVERY:
             self.sync()
             self._last_sync = now
 
     def sync(self) -> None:
+        """Push what was written to the disk, not only to the OS."""
         for f in self._files.values():
             os.fsync(f.fileno())
 
     def close(self) -> None:
+        """Sync and close every group file."""
         self.sync()
         for f in self._files.values():
             f.close()

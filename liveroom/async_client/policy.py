@@ -1,6 +1,6 @@
 """The retry policy, composed from tenacity's parts.
 
-Retry :class:`~liveroom.async_client.http.Retryable` failures up to
+Retry :class:`~liveroom.async_client.errors.Retryable` failures up to
 ``max_retries`` times; wait what the server asked for (``Retry-After`` /
 ``retry-after-ms``) when it said, else exponential backoff with jitter.
 """
@@ -18,7 +18,7 @@ from tenacity import (
 )
 from tenacity.wait import wait_base
 
-from .http import Retryable
+from .errors import Retryable
 
 
 class wait_retry_after(wait_base):

@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
-from typing import Any, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 from tqdm import tqdm
 
 from .engine import Stats
+from .record import Record
 
 
 def _eta(seconds: float) -> str:
-    if seconds != seconds or seconds == float("inf"):
+    if not math.isfinite(seconds):
         return "?"
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def status_line(stats: Stats) -> str:
+    """One line of counts and rates, for logs and the final summary."""
     elapsed = max(time.monotonic() - stats.started, 1e-9)
     rate = stats.done / elapsed
     tokens = (stats.prompt_tokens + stats.completion_tokens) / elapsed
@@ -29,8 +33,11 @@ def status_line(stats: Stats) -> str:
 
 
 class Progress:
-    def __init__(self, stats_of, file: TextIO | None = None, every: float = 10.0, bar: bool | None = None):
-        self._stats_of = stats_of  # () -> Stats, read at each refresh
+    """Reports a run's progress as records come in; the counts are read from ``stats_of()``."""
+
+    def __init__(self, stats_of: Callable[[], Stats], file: TextIO | None = None, every: float = 10.0,
+                 bar: bool | None = None) -> None:
+        self._stats_of = stats_of  # read at each refresh
         file = file or sys.stderr  # looked up now: stderr may have been replaced since import
         self._file = file
         self._every = every
@@ -43,7 +50,7 @@ class Progress:
             self._bar = tqdm(total=total, unit="req", file=self._file, dynamic_ncols=True,
                              mininterval=0.5, smoothing=0.05)
 
-    def update(self, record: dict[str, Any]) -> None:
+    def update(self, record: Record) -> None:
         now = time.monotonic()
         if self._bar is not None:
             self._bar.update(1)

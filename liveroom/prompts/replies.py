@@ -15,9 +15,15 @@ from typing import Any
 
 import orjson
 
+from ..async_client.errors import UnusableReply
 
-class ReplyError(ValueError):
-    """A reply that cannot be used; ``str(err)`` is a short reason."""
+
+class ReplyError(UnusableReply):
+    """A reply that cannot be used; ``str(err)`` is a short reason.
+
+    An :class:`~liveroom.async_client.errors.UnusableReply` (and so a
+    ``ValueError``), so the engine re-asks without knowing this module.
+    """
 
 
 _FENCE = re.compile(r"```[a-zA-Z]*\s*\n?(.*?)```", re.S)

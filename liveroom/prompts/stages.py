@@ -12,8 +12,11 @@ stage      reply                       features
 ``read``   ``{"impact": 1..5}``         ``read``
 =========  ==========================  ==================================
 
-Each stage's ``version`` is derived from its wording and schema, so it changes
-whenever a prompt changes; a checkpoint made with other prompts is refused.
+Everything stage-specific lives in its :class:`Stage` of :data:`STAGES`: the
+wording, the user message and reply schema built from it, the parser, the
+features it fills and the version. Each stage's ``version`` is derived from
+its wording and schema, so it changes whenever a prompt changes; a checkpoint
+made with other prompts is refused.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from statistics import fmean
-from typing import Any, Callable, Container, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -108,14 +112,17 @@ class Request:
 
 
 def request_id(stage: str, index: int, persona: str) -> str:
+    """The one spelling of a question's id: ``stage:index:persona``."""
     return f"{stage}:{index}:{persona}"
 
 
 def format_price(price: float) -> str:
+    """A price as a shopper reads it: ``12.5``, ``199``."""
     return f"{price:.2f}".rstrip("0").rstrip(".")
 
 
 def system_message(persona: Persona, when: dt.datetime) -> str:
+    """Who the model plays, and when: shared by every stage."""
     return SYSTEM.format(
         name=persona.name, age=persona.age, city=persona.city, consumption=persona.consumption,
         traits=f"，{persona.traits}" if persona.traits else "", moment=describe_moment(when),
@@ -127,6 +134,10 @@ def _obj(props: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- entry
+
+def entry_template() -> str:
+    return ENTRY
+
 
 def entry_user(p: Pitch) -> str:
     return ENTRY.format(title=p.title)
@@ -142,6 +153,10 @@ def parse_entry(text: str, n_items: int = 0) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- buy
+
+def buy_template() -> str:
+    return BUY + ITEM_LINE
+
 
 def buy_user(p: Pitch) -> str:
     lines = "\n".join(
@@ -162,7 +177,7 @@ _IDX_KEYS = ("idx", "id", "index", "item", "#")
 _BUY_KEYS = ("want_to_buy", "want", "score", "rating")
 
 
-def _item_list(value: Any) -> list:
+def _item_list(value: Any) -> list[Any]:
     if isinstance(value, list):
         return value
     for k in _LIST_KEYS:
@@ -206,6 +221,10 @@ def parse_buy(text: str, n_items: int) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- read
 
+def read_template() -> str:
+    return READ + NO_TEXT
+
+
 def read_user(p: Pitch) -> str:
     return READ.format(prod=p.prod, text=p.text[:TEXT_LIMIT] or NO_TEXT)
 
@@ -219,7 +238,7 @@ def parse_read(text: str, n_items: int = 0) -> dict[str, Any]:
     return {"read": as_score(pick(obj, ("impact", "score", "want")), "impact")}
 
 
-def _one_object(value: Any) -> dict:
+def _one_object(value: Any) -> dict[str, Any]:
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
     if not isinstance(value, dict):
@@ -238,18 +257,22 @@ _PROBE_MOMENTS = tuple(dt.datetime(*t) for t in (
     (2024, 9, 30, 21, 30),  # evening before a named holiday
 ))
 
+
 @dataclass(frozen=True)
 class Stage:
+    """One question: its wording, messages, reply schema and parser, and the features it fills."""
+
     name: str
-    user: Callable[[Pitch], str]
-    schema: Callable[[Pitch], dict[str, Any]]
-    parse: Callable[[str, int], dict[str, Any]]
-    features: tuple[str, ...]
+    user: Callable[[Pitch], str]               # the user message for a pitch
+    schema: Callable[[Pitch], dict[str, Any]]  # the reply's JSON Schema for a pitch
+    parse: Callable[[str, int], dict[str, Any]]  # reply text, item count -> scores; raises ReplyError
+    features: tuple[str, ...]                  # the feature matrices its scores fill (collect)
+    template: Callable[[], str]                # its wording, read when the version is made
     needs_showcase: bool = False
     version: str = field(init=False)
 
     def __post_init__(self) -> None:
-        template = {"entry": ENTRY, "buy": BUY + ITEM_LINE, "read": READ + NO_TEXT}[self.name]
+        template = self.template()
         # the schema and the moment wording are part of what the model is shown too
         schema = json.dumps(self.schema(_PROBE), sort_keys=True, ensure_ascii=False)
         moments = "".join(describe_moment(when) for when in _PROBE_MOMENTS)
@@ -260,9 +283,9 @@ class Stage:
 STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
-        Stage("entry", entry_user, entry_schema, parse_entry, ("entry",)),
-        Stage("buy", buy_user, buy_schema, parse_buy, ("state", "action"), needs_showcase=True),
-        Stage("read", read_user, read_schema, parse_read, ("read",)),
+        Stage("entry", entry_user, entry_schema, parse_entry, ("entry",), entry_template),
+        Stage("buy", buy_user, buy_schema, parse_buy, ("state", "action"), buy_template, needs_showcase=True),
+        Stage("read", read_user, read_schema, parse_read, ("read",), read_template),
     )
 }
 
@@ -304,7 +327,7 @@ def iter_requests(
         systems: dict[str, str] = {}
         for stage in stages:
             skip = done.get(stage.name, ())
-            head = f"{stage.name}:{pitch.index}:"  # request_id() without a call per persona
+            head = request_id(stage.name, pitch.index, "")  # then + persona key: no call per persona
             todo = [(rid, p) for p in personas if (rid := head + p.key) not in skip]
             if not todo:
                 continue

@@ -6,25 +6,28 @@ persona order), ``index.npy`` (the pitch ``index`` of each row) and
 ``coverage.json``. A cell without an ok record is NaN and named in the
 report; any makes the command fail unless ``--allow-missing``.
 Whatever mix of direct and batch mode filled the run, the last ok record of
-each request counts.
+each request counts. The stages and the features each fills come from the
+stage registry; the matrices written are the layout's :data:`LLM_FEATURES`.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import orjson
 
 from ..async_client.checkpoint import MANIFEST, Checkpoint
-from ..errors import InputError, LiveroomError
 from ..data.inputs import load_pitches
-from ..prompts.stages import STAGES
+from ..data.layout import LLM_FEATURES
+from ..errors import InputError, LiveroomError
+from ..prompts.stages import STAGES, request_id
 
-FEATURES = ("entry", "state", "action", "read")
+FEATURES: tuple[str, ...] = LLM_FEATURES  # the matrices written, one .npy each
 SHOWN_MISSING = 20
 
 
@@ -40,29 +43,28 @@ def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[
     keys = [p["key"] for p in manifest["personas"]]
     df = load_pitches(pitches, need=())
     index = df["index"].to_numpy(dtype=np.int64)
-    row = {int(i): r for r, i in enumerate(index)}
-    col = {k: c for c, k in enumerate(keys)}
+    row: dict[Any, int] = {int(i): r for r, i in enumerate(index)}  # looked up with what a record holds
+    col: dict[Any, int] = {k: c for c, k in enumerate(keys)}
     mats = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
     checkpoint = Checkpoint(run_dir)
     report: dict[str, Any] = {"pitches": len(index), "personas": keys, "stages": {}, "missing": {}}
-    for stage_name in ("entry", "buy", "read"):
-        features = STAGES[stage_name].features
+    for stage_name, stage in STAGES.items():
+        features = stage.features
         failed: dict[str, str] = {}
-        ok = unknown = 0
+        unknown = 0
         for rec in checkpoint.records(stage_name):
-            r, c = row.get(rec.get("index")), col.get(rec.get("persona"))
+            r, c = row.get(rec.meta.get("index")), col.get(rec.meta.get("persona"))
             if r is None or c is None:
                 unknown += 1
                 continue
-            if rec["status"] == "ok":
+            if rec.ok:
                 for f in features:
-                    mats[f][r, c] = rec["scores"][f]
-                failed.pop(rec["id"], None)
-                ok += 1
+                    mats[f][r, c] = rec.scores[f]
+                failed.pop(rec.id, None)
             elif np.isnan(mats[features[0]][r, c]):
-                failed[rec["id"]] = rec.get("error") or rec["status"]
+                failed[rec.id] = rec.error or rec.status
         cells = mats[features[0]]
-        missing = [f"{stage_name}:{index[r]}:{keys[c]}" for r, c in zip(*np.nonzero(np.isnan(cells)))]
+        missing = [request_id(stage_name, int(index[r]), keys[c]) for r, c in zip(*np.nonzero(np.isnan(cells)))]
         report["stages"][stage_name] = {
             "cells": int(cells.size), "filled": int(cells.size - len(missing)), "missing": len(missing),
             "failed": len(failed), "records_outside_pitches": unknown,
@@ -74,7 +76,8 @@ def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[
     return index, mats, report
 
 
-def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarray], report: dict) -> None:
+def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarray], report: dict[str, Any]) -> None:
+    """The matrices, ``index.npy`` and ``coverage.json`` into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name, m in mats.items():
@@ -84,6 +87,7 @@ def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarra
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """bin/collect: 0 when every cell is filled (or --allow-missing), else an error naming one."""
     p = argparse.ArgumentParser(
         prog="collect",
         description="Build the entry/state/action/read feature matrices (pitches x personas) from a scoring run.",

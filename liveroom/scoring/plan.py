@@ -3,21 +3,25 @@
 Everything here is decided before a request is sent: the stages, personas
 and model parameters, the run manifest, and which (stage, pitch, persona)
 questions the run directory already holds (a done table of one byte per
-question: a set of 1M request ids would cost 100 MB of strings).
+question: a set of 1M request ids would cost 100 MB of strings). The
+checkpoint hands over the raw ids of its ok records; reading them as
+``stage:index:persona`` (:func:`~liveroom.prompts.stages.request_id`) is done
+here, so the engine never parses an id.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..async_client.checkpoint import Checkpoint, sha256_file
 from ..async_client.engine import Job
-from ..async_client.http import endpoint_host
+from ..async_client.transport import endpoint_host
 from ..data.inputs import check_showcase, load_pitches, load_showcase
 from ..data.personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
 from ..errors import InputError
@@ -29,12 +33,15 @@ RESPONSE_FORMATS = ("json_object", "json_schema", "none")
 
 @dataclass(frozen=True)
 class ModelParams:
+    """What is sent with every question besides the messages."""
+
     model: str = DEFAULT_MODEL
     temperature: float = 0.2
     max_tokens: int = 1000
     response_format: str = "json_object"
 
     def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
+        """The chat-completions body of one question."""
         body: dict[str, Any] = {"model": self.model, "messages": messages,
                                 "temperature": self.temperature, "max_tokens": self.max_tokens}
         if self.response_format == "json_object":
@@ -46,16 +53,19 @@ class ModelParams:
 
 
 class StageTask:
-    """Validation and re-asking of replies, by stage."""
+    """Validation and re-asking of replies, by stage (the engine's task)."""
 
     def validate(self, job: Job, text: str) -> dict[str, Any]:
+        """The stage's scores; its parser raises ReplyError, an UnusableReply, when it cannot."""
         return STAGES[job.meta["stage"]].parse(text, job.meta.get("n_items", 0))
 
     def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
+        """The same question, the bad reply and the reason appended."""
         return {**payload, "messages": reask_messages(payload["messages"], text, reason)}
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+    """Tokens a question may use at most, for the tokens-per-minute limit."""
     # CJK text runs about one token per character; this errs high for ASCII
     return sum(len(m["content"]) for m in messages) + max_tokens
 
@@ -65,7 +75,7 @@ class Plan:
     """Everything validated, before any request is sent."""
 
     pitches: Any
-    showcase: dict | None
+    showcase: dict[str, Any] | None
     stages: tuple[Stage, ...]
     personas: tuple[Persona, ...]
     params: ModelParams
@@ -73,6 +83,7 @@ class Plan:
 
 
 def parse_stages(text: str) -> tuple[Stage, ...]:
+    """The stages ``--stages`` names, in its order, each once."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [n for n in names if n not in STAGES]
     if unknown or not names:
@@ -82,14 +93,15 @@ def parse_stages(text: str) -> tuple[Stage, ...]:
 
 def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
               params: ModelParams, base_url: str) -> Plan:
+    """Load and check every input and build the run manifest; nothing is sent."""
     chosen = parse_stages(stages)
     persona_set = load_personas(personas) if personas else DEFAULT_PERSONAS
     df = load_pitches(pitches)
     showcase = None
     inputs = {"pitches": sha256_file(pitches)}
-    if any(s.needs_showcase for s in chosen):
+    if needing := [s.name for s in chosen if s.needs_showcase]:
         if not goods:
-            raise InputError("--goods is required when scoring stage buy")
+            raise InputError(f"--goods is required when scoring stage {', '.join(needing)}")
         showcase = load_showcase(goods)
         check_showcase(df, showcase, Path(goods).name)
         inputs["goods"] = sha256_file(goods)
@@ -109,9 +121,10 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
 def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
     """What the run directory already holds, for the planned requests (none without one)."""
     done = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
-    for s in plan.stages if checkpoint else ():
-        for ids in checkpoint.ok_ids(s.name):
-            done.add(s.name, ids)
+    if checkpoint is not None:
+        for s in plan.stages:
+            for ids in checkpoint.ok_ids(s.name):
+                done.add(s.name, ids)
     return done
 
 
@@ -123,7 +136,7 @@ def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:
         rows = np.flatnonzero(done.pending_rows())  # finished pitches are skipped before they are built
         pitches = plan.pitches if len(rows) == len(plan.pitches) else plan.pitches.iloc[rows]
         for row, pitch in zip(rows, iter_pitches(pitches, plan.showcase)):
-            for req in iter_requests((pitch,), plan.stages, plan.personas, done.done_ids(row)):
+            for req in iter_requests((pitch,), plan.stages, plan.personas, done.done_ids(int(row))):
                 meta: dict[str, Any] = {"stage": req.stage, "index": req.index, "persona": req.persona}
                 if req.n_items:
                     meta["n_items"] = req.n_items
@@ -133,13 +146,12 @@ def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:
     return jobs(), todo
 
 
-
 # ----------------------------------------------------------------- done table
 
 _INDEX = re.compile(rb"-?[0-9]{1,18}")
 
 
-class _Numbers(dict):
+class _Numbers(dict[bytes, int]):
     """Persona key (bytes) -> its number; -1 for a key not planned."""
 
     def __missing__(self, key: bytes) -> int:
@@ -165,10 +177,10 @@ def _split(stage: bytes, ids: list[bytes], personas: _Numbers) -> tuple[np.ndarr
 class DoneTable:
     """Done flags for the planned requests: ``stages`` x pitch ``indices`` x ``personas``."""
 
-    def __init__(self, indices: Sequence[int], stages: Sequence[str], personas: Sequence[str]):
-        self._indices = indices = np.asarray(indices, dtype=np.int64)
-        self._order = np.argsort(indices, kind="stable")
-        self._sorted = indices[self._order]
+    def __init__(self, indices: Sequence[int] | np.ndarray, stages: Sequence[str], personas: Sequence[str]) -> None:
+        self._indices = np.asarray(indices, dtype=np.int64)
+        self._order = np.argsort(self._indices, kind="stable")
+        self._sorted = self._indices[self._order]
         self._stage = {s: i for i, s in enumerate(stages)}
         self._persona = {p: i for i, p in enumerate(personas)}
         self._numbers = _Numbers((p.encode(), i) for p, i in self._persona.items())
@@ -183,11 +195,11 @@ class DoneTable:
 
     def add(self, stage: str, ids: Iterable[bytes]) -> None:
         """Mark ``ids`` of ``stage`` done; ids outside the plan are ignored."""
-        ids = list(ids)
+        raw = list(ids)
         s = self._stage.get(stage)
-        if s is None or not ids:
+        if s is None or not raw:
             return
-        index, persona = _split(stage.encode(), ids, self._numbers)
+        index, persona = _split(stage.encode(), raw, self._numbers)
         rows = self._rows(index)
         ok = (rows >= 0) & (persona >= 0)
         self.flags[s, rows[ok], persona[ok]] = True
@@ -197,7 +209,7 @@ class DoneTable:
 
     def pending_rows(self) -> np.ndarray:
         """Boolean per pitch row: some request of it is not done."""
-        return ~self.flags.all(axis=(0, 2))
+        return np.asarray(~self.flags.all(axis=(0, 2)))
 
     def done_ids(self, row: int) -> dict[str, set[str]]:
         """The done request ids of the pitch in ``row``, by stage (usually none)."""

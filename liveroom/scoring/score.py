@@ -13,23 +13,27 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
+from ..async_client.chat import ChatClient
 from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.engine import Engine, EngineConfig, Stats
-from ..async_client.http import ChatClient
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
+from ..async_client.providers import DEFAULT_BASE_URL
 from ..async_client.runner import run_loop
+from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
+from ..prompts.stages import STAGES
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
 
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
+__all__ = ["DEFAULT_BASE_URL", "add_request_arguments", "build_parser", "execute", "main"]  # batch imports the first two
 
 
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
                   config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
                   progress_every: float = 10.0, bar: bool | None = None) -> tuple[Stats, str | None]:
+    """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did)."""
     checkpoint = Checkpoint(run_dir)
     checkpoint.open(plan.manifest)
     try:
@@ -59,12 +63,11 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     the same run manifest."""
     p.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
     p.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
-    p.add_argument("--stages", default="entry,buy,read", help="comma-separated stages (default: %(default)s)")
+    p.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: %(default)s)")
     p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
     p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
                    help="model name (default: $LIVEROOM_MODEL or %(default)s)")
-    p.add_argument("--base-url", default=None,
-                   help=f"API base URL (default: $OPENAI_BASE_URL or {DEFAULT_BASE_URL})")
+    add_base_url_argument(p)
     p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
                    help="response_format sent to the server (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
@@ -72,6 +75,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags of bin/score; numbers are checked as they are parsed."""
     p = argparse.ArgumentParser(
         prog="score",
         description="Score pitches with an OpenAI-compatible chat model: every stage x persona x pitch, "
@@ -82,13 +86,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_request_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
-    p.add_argument("--concurrency", type=int, default=64, help="requests in flight (default: %(default)s)")
-    p.add_argument("--rpm", type=float, help="requests per minute limit, spread evenly")
-    p.add_argument("--tpm", type=float, help="tokens per minute limit (estimated, corrected by usage)")
-    p.add_argument("--max-retries", type=int, default=6, help="transport retries per request (default: %(default)s)")
-    p.add_argument("--max-reasks", type=int, default=2,
+    p.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight (default: %(default)s)")
+    p.add_argument("--rpm", type=positive_float, help="requests per minute limit, spread evenly")
+    p.add_argument("--tpm", type=positive_float, help="tokens per minute limit (estimated, corrected by usage)")
+    p.add_argument("--max-retries", type=non_negative_int, default=6,
+                   help="transport retries per request (default: %(default)s)")
+    p.add_argument("--max-reasks", type=non_negative_int, default=2,
                    help="re-asks after an unusable reply (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request (default: %(default)s)")
+    p.add_argument("--timeout", type=positive_float, default=120.0,
+                   help="seconds per HTTP request (default: %(default)s)")
     p.add_argument("--backoff", type=float, default=1.0,
                    help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
@@ -98,31 +104,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _check_numbers(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    if args.concurrency < 1:
-        p.error("--concurrency must be at least 1")
-    for name in ("rpm", "tpm", "timeout"):
-        v = getattr(args, name)
-        if v is not None and v <= 0:
-            p.error(f"--{name} must be positive")
-    if args.max_retries < 0 or args.max_reasks < 0:
-        p.error("--max-retries and --max-reasks must be >= 0")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check_numbers(parser, args)
-    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    api_key = os.environ.get("OPENAI_API_KEY") or None
+    """bin/score; the exit status is the epilog's."""
+    args = build_parser().parse_args(argv)
+    endpoint = resolve_endpoint(args.base_url)
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url)
     run_dir = Path(args.out)
     plan.manifest = check_manifest(run_dir, plan.manifest)
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,
                           max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace)
-    stats, stopped = run_loop(execute(plan, run_dir, base_url, api_key, config, args.rpm, args.tpm,
-                                         args.timeout, args.progress_every))
+    stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
+                                      args.tpm, args.timeout, args.progress_every))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
         return 0

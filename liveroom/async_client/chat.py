@@ -1,0 +1,57 @@
+"""One chat-completions call over aiohttp.
+
+What the answer means is decided in :mod:`.transport`: :class:`~.errors.Retryable`
+(408, 409, 429, 5xx, timeouts, dropped connections, garbled bodies) is worth
+another try, :class:`~.errors.Fatal` (401, 403, ``insufficient_quota``) stops
+the run, :class:`~.errors.Rejected` (other 4xx) fails this request only.
+"""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .transport import Reply, http_error, read_completion, transport_errors
+
+
+class ChatClient:
+    """POSTs chat-completion payloads to ``{base_url}/chat/completions``."""
+
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, connections: int) -> None:
+        self.url = base_url.rstrip("/") + "/chat/completions"
+        self._key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._connections = connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> ChatClient:
+        headers = {"Content-Type": "application/json"}
+        if self._key:
+            headers["Authorization"] = f"Bearer {self._key}"
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=self._timeout,
+            connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300),
+            cookie_jar=aiohttp.DummyCookieJar(),  # an API needs no cookies; parsing them costs every reply
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def complete(self, payload: dict[str, Any]) -> Reply:
+        assert self._session is not None, "use ChatClient as an async context manager"
+        t0 = time.monotonic()
+        with transport_errors("", self._key, self._timeout.total):
+            async with self._session.post(self.url, data=orjson.dumps(payload)) as resp:
+                body = await resp.read()
+                status, headers = resp.status, resp.headers
+        if status == 200:
+            return read_completion(body, time.monotonic() - t0)
+        raise http_error(status, headers, body, self._key, self.url)

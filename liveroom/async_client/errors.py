@@ -1,0 +1,52 @@
+"""Every way one call can end besides a usable reply, in one tree.
+
+::
+
+    CallError
+    ├── Retryable        worth another try (408, 409, 429, 5xx, timeouts, dropped connections)
+    │   └── GarbledBody  a 200 whose body is not a chat completion
+    ├── Rejected         the server refused this request only (other 4xx)
+    ├── Fatal            the run cannot go on (401, 403, no quota); one line, exit status 2
+    └── UnusableReply    the task cannot use the reply's text; the engine asks again
+
+The engine decides what to do from the class alone; the task raises
+:class:`UnusableReply` (or a subclass of it) with a short reason that is sent
+back to the model.
+"""
+
+from __future__ import annotations
+
+from ..errors import LiveroomError
+
+
+class CallError(Exception):
+    """Base of what one call can end in besides a reply."""
+
+
+class Retryable(CallError):
+    """Worth another try, after ``retry_after`` seconds when the server said so."""
+
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.status = status
+
+
+class GarbledBody(Retryable):
+    """A 200 answer whose body is not a chat completion; ``detail`` names what is wrong."""
+
+    def __init__(self, reason: str, detail: str, status: int | None = 200) -> None:
+        super().__init__(reason, status=status)
+        self.detail = detail
+
+
+class Rejected(CallError):
+    """The server refused this request (4xx other than the retryable ones)."""
+
+
+class Fatal(CallError, LiveroomError):
+    """The run cannot go on: bad key, no permission, quota used up."""
+
+
+class UnusableReply(CallError, ValueError):
+    """A reply the task cannot use; ``str(err)`` is a short reason fit for a re-ask."""
