@@ -22,9 +22,6 @@ from ..score import DEFAULT_BASE_URL, add_request_arguments
 from .flows import Api, Event, Run, UploadWait, api_key, cancel, fetch, import_by_hand, open_run, status, submit
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 
-_LIMITS, _WAIT = ShardLimits(), UploadWait()
-_API = Api("", None)
-
 _SAID = {
     "uploaded": "{name}: uploaded as {file_id}",
     "resumed": "{name}: resuming with uploaded file {file_id}",
@@ -108,6 +105,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     run = open_run(Path(args.run), args.base_url)
+    if args.interval <= 0:
+        raise InputError("--interval must be positive")
     r = fetch(run, _api(args, run), args.wait, args.interval, _say)
     if not r.watched:
         _err("batch: no batch to fetch")
@@ -151,10 +150,10 @@ def _add_api(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
     sp.add_argument("--base-url", default=None,
                     help="API base URL (default: the run's endpoint; $OPENAI_BASE_URL when it is the same)")
-    sp.add_argument("--timeout", type=float, default=_API.timeout, help="seconds per HTTP call (default: %(default)s)")
-    sp.add_argument("--max-retries", type=int, default=_API.max_retries,
+    sp.add_argument("--timeout", type=float, default=Api.timeout, help="seconds per HTTP call (default: %(default)s)")
+    sp.add_argument("--max-retries", type=int, default=Api.max_retries,
                     help="retries of a call on 429/5xx/connection errors (default: %(default)s)")
-    sp.add_argument("--backoff", type=float, default=_API.backoff,
+    sp.add_argument("--backoff", type=float, default=Api.backoff,
                     help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
 
 
@@ -167,12 +166,12 @@ def _add_prepare(sub: Any) -> None:
     add_request_arguments(sp)
     sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
                     help="run directory (created or extended)")
-    sp.add_argument("--endpoint", default=_LIMITS.endpoint,
+    sp.add_argument("--endpoint", default=ShardLimits.endpoint,
                     help="the 'url' of each request line and the batch endpoint, e.g. /v4/chat/completions "
                          "for GLM (default: %(default)s)")
-    sp.add_argument("--max-requests", type=int, default=_LIMITS.max_requests,
+    sp.add_argument("--max-requests", type=int, default=ShardLimits.max_requests,
                     help="requests per file (default: %(default)s)")
-    sp.add_argument("--max-bytes", type=int, default=_LIMITS.max_bytes, help="bytes per file (default: %(default)s)")
+    sp.add_argument("--max-bytes", type=int, default=ShardLimits.max_bytes, help="bytes per file (default: %(default)s)")
     sp.add_argument("--include-submitted", action="store_true",
                     help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
     sp.set_defaults(func=cmd_prepare)
@@ -185,9 +184,9 @@ def _add_submit(sub: Any) -> None:
                                     "in RUN_DIR/batch/state.json: running it again never makes a second batch for "
                                     "a file, and a file uploaded without a batch gets its batch without a new upload.")
     _add_api(sp)
-    sp.add_argument("--file-timeout", type=float, default=_WAIT.timeout,
+    sp.add_argument("--file-timeout", type=float, default=UploadWait.timeout,
                     help="seconds to wait for an upload to become usable (default: %(default)s)")
-    sp.add_argument("--file-poll", type=float, default=_WAIT.poll,
+    sp.add_argument("--file-poll", type=float, default=UploadWait.poll,
                     help="seconds between checks of an upload (default: %(default)s)")
     sp.set_defaults(func=cmd_submit)
 

@@ -255,8 +255,6 @@ class FetchResult:
 
 def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet) -> FetchResult:
     """Poll the batches; download and import those that ended (every poll until all have, with ``wait``)."""
-    if interval <= 0:
-        raise InputError("--interval must be positive")
     with locked(run.dir):
         state = load_state(run.dir)
         return asyncio.run(_fetch(run.dir, state, api, wait, interval, notify))
