@@ -178,5 +178,6 @@ def read_prompt(messages: Sequence[Any]) -> Prompt:
     stage, idx, prices, text = read_stage(user)
     key, hour, workday = read_system(system or "")
     if stage == ENTRY_STAGE and hour is None:
-        raise PromptError(f"{ENTRY_STAGE} prompt without the moment ('现在是YYYY年M月D日 星期X HH:MM') in the system message")
+        raise PromptError(f"{ENTRY_STAGE} prompt without the moment ('现在是YYYY年M月D日 星期X HH:MM') "
+                          "in the system message")
     return Prompt(stage, key, hour, workday, prices, idx, text)

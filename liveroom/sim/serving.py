@@ -74,9 +74,13 @@ async def check_key(request: web.Request, handler: Handler) -> web.StreamRespons
 
 
 def require_key(app: web.Application, key: str | None, open_paths: set[str]) -> KeyCheck:
-    """Install :func:`check_key` on ``app``; routes added later are checked too."""
+    """Install :func:`check_key` on ``app``; routes added later are checked too.
+
+    Without a key no middleware is installed: nothing to check, no cost per request.
+    """
     app[KEY_CHECK] = check = KeyCheck(key, set(open_paths))
-    app.middlewares.append(check_key)
+    if key is not None:
+        app.middlewares.append(check_key)
     return check
 
 
