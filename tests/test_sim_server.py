@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import orjson
 import pytest
 
 from liveroom.data.inputs import Item
@@ -26,11 +27,15 @@ from liveroom.data.personas import DEFAULT_PERSONAS, Persona
 from liveroom.errors import LiveroomError
 from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
+from liveroom.sim.batch_jobs import Batch, BatchConfig, BatchState, process
+from liveroom.sim.batch_server import BATCH_STATE
+from liveroom.sim.batch_server import make_app as make_batch_app
 from liveroom.sim.chat_server import run_server
 from liveroom.sim.config import SimConfig
 from liveroom.sim.heuristic import PROFILES, buy_scores, entry_score, read_score
 from liveroom.sim.prompt import read_system
 from liveroom.sim.server import main
+from liveroom.sim.serving import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -167,6 +172,18 @@ async def test_reask_is_answered_from_the_first_user_message():
             assert parse(content(again), req.n_items) == parse(content(first), req.n_items)
         st = await stats(s, url)
     assert st["reasks"] == 3 and st["duplicates"] == 0
+
+
+async def test_a_batch_line_is_answered_as_the_same_chat_request():
+    lines = [{"custom_id": r.id, "method": "POST", "url": "/v1/chat/completions", "body": body(r)}
+             for r in ONE_OF_EACH]
+    out, err = process(BatchState(BatchConfig(sim=SimConfig(seed=3))), Batch({"id": "batch-1"}, lines, []), 3)
+    async with run_server(SimConfig(seed=3)) as url, aiohttp.ClientSession() as s:
+        direct = [(await post(s, url, body(req)))[2] for req in ONE_OF_EACH]
+    assert not err and len(out) == 3
+    for line, reply in zip(out, direct):
+        got = orjson.loads(line)["response"]["body"]
+        assert content(got) == content(reply) and got["usage"] == reply["usage"] and got["model"] == reply["model"]
 
 
 # --------------------------------------------------------------------------- faults
@@ -310,6 +327,22 @@ async def test_api_key_is_required_when_set():
         st = await stats(s, url)
     assert st["replies"] == {"401": 3, "200": 1}
     assert key not in repr(SimConfig(api_key=key))
+
+
+async def test_the_batch_routes_refuse_a_wrong_key_as_the_chat_route_does():
+    key = "sk-sim-secret-123"
+    app = make_batch_app(BatchConfig(sim=SimConfig(api_key=key)))
+    async with serve(app, "127.0.0.1", 0) as url, aiohttp.ClientSession() as s:
+        _, _, chat = await post(s, url, body(REQ))
+        async with s.get(url + "/batches", headers={"Authorization": "Bearer wrong"}) as r:
+            assert r.status == 401 and await r.json() == chat
+        async with s.get(url + "/batches", headers={"Authorization": f"Bearer {key}"}) as r:
+            assert r.status == 200
+        async with s.get(url.removesuffix("/v1") + "/batch-stats") as r:
+            assert r.status == 200
+        async with s.get(url + "/nowhere") as r:
+            assert r.status == 404
+    assert app[BATCH_STATE].stats()["unauthorized"] == 1 and app[BATCH_STATE].stats()["api_calls"] == 2
 
 
 async def test_bad_requests_get_400():
