@@ -34,7 +34,8 @@ VARIANTS: dict[str, dict] = {
     "reference preset (+ LLM + debias)": dict(inputs="tabular+llm", debias=True, preset="reference",
                                               **PRESETS["reference"]),
 }
-METRICS = ("rmse_log_gmv", "mae_log_gmv", "rmse_log_live_deal_user_cnt", "rmse_log_watch_user_cnt", "kl_watch", "kl_pay")
+METRICS = ("rmse_log_gmv", "mae_log_gmv", "rmse_log_live_deal_user_cnt", "rmse_log_watch_user_cnt", "kl_watch_batchmean",
+           "kl_pay_batchmean")
 
 
 def main() -> None:

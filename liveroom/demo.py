@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .data.layout import N_PERSONAS, N_SHARE, PAY_TARGETS, WATCH_TARGETS
+from .data.layout import N_PERSONAS, PAY_TARGETS, WATCH_TARGETS
 from .errors import LiveroomError
 from .process import stop_process
 
@@ -93,7 +93,8 @@ def baseline(pitches: Path) -> dict[str, float]:
     out = {"rmse_log_gmv": float(np.sqrt((err ** 2).mean())), "mae_log_gmv": float(err.abs().mean())}
     for name, cols in (("watch", WATCH_TARGETS), ("pay", PAY_TARGETS)):
         y, p = test[list(cols)].to_numpy(), train[list(cols)].to_numpy().mean(0)
-        out[f"kl_{name}"] = float(np.mean(np.sum(y * (np.log(np.clip(y, 1e-12, None)) - np.log(p + 1e-9)), 1) / N_SHARE))
+        # as bin/train reports it: summed over the shares, mean over pitches (torch's "batchmean")
+        out[f"kl_{name}_batchmean"] = float(np.mean(np.sum(y * (np.log(np.clip(y, 1e-12, None)) - np.log(p + 1e-9)), 1)))
     return out
 
 
@@ -112,7 +113,7 @@ def report(data: Path, sim_url: str, score_line: str, n: int) -> str:
     rows = [f"  {'test split':<{width}}  RMSE log_gmv  MAE log_gmv  KL watch  KL pay"]
     for label, m in models.items():
         rows.append(f"  {label:<{width}}  {m['rmse_log_gmv']:>12.3f}  {m['mae_log_gmv']:>11.3f}  "
-                    f"{m['kl_watch']:>8.4f}  {m['kl_pay']:>6.4f}")
+                    f"{m['kl_watch_batchmean']:>8.4f}  {m['kl_pay_batchmean']:>6.4f}")
     return "\n".join([
         "",
         "=" * 72,
@@ -121,6 +122,7 @@ def report(data: Path, sim_url: str, score_line: str, n: int) -> str:
         f"  scoring: {score_line}",
         "",
         *rows,
+        "  (KL: summed over the shares, mean over pitches, as torch's kl_div batchmean)",
         "",
         f"  outputs: {shown}/run (checkpoint: manifest + JSONL per stage)",
         f"           {shown}/features (entry/state/action/read .npy, coverage.json)",

@@ -55,7 +55,7 @@ def test_outputs_metrics_summary_checkpoints(trained):
     with (out / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == metric_names() and len(rows) == summary["epochs_run"]
-    assert {"val_rmse_log_gmv", "test_mae_log_watch_user_cnt", "train_kl_pay", "lr", "seconds"} <= set(rows[0])
+    assert {"val_rmse_log_gmv", "test_mae_log_watch_user_cnt", "train_kl_pay_batchmean", "lr", "seconds"} <= set(rows[0])
     saved = json.loads((out / "summary.json").read_text())
     assert saved["best_epoch"] == summary["best_epoch"] >= 1
     assert saved["config"]["lr"] == 1e-2 and "rmse_log_gmv" in saved["test"]

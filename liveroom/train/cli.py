@@ -81,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)
     summary = train(config_from_args(args), resume=args.resume, overrides=given)
     test = summary["test"]
-    print(f"best epoch {summary['best_epoch']}: test rmse log_gmv {test.get('rmse_log_gmv', float('nan')):.4f}, "
-          f"kl watch {test.get('kl_watch', float('nan')):.4f}, kl pay {test.get('kl_pay', float('nan')):.4f}")
+    nan = float("nan")
+    print(f"best epoch {summary['best_epoch']}: test rmse log_gmv {test.get('rmse_log_gmv', nan):.4f}, "
+          f"kl watch {test.get('kl_watch_batchmean', nan):.4f}, kl pay {test.get('kl_pay_batchmean', nan):.4f} "
+          "(kl: sum over the shares, mean over pitches)")
     return 0

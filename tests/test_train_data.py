@@ -1,0 +1,35 @@
+"""The KL as the authors report it."""
+
+import pytest
+import torch
+
+from liveroom.data.layout import N_SHARE, PAY, REG, WATCH
+from liveroom.synthetic import make_synthetic, write_synthetic
+from liveroom.train.data import build_dataset, read_features, read_pitches
+from liveroom.train.loss import kl
+from liveroom.train.metrics import evaluate
+from liveroom.train.model import SalesNet
+
+
+def test_layout_slices_cover_the_targets():
+    assert (REG, WATCH, PAY) == (slice(0, 4), slice(4, 12), slice(12, 20))
+
+
+def test_reported_kl_is_torch_batchmean_on_the_same_predictions(tmp_path):
+    write_synthetic(tmp_path, *make_synthetic(200, seed=3))
+    pitches = read_pitches(tmp_path / "pitches.csv", with_targets=True)
+    features = read_features(tmp_path, pitches["index"].to_numpy())
+    data = build_dataset(pitches, features, debias=True, standardize=True, device=torch.device("cpu"))
+    torch.manual_seed(0)
+    net = SalesNet(data.n_in, hidden=16, dropout=0.0, temperature=1.0)
+    rows = data.part("test")
+    got = evaluate(net, data, rows)
+    with torch.no_grad():
+        _, watch, pay = net.eval()(data.x(rows))
+    y = data.y(rows)
+    for name, sl, p in (("watch", WATCH, watch), ("pay", PAY, pay)):
+        want = torch.nn.functional.kl_div(torch.log(p), y[:, sl], reduction="batchmean").item()
+        assert got[f"kl_{name}_batchmean"] == pytest.approx(want, rel=1e-5)
+        # N_SHARE times the per-share mean that the loss uses
+        assert got[f"kl_{name}_batchmean"] == pytest.approx(N_SHARE * kl(y[:, sl], p).mean().item(), rel=1e-5)
+    assert "kl_watch" not in got and "kl_pay" not in got
