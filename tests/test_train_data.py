@@ -1,14 +1,33 @@
-"""The KL as the authors report it."""
+"""The chronological split as the method sizes it, and the KL as the authors report it."""
 
 import pytest
 import torch
 
 from liveroom.data.layout import N_SHARE, PAY, REG, WATCH
+from liveroom.errors import InputError
 from liveroom.synthetic import make_synthetic, write_synthetic
-from liveroom.train.data import build_dataset, read_features, read_pitches
+from liveroom.train.data import build_dataset, read_features, read_pitches, split_bounds
 from liveroom.train.loss import kl
 from liveroom.train.metrics import evaluate
 from liveroom.train.model import SalesNet
+
+
+def test_split_sizes_at_90_as_the_method():
+    # n * 7 // 10 = 63 train, n // 10 = 9 validation, 18 test; int(0.7 * 90) would give 62
+    assert split_bounds(90) == (63, 72)
+    assert int(0.7 * 90) == 62
+
+
+@pytest.mark.parametrize("n", [10, 11, 89, 90, 170, 1300, 3000, 12345])
+def test_split_sizes_integer_arithmetic(n):
+    n_train, end_val = split_bounds(n)
+    assert (n_train, end_val - n_train) == (n * 7 // 10, n // 10)
+    assert n - end_val >= 1
+
+
+def test_split_refuses_too_few():
+    with pytest.raises(InputError, match="too few"):
+        split_bounds(9)
 
 
 def test_layout_slices_cover_the_targets():
