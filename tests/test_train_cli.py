@@ -143,3 +143,44 @@ def test_bin_train_subprocess_one_line_error(syn, tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2
     assert r.stderr.startswith("train: error: ") and r.stderr.count("\n") == 1 and "features directory not found" in r.stderr
+
+
+def _zero_cells(syn, dst):
+    """Features like the reference's files: 0 where a reply was missing (pitch index 3 twice, 250 once)."""
+    feats = _copy_features(syn, dst)
+    for name, row, persona in (("entry", 3, 0), ("state", 3, 5), ("action", 250, 7)):
+        a = np.load(feats / f"{name}.npy")
+        a[row, persona] = 0
+        np.save(feats / f"{name}.npy", a)
+    return feats
+
+
+def test_zero_features_refused_with_count_and_first_pitches(syn, tmp_path, capsys):
+    feats = _zero_cells(syn, tmp_path / "f")
+    _fails(capsys, train_main, _train_args(syn, feats, tmp_path / "m"),
+           "3 feature cell(s) outside 1..5", "0 = missing", "in 2 of 400 pitches",
+           "pitch index 3 (row 4, entry.npy persona Z = 0)", "pitch index 250 (row 251, action.npy persona town_old = 0)",
+           "--drop-missing trains on the 398 complete pitches")
+    assert not (tmp_path / "m" / "best.pt").exists()
+
+
+def test_drop_missing_trains_on_complete_pitches(syn, tmp_path, capsys):
+    feats = _zero_cells(syn, tmp_path / "f")
+    capsys.readouterr()
+    assert train_main(_train_args(syn, feats, tmp_path / "m") + ["--drop-missing"]) == 0
+    err = capsys.readouterr().err
+    assert "left out 2 of 400 pitches" in err
+    summary = json.loads((tmp_path / "m" / "summary.json").read_text())
+    assert summary["dropped_pitches"] == 2 and summary["config"]["drop_missing"] is True
+    assert summary["n_pitches"] == {"train": 278, "val": 39, "test": 81}  # 398 * 7 // 10, 398 // 10, the rest
+    # without anything to drop, the count is 0 and the split is the whole file's
+    assert train_main(_train_args(syn, syn, tmp_path / "m2") + ["--drop-missing"]) == 0
+    assert "left out 0 of 400 pitches" in capsys.readouterr().err
+    assert json.loads((tmp_path / "m2" / "summary.json").read_text())["dropped_pitches"] == 0
+
+
+def test_predict_refuses_zero_features(syn, model, tmp_path, capsys):
+    feats = _zero_cells(syn, tmp_path / "f")
+    args = ["--model", str(model), "--pitches", str(syn / "pitches.csv"), "--features", str(feats),
+            "--out", str(tmp_path / "p.csv")]
+    _fails(capsys, predict_main, args, "3 feature cell(s) outside 1..5", "pitch index 3 (row 4")

@@ -1,12 +1,13 @@
-"""The chronological split as the method sizes it, and the KL as the authors report it."""
+"""The chronological split as the method sizes it, the KL as the authors report it, and score checks."""
 
+import numpy as np
 import pytest
 import torch
 
 from liveroom.data.layout import N_SHARE, PAY, REG, WATCH
 from liveroom.errors import InputError
 from liveroom.synthetic import make_synthetic, write_synthetic
-from liveroom.train.data import build_dataset, read_features, read_pitches, split_bounds
+from liveroom.train.data import build_dataset, check_scores, incomplete, read_features, read_pitches, split_bounds
 from liveroom.train.loss import kl
 from liveroom.train.metrics import evaluate
 from liveroom.train.model import SalesNet
@@ -52,3 +53,20 @@ def test_reported_kl_is_torch_batchmean_on_the_same_predictions(tmp_path):
         # N_SHARE times the per-share mean that the loss uses
         assert got[f"kl_{name}_batchmean"] == pytest.approx(N_SHARE * kl(y[:, sl], p).mean().item(), rel=1e-5)
     assert "kl_watch" not in got and "kl_pay" not in got
+
+
+def test_scores_outside_1_to_5_are_found_and_named():
+    index = np.array([10, 11, 12, 13])
+    feats = {name: np.full((4, 8), 3.0) for name in ("entry", "action", "read", "state")}
+    check_scores(feats, index, "f")  # all scores: nothing to say
+    feats["entry"][1, 2] = 0.0
+    feats["state"][3, 0] = np.nan
+    feats["state"][3, 1] = 5.5
+    assert incomplete(feats).tolist() == [False, True, False, True]
+    with pytest.raises(InputError) as e:
+        check_scores(feats, index, "f", "; hint")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("f: 3 feature cell(s) outside 1..5") and msg.endswith("; hint")
+    assert "in 2 of 4 pitches (entry.npy 1, state.npy 2)" in msg
+    assert "pitch index 11 (row 2, entry.npy persona new_white = 0)" in msg
+    assert "pitch index 13 (row 4, state.npy persona Z = nan)" in msg

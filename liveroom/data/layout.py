@@ -42,6 +42,9 @@ REG = slice(0, N_REG)
 WATCH = slice(N_REG, N_REG + N_SHARE)
 PAY = slice(N_REG + N_SHARE, N_REG + 2 * N_SHARE)
 
+#: every persona score is in 1..5; anything else (NaN, the reference's 0 = missing) is no score
+SCORE_MIN, SCORE_MAX = 1.0, 5.0
+
 
 def llm_feature_names(personas: tuple[str, ...] = PERSONA_KEYS) -> list[str]:
     """Names of the 32 LLM input columns, e.g. ``entry_Z``, in x order."""

@@ -45,6 +45,10 @@ def parser() -> argparse.ArgumentParser:
                     "0 = never (default 15, or 0 with --preset reference)")
     ap.add_argument("--kl-schedule", choices=KL_SCHEDULES, help="KL weight per batch: constant 1 (default) or "
                     "the reference's max(1-0.025*batch, 0)")
+    ap.add_argument("--drop-missing", action="store_true",
+                    help="train on the pitches whose persona features are all scores in 1..5, leaving out those "
+                         "with a NaN (bin/collect --allow-missing) or a 0 (missing in the reference's files); "
+                         "the count left out is printed and kept in summary.json. Without it such cells are refused")
     ap.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/last.pt with its settings; "
                     "--epochs, --patience and --device, when given, override them")
     ap.add_argument("--preset", choices=tuple(PRESETS), default="default", help="see below (default: default)")
@@ -62,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         pitches=args.pitches, out=args.out, features=args.features, device=args.device or d.device,
         epochs=args.epochs or d.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
         hidden=args.hidden, dropout=args.dropout, seed=args.seed, inputs=args.inputs, debias=not args.no_debias,
-        preset=args.preset, **preset)
+        preset=args.preset, drop_missing=args.drop_missing, **preset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -52,6 +52,7 @@ class TrainConfig:
     init_bias: bool = True
     select_best: bool = True
     preset: str = "default"
+    drop_missing: bool = False      # leave out pitches whose features are not all scores in 1..5
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -4,7 +4,10 @@ The pitches CSV gives the 8 tabular columns (time columns computed from
 ``start`` when absent) and, for training, the 20 targets. FEATURES_DIR gives
 ``entry.npy``, ``action.npy``, ``read.npy``, ``state.npy`` (pitches x 8
 personas, rows in the pitches file's order) and optionally ``index.npy``
-(the pitch ``index`` of each row, checked against the file).
+(the pitch ``index`` of each row, checked against the file). Every cell is
+a score in 1..5: a NaN (``bin/collect --allow-missing``) or the reference's 0
+for a missing reply is refused, naming the count and the first pitches, or
+with ``--drop-missing`` those pitches are left out before the split.
 
 Training data is split chronologically (rows in file order, no shuffle) as
 the method does: the first ``n * 7 // 10`` pitches train, the next
@@ -28,6 +31,8 @@ from ..data.layout import (
     N_TARGETS,
     PAY,
     PAY_TARGETS,
+    SCORE_MAX,
+    SCORE_MIN,
     TABULAR_COLUMNS,
     TARGET_COLUMNS,
     WATCH,
@@ -81,15 +86,37 @@ def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndar
             raise InputError(f"{path}: shape {a.shape}, expected ({n}, {k}) (pitches x personas)")
         if not np.issubdtype(a.dtype, np.number):
             raise InputError(f"{path}: dtype {a.dtype} is not numeric")
-        a = a.astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(a).all(1))
-        if bad.size:
-            r = int(bad[0])
-            persona = PERSONA_KEYS[int(np.flatnonzero(~np.isfinite(a[r]))[0])]
-            raise InputError(f"{path}: missing value (NaN) for pitch index {index[r]} (row {r + 1}, "
-                             f"persona {persona}); {bad.size} pitch(es) affected")
-        out[name] = a
+        out[name] = a.astype(np.float64)
     return out
+
+
+def not_scores(features: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per matrix, the (pitches x personas) cells that hold no score: NaN or outside 1..5."""
+    return {name: ~((a >= SCORE_MIN) & (a <= SCORE_MAX)) for name, a in features.items()}
+
+
+def incomplete(features: dict[str, np.ndarray]) -> np.ndarray:
+    """(pitches,) True where any of a pitch's persona features is not a score."""
+    return np.any([bad.any(1) for bad in not_scores(features).values()], axis=0)
+
+
+def check_scores(features: dict[str, np.ndarray], index: np.ndarray, where: str | Path, hint: str = "") -> None:
+    """Refuse features that are not scores, in one line: how many, where, the first pitches."""
+    bad = not_scores(features)
+    rows = np.flatnonzero(incomplete(features))
+    if not rows.size:
+        return
+    cells = sum(int(b.sum()) for b in bad.values())
+    per_file = ", ".join(f"{name}.npy {int(b.sum())}" for name, b in bad.items() if b.any())
+    first = []
+    for r in rows[:3]:
+        name = next(n for n, b in bad.items() if b[r].any())
+        k = int(np.flatnonzero(bad[name][r])[0])
+        first.append(f"pitch index {index[r]} (row {r + 1}, {name}.npy persona {PERSONA_KEYS[k]} = "
+                     f"{features[name][r, k]:g})")
+    raise InputError(f"{where}: {cells} feature cell(s) outside {SCORE_MIN:g}..{SCORE_MAX:g} (NaN, or 0 = missing "
+                     f"in the reference's files) in {rows.size} of {len(index)} pitches ({per_file}); "
+                     f"first: {', '.join(first)}{hint}")
 
 
 def raw_inputs(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -125,6 +152,7 @@ class Dataset:
     x_mean: Tensor
     x_std: Tensor
     names: list[str]
+    dropped: int = 0  # pitches left out before the split (--drop-missing)
 
     def part(self, split: str) -> Tensor:
         """The rows of one split: ``train``, ``val`` or ``test``."""
@@ -169,11 +197,23 @@ def build_dataset(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None,
 
 
 def load_training_data(cfg: TrainConfig, device: torch.device) -> Dataset:
-    """The configured pitches (and persona features) as a :class:`Dataset` on ``device``."""
+    """The configured pitches (and persona features) as a :class:`Dataset` on ``device``.
+
+    Pitches whose features are not all scores are refused, or left out with ``drop_missing``.
+    """
     pitches = read_pitches(cfg.pitches, with_targets=True)
-    features = None
+    features, dropped = None, 0
     if cfg.with_llm:
         if not cfg.features:
             raise InputError("--features FEATURES_DIR is required with --inputs tabular+llm")
         features = read_features(cfg.features, pitches["index"].to_numpy())
-    return build_dataset(pitches, features, debias=cfg.debias, standardize=cfg.standardize, device=device)
+        keep = ~incomplete(features)
+        if not cfg.drop_missing:
+            check_scores(features, pitches["index"].to_numpy(), cfg.features,
+                         f"; --drop-missing trains on the {int(keep.sum())} complete pitches")
+        elif not keep.all():
+            dropped = int((~keep).sum())
+            pitches, features = pitches[keep].reset_index(drop=True), {k: v[keep] for k, v in features.items()}
+    data = build_dataset(pitches, features, debias=cfg.debias, standardize=cfg.standardize, device=device)
+    data.dropped = dropped
+    return data

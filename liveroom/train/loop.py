@@ -62,6 +62,9 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,
     data = load_training_data(cfg, device)
     if ck is not None and ck["inputs"] != data.names:
         raise InputError(f"--resume: {out / 'last.pt'} was trained on other inputs ({len(ck['inputs'])} columns)")
+    if cfg.drop_missing:
+        print(f"train: --drop-missing: left out {data.dropped} of {data.dropped + len(data.rows)} pitches whose "
+              f"features are not all scores in 1..5", file=log)
 
     # -- model and optimiser
     run = Run.start(cfg, data, gen)
@@ -223,6 +226,7 @@ def _summary(cfg: TrainConfig, data: Dataset, history: list[Row], best: Best, st
         "val": {k[4:]: float(v) for k, v in best_row.items() if k.startswith("val_")},
         "load_seconds": load_seconds,
         "n_pitches": {s: len(data.part(s)) for s in SPLITS},
+        "dropped_pitches": data.dropped,
         "inputs": data.names,
         "config": asdict(cfg),
     }

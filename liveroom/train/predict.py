@@ -20,7 +20,7 @@ from ..data.layout import N_TABULAR, TARGET_COLUMNS
 from ..data.personas import PERSONA_KEYS
 from ..errors import InputError
 from .checkpoint import load_model
-from .data import raw_inputs, read_features, read_pitches
+from .data import check_scores, raw_inputs, read_features, read_pitches
 from .model import SalesNet
 
 
@@ -54,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.features:
             raise InputError(f"--features is required: the model in {args.model} uses the persona features")
         features = read_features(args.features, pitches["index"].to_numpy())
+        check_scores(features, pitches["index"].to_numpy(), args.features)
     x = raw_inputs(pitches, features)
     if x.shape[1] != len(ck["inputs"]):
         raise InputError(f"inputs have {x.shape[1]} columns, the model expects {len(ck['inputs'])}")
