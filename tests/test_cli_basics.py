@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import configparser
 import importlib.util
 import inspect
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from liveroom import cli
-from liveroom.errors import InputError, LiveroomError
+from liveroom import cli, cliargs
+from liveroom.async_client.providers import DEFAULT_BASE_URL
 from liveroom.data.inputs import load_pitches
+from liveroom.errors import InputError, LiveroomError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = sorted(p.name for p in (ROOT / "bin").iterdir() if not p.name.startswith("."))
@@ -144,3 +146,59 @@ def test_run_reports_an_unwritable_path_in_one_line(capsys, tmp_path):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err
     assert err.startswith("collect: error: ") and str(blocker) in err
+
+
+# ----------------------------------------------------------------------------- checked numbers, endpoint, key
+
+def parse_one(capsys, kind, value: str):
+    """(value, None) or (None, the one stderr line) of ``--n value`` read with ``type=kind``."""
+    p = argparse.ArgumentParser(prog="cmd")
+    p.add_argument("--n", type=kind)
+    try:
+        return p.parse_args(["--n", value]).n, None
+    except SystemExit as e:
+        assert e.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        return None, err[-1]
+
+
+@pytest.mark.parametrize("kind, good, bad", [
+    (cliargs.positive_int, [("1", 1), ("64", 64)], ["0", "-3", "1.5", "x", ""]),
+    (cliargs.non_negative_int, [("0", 0), ("6", 6)], ["-1", "2.0", "nan"]),
+    (cliargs.positive_float, [("0.5", 0.5), ("120", 120.0), ("1e3", 1000.0)], ["0", "-0.1", "nan", "x"]),
+    (cliargs.non_negative_float, [("0", 0.0), ("2.5", 2.5)], ["-1", "nan"]),
+    (cliargs.number(float, 0, 1, hi_open=True), [("0", 0.0), ("0.99", 0.99)], ["1", "-0.1"]),
+])
+def test_number_types_accept_and_refuse_naming_the_flag(capsys, kind, good, bad):
+    for text, value in good:
+        assert parse_one(capsys, kind, text) == (value, None)
+    for text in bad:
+        value, line = parse_one(capsys, kind, text)
+        assert value is None and line.startswith("cmd: error: argument --n: must be ") and repr(text) in line
+
+
+def test_score_refuses_a_bad_number_before_reading_anything(capsys):
+    from liveroom.scoring.score import build_parser
+
+    for flag, value in [("--concurrency", "0"), ("--rpm", "-5"), ("--timeout", "0"), ("--max-retries", "-1"),
+                        ("--max-reasks", "x")]:
+        with pytest.raises(SystemExit) as e:
+            build_parser().parse_args(["--pitches", "p.csv", "--out", "o", flag, value])
+        assert e.value.code == 2
+        assert f"score: error: argument {flag}: must be " in capsys.readouterr().err
+    args = build_parser().parse_args(["--pitches", "p.csv", "--out", "o"])
+    assert (args.concurrency, args.max_retries, args.max_reasks, args.timeout, args.rpm) == (64, 6, 2, 120.0, None)
+
+
+def test_the_endpoint_is_the_flag_then_the_environment_then_the_default(monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert cliargs.resolve_endpoint(None) == cliargs.Endpoint(DEFAULT_BASE_URL, None)
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://env/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret-value")
+    assert cliargs.resolve_endpoint(None).base_url == "http://env/v1"
+    got = cliargs.resolve_endpoint("http://flag/v1")
+    assert (got.base_url, got.api_key) == ("http://flag/v1", "sk-secret-value")
+    assert "sk-secret" not in repr(got)
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    assert cliargs.api_key() is None

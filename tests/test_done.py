@@ -6,8 +6,8 @@ import pytest
 
 from liveroom.async_client import checkpoint as cp
 from liveroom.async_client.checkpoint import Checkpoint
-from liveroom.scoring.plan import DoneTable
 from liveroom.prompts.stages import request_id
+from liveroom.scoring.plan import DoneTable
 
 STAGES = ("entry", "buy")
 PERSONAS = ("town_old", "city_blue", "Z")

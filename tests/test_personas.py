@@ -6,11 +6,11 @@ import dataclasses
 import json
 
 import pytest
-from conftest import PERSONA_ORDER
 
+from conftest import PERSONA_ORDER
 from liveroom.data import layout
-from liveroom.errors import InputError
 from liveroom.data.personas import DEFAULT_PERSONAS, PERSONA_KEYS, Persona, load_personas, personas_json
+from liveroom.errors import InputError
 
 # the segments of the reference, in its fixed order
 REFERENCE_NAMES = ("Z世代", "精致妈妈", "新锐白领", "资深中产", "都市蓝领", "都市银发", "小镇青年", "小镇中老年")

@@ -172,7 +172,7 @@ def test_all_faults_survived_with_exact_results(tmp_path, sim):
         np.testing.assert_array_equal(got[name], want[name])
     ids = ok_ids(tmp_path / "run")
     assert len(ids) == len(set(ids)) == 5 * 24
-    recs = [json.loads(l) for f in (tmp_path / "run").glob("*.jsonl") for l in f.read_text().splitlines()]
+    recs = [json.loads(line) for f in (tmp_path / "run").glob("*.jsonl") for line in f.read_text().splitlines()]
     assert any(r["reasks"] > 0 for r in recs) and any(r["attempts"] > 1 for r in recs)
     assert "retries" in p.stderr and "invalid" in p.stderr
 
@@ -321,7 +321,7 @@ def test_torn_last_line_is_dropped_on_resume(tmp_path, sim):
     assert p.returncode == 0, p.stderr
     assert s.stats()["requests"] == 16 + 1
     assert len(ok_ids(run)) == 16
-    assert all(json.loads(l) for l in f.read_text().splitlines())
+    assert all(json.loads(line) for line in f.read_text().splitlines())
 
 
 # ----------------------------------------------------------------------------- limits
@@ -345,7 +345,7 @@ def test_429_pauses_every_worker(tmp_path, sim):
     run = tmp_path / "run"
     p = score(pitches, goods, run, s.url, "--stages", "entry", "--concurrency", "4")
     assert p.returncode == 0, p.stderr
-    recs = [json.loads(l) for l in (run / "entry.jsonl").read_text().splitlines()]
+    recs = [json.loads(line) for line in (run / "entry.jsonl").read_text().splitlines()]
     t = sorted(r["t"] for r in recs)
     # the first 429 arrives at once; without a shared pause the other three
     # workers would answer all 31 other requests in well under a second

@@ -7,16 +7,24 @@ import datetime as dt
 import json
 
 import pytest
-from conftest import sample_rows, sample_showcase, write_goods, write_pitches
 
-from liveroom.prompts import stages
+from conftest import sample_rows, sample_showcase, write_goods, write_pitches
 from liveroom.data.inputs import Item, load_pitches, load_showcase
 from liveroom.data.moment import describe_moment
 from liveroom.data.personas import DEFAULT_PERSONAS, Persona
+from liveroom.prompts import stages
 from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import (
-    STAGES, Pitch, Stage, build_request, format_price, iter_pitches, iter_requests, reask_messages,
-    request_id, system_message,
+    STAGES,
+    Pitch,
+    Stage,
+    build_request,
+    format_price,
+    iter_pitches,
+    iter_requests,
+    reask_messages,
+    request_id,
+    system_message,
 )
 
 MOTHER = next(p for p in DEFAULT_PERSONAS if p.key == "exquisite_mother")
