@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from .errors import LiveroomError
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, prog: str) -> int:
+    """``main(argv)``, with every error a user can act on turned into one line and an exit status."""
     try:
         return main(argv)
     except LiveroomError as e:
@@ -51,3 +52,4 @@ make_synthetic_main = _command(".synthetic", "make-synthetic")
 sim_server_main = _command(".sim.server", "sim-server")
 demo_main = _command(".demo", "demo")
 local_llm_main = _command(".local_llm", "local-llm")
+report_main = _command(".report.cli", "report")

@@ -24,15 +24,19 @@ class CoolDown:
         self._until = 0.0
 
     def trip(self, seconds: float) -> None:
+        """Nobody sends for ``seconds`` from now (or until a later end already set)."""
         self._until = max(self._until, time.monotonic() + seconds)
 
     async def wait(self) -> None:
+        """Return once the cool-down is over."""
         while (left := self._until - time.monotonic()) > 0:
             await asyncio.sleep(left)
 
 
 class TokenBucket:
-    def __init__(self, per_minute: float, burst_seconds: float = 1.0):
+    """Tokens refilled at ``per_minute / 60`` a second, holding ``burst_seconds`` worth."""
+
+    def __init__(self, per_minute: float, burst_seconds: float = 1.0) -> None:
         self.rate = per_minute / 60.0
         self.capacity = max(1.0, self.rate * burst_seconds)
         self._level = self.capacity
@@ -45,6 +49,7 @@ class TokenBucket:
         self._stamp = now
 
     async def take(self, tokens: float) -> None:
+        """Wait until ``tokens`` (at most a full bucket) are there, then charge them."""
         need = min(tokens, self.capacity)  # a request larger than the bucket waits for a full one
         async with self._lock:
             self._refill()
@@ -63,9 +68,9 @@ class TokenBucket:
 class Limits:
     """Everything a worker waits for before a send."""
 
-    def __init__(self, rpm: float | None = None, tpm: float | None = None):
+    def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
         self.cooldown = CoolDown()
-        self._throttler = None
+        self._throttler: Throttler | None = None
         if rpm:
             period = 60.0 / rpm
             self._throttler = Throttler(rate_limit=1, period=period, retry_interval=min(0.01, period / 20))
@@ -73,6 +78,7 @@ class Limits:
         self.tokens = TokenBucket(tpm) if tpm else None
 
     async def acquire(self, tokens: float) -> None:
+        """Wait for the cool-down, a request slot and ``tokens`` (an estimate)."""
         await self.cooldown.wait()
         if self._throttler is not None:
             async with self._lock:
@@ -82,5 +88,6 @@ class Limits:
         await self.cooldown.wait()
 
     def settle(self, estimated: float, used: float | None) -> None:
+        """Correct the token charge by what the server counted, when it said."""
         if self.tokens is not None and used is not None:
             self.tokens.correct(used - estimated)
