@@ -9,17 +9,18 @@ without ``--wait`` while batches are still running.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from ...async_client.http import endpoint_host
+from ...async_client.providers import DEFAULT_BASE_URL
+from ...async_client.transport import endpoint_host
+from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
 from ...errors import InputError
 from ..plan import ModelParams, Plan, make_plan
-from ..score import DEFAULT_BASE_URL, add_request_arguments
-from .flows import Api, Event, Run, UploadWait, api_key, cancel, fetch, import_by_hand, open_run, status, submit
+from ..score import add_request_arguments
+from .flows import Api, Event, Run, UploadWait, cancel, fetch, import_by_hand, open_run, status, submit
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 
 _SAID = {
@@ -55,13 +56,9 @@ def _api(args: argparse.Namespace, run: Run) -> Api:
 
 def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits]:
     """The plan and file limits of ``prepare``, every flag checked before anything is written."""
-    if args.max_requests < 1:
-        raise InputError("--max-requests must be at least 1")
-    if args.max_bytes < 1024:
-        raise InputError("--max-bytes must be at least 1024")
     if not args.endpoint.startswith("/"):
         raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {args.endpoint!r}")
-    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    base_url = resolve_base_url(args.base_url)
     u = urlsplit(base_url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"--base-url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {endpoint_host(base_url)!r}")
@@ -105,8 +102,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     run = open_run(Path(args.run), args.base_url)
-    if args.interval <= 0:
-        raise InputError("--interval must be positive")
     r = fetch(run, _api(args, run), args.wait, args.interval, _say)
     if not r.watched:
         _err("batch: no batch to fetch")
@@ -150,10 +145,10 @@ def _add_api(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
     sp.add_argument("--base-url", default=None,
                     help="API base URL (default: the run's endpoint; $OPENAI_BASE_URL when it is the same)")
-    sp.add_argument("--timeout", type=float, default=Api.timeout, help="seconds per HTTP call (default: %(default)s)")
-    sp.add_argument("--max-retries", type=int, default=Api.max_retries,
+    sp.add_argument("--timeout", type=positive_float, default=Api.timeout, help="seconds per HTTP call (default: %(default)s)")
+    sp.add_argument("--max-retries", type=non_negative_int, default=Api.max_retries,
                     help="retries of a call on 429/5xx/connection errors (default: %(default)s)")
-    sp.add_argument("--backoff", type=float, default=Api.backoff,
+    sp.add_argument("--backoff", type=positive_float, default=Api.backoff,
                     help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
 
 
@@ -169,9 +164,9 @@ def _add_prepare(sub: Any) -> None:
     sp.add_argument("--endpoint", default=ShardLimits.endpoint,
                     help="the 'url' of each request line and the batch endpoint, e.g. /v4/chat/completions "
                          "for GLM (default: %(default)s)")
-    sp.add_argument("--max-requests", type=int, default=ShardLimits.max_requests,
+    sp.add_argument("--max-requests", type=positive_int, default=ShardLimits.max_requests,
                     help="requests per file (default: %(default)s)")
-    sp.add_argument("--max-bytes", type=int, default=ShardLimits.max_bytes, help="bytes per file (default: %(default)s)")
+    sp.add_argument("--max-bytes", type=number(int, 1024, name="bytes"), default=ShardLimits.max_bytes, help="bytes per file (default: %(default)s)")
     sp.add_argument("--include-submitted", action="store_true",
                     help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
     sp.set_defaults(func=cmd_prepare)
@@ -184,9 +179,9 @@ def _add_submit(sub: Any) -> None:
                                     "in RUN_DIR/batch/state.json: running it again never makes a second batch for "
                                     "a file, and a file uploaded without a batch gets its batch without a new upload.")
     _add_api(sp)
-    sp.add_argument("--file-timeout", type=float, default=UploadWait.timeout,
+    sp.add_argument("--file-timeout", type=positive_float, default=UploadWait.timeout,
                     help="seconds to wait for an upload to become usable (default: %(default)s)")
-    sp.add_argument("--file-poll", type=float, default=UploadWait.poll,
+    sp.add_argument("--file-poll", type=positive_float, default=UploadWait.poll,
                     help="seconds between checks of an upload (default: %(default)s)")
     sp.set_defaults(func=cmd_submit)
 
@@ -205,7 +200,7 @@ def _add_watching(sub: Any) -> None:
                                     "early contributes what it did; the next prepare asks for the rest.")
     _add_api(sp)
     sp.add_argument("--wait", action="store_true", help="keep polling until every batch has ended")
-    sp.add_argument("--interval", type=float, default=30.0, help="seconds between polls (default: %(default)s)")
+    sp.add_argument("--interval", type=positive_float, default=30.0, help="seconds between polls (default: %(default)s)")
     sp.set_defaults(func=cmd_fetch)
 
 
@@ -246,10 +241,5 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("timeout", "backoff"):
-        if getattr(args, name, 1) <= 0:
-            parser.error(f"--{name} must be positive")
-    if getattr(args, "max_retries", 0) < 0:
-        parser.error("--max-retries must be >= 0")
     rc: int = args.func(args)
     return rc

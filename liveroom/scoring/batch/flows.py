@@ -18,9 +18,10 @@ from typing import Any, Awaitable, Callable, Literal, Sequence
 
 from ...async_client.batch_api import BatchClient, FileFailed
 from ...async_client.checkpoint import sha256_file
-from ...async_client.http import endpoint_host
+from ...async_client.providers import DEFAULT_BASE_URL
+from ...async_client.transport import endpoint_host
+from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
-from ..score import DEFAULT_BASE_URL
 from .importer import ImportReport, finish_covered, import_files
 from .state import (
     BatchState,
@@ -61,11 +62,6 @@ def _event(kind: EventKind, shard: Shard | None = None, detail: str = "") -> Eve
     return Event(kind, replace(shard) if shard is not None else None, detail)
 
 
-def api_key() -> str | None:
-    """The API key, from ``$OPENAI_API_KEY`` only: it is never written anywhere."""
-    return os.environ.get("OPENAI_API_KEY") or None
-
-
 @dataclass(frozen=True)
 class Api:
     """How to reach the Batch API."""
@@ -94,7 +90,7 @@ class Run:
 def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -> str:
     """``--base-url``, else ``$OPENAI_BASE_URL`` when it is the run's endpoint, else the run's endpoint."""
     want = manifest.get("endpoint") or endpoint_host(DEFAULT_BASE_URL)
-    env = os.environ.get("OPENAI_BASE_URL")
+    env = os.environ.get(BASE_URL_ENV)
     url = arg or (env if env and endpoint_host(env) == want else want)
     if url != want and endpoint_host(url) != want:
         raise InputError(f"{run_dir} was prepared for {want}, not {endpoint_host(url)}; "

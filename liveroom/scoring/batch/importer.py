@@ -10,7 +10,6 @@ lines are counted and shown, never imported twice; a file imported once
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -18,9 +17,10 @@ from typing import Any, Sequence
 import orjson
 
 from ...async_client.checkpoint import Checkpoint, sha256_file
-from ...async_client.http import redact
+from ...async_client.errors import GarbledBody, UnusableReply
+from ...async_client.record import ERROR, INVALID, OK, Record
+from ...async_client.transport import error_text, read_completion, redact
 from ...errors import InputError
-from ...prompts.replies import ReplyError
 from ...prompts.stages import STAGES
 from .state import BatchState, done_ids, load_meta, read_manifest, shard_ids
 
@@ -62,42 +62,6 @@ class ImportReport:
 
 # ----------------------------------------------------------------- one line -> one record
 
-def _completion_text_and_usage(body: Any) -> tuple[str, dict[str, int]]:
-    """The reply text and token counts of a chat completion body; raises when it has none."""
-    text = body["choices"][0]["message"]["content"]
-    if not isinstance(text, str):
-        raise TypeError("content is not a string")
-    raw = body.get("usage") or {}
-    return text, {k: v for k, v in raw.items() if isinstance(v, int)}
-
-
-def _error_text(obj: Any) -> str:
-    """A provider error body as ``code: message``, one short line."""
-    if isinstance(obj, dict):
-        err = obj.get("error")
-        inner: dict[Any, Any] = err if isinstance(err, dict) else obj
-        msg = str(inner.get("message") or "").strip()
-        code = str(inner.get("code") or inner.get("type") or "").strip()
-        return ": ".join(x for x in (code, msg) if x) or orjson.dumps(obj).decode()[:200]
-    return str(obj)[:200]
-
-
-@dataclass
-class _Outcome:
-    status: str = "error"
-    scores: Any = None
-    reply: str | None = None
-    usage: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-
-
-def _record(cid: str, meta: dict[str, Any], o: _Outcome) -> dict[str, Any]:
-    """The checkpoint record, with direct mode's keys in direct mode's order."""
-    return {"id": cid, "status": o.status, **meta, "scores": o.scores, "reply": o.reply,
-            "usage": o.usage, "attempts": 1, "reasks": 0, "latency_ms": None, "error": o.error,
-            "t": round(time.time(), 3)}
-
-
 def _response(obj: dict[str, Any]) -> tuple[Any, Any]:
     """A line's HTTP status code and body (decoded when it is a JSON string)."""
     resp = obj.get("response")
@@ -111,35 +75,39 @@ def _response(obj: dict[str, Any]) -> tuple[Any, Any]:
     return code, body
 
 
-def _completed(body: Any, meta: dict[str, Any]) -> _Outcome:
-    """A 200 line: its reply checked with the stage's parser, as direct mode does."""
+def _completed(cid: str, body: Any, meta: dict[str, Any]) -> Record:
+    """A 200 line: its completion read as direct mode reads one, its reply checked by the stage's parser."""
     try:
-        text, usage = _completion_text_and_usage(body)
-    except (KeyError, IndexError, TypeError, AttributeError) as e:
-        return _Outcome(error=f"unreadable response body ({type(e).__name__}: {e})")
+        reply = read_completion(body)
+    except GarbledBody as e:
+        return Record(cid, ERROR, meta, error=f"unreadable response body ({e.detail})")
     try:
-        scores = STAGES[meta["stage"]].parse(text, meta.get("n_items", 0))
-    except ReplyError as e:
-        return _Outcome("invalid", reply=text, usage=usage, error=str(e))
-    return _Outcome("ok", scores, text, usage)
+        scores = STAGES[meta["stage"]].parse(reply.text, meta.get("n_items", 0))
+    except UnusableReply as e:
+        return Record(cid, INVALID, meta, reply=reply.text, usage=reply.usage, error=str(e))
+    return Record(cid, OK, meta, scores=scores, reply=reply.text, usage=reply.usage)
 
 
 def _failure(code: Any, body: Any, err: Any) -> str:
     """What went wrong with a line that has no usable completion."""
     if code is not None:
-        return f"HTTP {code}: {_error_text(body)}"
+        return f"HTTP {code}: {error_text(body)}"
     if err:
-        return _error_text(err)
+        return error_text(err)
     return "the line has neither a response nor an error"
 
 
-def line_record(obj: dict[str, Any], meta: dict[str, Any], key: str | None) -> dict[str, Any]:
+def line_record(obj: dict[str, Any], meta: dict[str, Any], key: str | None) -> Record:
     """The checkpoint record of one provider output/error line, as direct mode writes it."""
+    cid = obj["custom_id"]
     code, body = _response(obj)
-    outcome = _completed(body, meta) if code == 200 else _Outcome(error=_failure(code, body, obj.get("error")))
-    if outcome.error:
-        outcome.error = redact(outcome.error, key)
-    return _record(obj["custom_id"], meta, outcome)
+    if code == 200:
+        rec = _completed(cid, body, meta)
+    else:
+        rec = Record(cid, ERROR, meta, error=_failure(code, body, obj.get("error")))
+    if rec.error:
+        rec.error = redact(rec.error, key)
+    return rec
 
 
 # ----------------------------------------------------------------- files -> checkpoint
@@ -151,7 +119,7 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: s
     report = report or ImportReport()
     manifest = read_manifest(run_dir)
     meta = load_meta(run_dir, state)
-    chosen: dict[str, dict[str, Any]] = {}  # parsed first: one record per id, ok preferred
+    chosen: dict[str, Record] = {}  # parsed first: one record per id, ok preferred
     new_files: dict[str, str] = {}
     for path in map(Path, files):
         digest = _digest(path)
@@ -183,7 +151,7 @@ def _custom_id(line: bytes) -> tuple[dict[str, Any], str] | None:
 
 
 def _read_file(path: Path, meta: dict[str, dict[str, Any]], key: str | None,
-               chosen: dict[str, dict[str, Any]], report: ImportReport) -> None:
+               chosen: dict[str, Record], report: ImportReport) -> None:
     """Every line of one file into ``chosen``; unreadable lines and unknown ids counted."""
     with open(path, "rb") as f:
         for n, line in enumerate(f, 1):
@@ -202,19 +170,19 @@ def _read_file(path: Path, meta: dict[str, dict[str, Any]], key: str | None,
             _choose(chosen, line_record(obj, meta[cid], key), report, f"{path.name} line {n}")
 
 
-def _choose(chosen: dict[str, dict[str, Any]], rec: dict[str, Any], report: ImportReport, where: str) -> None:
+def _choose(chosen: dict[str, Record], rec: Record, report: ImportReport, where: str) -> None:
     """Keep ``rec`` unless its id has a record already: a duplicate, that wins only ok over failed."""
-    cid = rec["id"]
+    cid = rec.id
     old = chosen.get(cid)
     if old is not None:
         report.duplicates += 1
         report.example("duplicate lines", f"{cid} ({where})")
-        if old["status"] == "ok" or rec["status"] != "ok":
+        if old.ok or not rec.ok:
             return
     chosen[cid] = rec
 
 
-def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, dict[str, Any]],
+def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, Record],
                    report: ImportReport) -> None:
     """Append the chosen records of requests not already ok, counting each."""
     checkpoint = Checkpoint(run_dir)
@@ -222,7 +190,7 @@ def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, di
     try:
         done = {g: checkpoint.done(g) for g in manifest.get("groups", {})}
         for cid, rec in chosen.items():
-            stage = rec["stage"]
+            stage = rec.meta["stage"]
             if stage not in done:
                 report.unknown += 1
                 report.example("unknown ids", f"{cid!r} (stage {stage} is not in the run)")
@@ -233,18 +201,18 @@ def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, di
                 continue
             checkpoint.write(stage, rec)
             _count(report, cid, rec)
-            if rec["status"] == "ok":
+            if rec.ok:
                 done[stage].add(cid)
     finally:
         checkpoint.close()
 
 
-def _count(report: ImportReport, cid: str, rec: dict[str, Any]) -> None:
-    if rec["status"] == "ok":
+def _count(report: ImportReport, cid: str, rec: Record) -> None:
+    if rec.ok:
         report.ok += 1
     else:
-        setattr(report, rec["status"], getattr(report, rec["status"]) + 1)
-        report.example(f"{rec['status']} replies", f"{cid}: {rec['error']}")
+        setattr(report, rec.status, getattr(report, rec.status) + 1)
+        report.example(f"{rec.status} replies", f"{cid}: {rec.error}")
 
 
 def finish_covered(run_dir: Path, state: BatchState, seen: set[str]) -> list[str]:

@@ -11,15 +11,15 @@ until then; keys this version does not know are kept as they are.
 
 from __future__ import annotations
 
-import fcntl
 import re
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import orjson
 
+from ... import locks
 from ...async_client.checkpoint import MANIFEST, Checkpoint, atomic_write
 from ...errors import InputError, LiveroomError
 
@@ -171,20 +171,11 @@ def save_state(run_dir: Path, state: BatchState) -> None:
     atomic_write(batch_dir(run_dir) / STATE, orjson.dumps(state.to_json(), option=orjson.OPT_INDENT_2))
 
 
-@contextmanager
-def locked(run_dir: Path) -> Iterator[None]:
+def locked(run_dir: Path) -> AbstractContextManager[None]:
     """One ``bin/batch`` at a time per run directory."""
     d = batch_dir(run_dir)
     d.mkdir(parents=True, exist_ok=True)
-    with open(d / LOCK, "a") as f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise LiveroomError(f"another bin/batch is working on {run_dir}; wait for it to end") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return locks.locked(d / LOCK, "bin/batch", what=run_dir)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
