@@ -78,8 +78,9 @@ def run(syn, tmp_path_factory):
                     cp.write(stage, Record(rid, INVALID, meta, reply="?", usage=usage, error="no JSON"))
                 elif r == 1 and c == 2 and stage == "entry":
                     cp.write(stage, Record(rid, ERROR, meta, error="HTTP 500"))
-                else:
-                    cp.write(stage, Record(rid, OK, meta, _scores(stage, feats, r, c), "{}", usage))
+                else:  # pitch 2's entry answers took three HTTP attempts and one re-ask
+                    tries = (3, 1) if r == 2 and stage == "entry" else (1, 0)
+                    cp.write(stage, Record(rid, OK, meta, _scores(stage, feats, r, c), "{}", usage, *tries))
     cp.close()
     return d
 
@@ -134,6 +135,7 @@ def test_run_counts_the_last_word_on_each_request(syn, run, tmp_path):
     entry = np.load(syn / "entry.npy")[:N_RUN]
     assert by["read"].records == cells - 8 + len(PERSONA_KEYS)  # the failed first tries count as records
     assert by["entry"].prompt_tokens == 100 * (cells - 3 + 2)
+    assert (by["entry"].retried, by["entry"].reasked, by["buy"].retried) == (8, 8, 0)
     ok = np.ones_like(entry, bool)
     ok[1, :3] = False
     assert np.allclose(by["entry"].persona_mean, np.nanmean(np.where(ok, entry, np.nan), 0))

@@ -87,6 +87,8 @@ class StageResult:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     records: int = 0                  # lines in the stage's file, retries included
+    retried: int = 0                  # records that took more than one HTTP attempt
+    reasked: int = 0                  # records whose first reply was unusable and was asked again
 
 
 @dataclass
@@ -200,6 +202,8 @@ def _stage(checkpoint: Checkpoint, stage: str, personas: list[str], pitch_index:
     final: dict[str, tuple[str, str, list[float]]] = {}  # id -> (persona, status, scores)
     for rec in checkpoint.records(stage):
         res.records += 1
+        res.retried += rec.attempts > 1
+        res.reasked += rec.reasks > 0
         res.prompt_tokens += int(rec.usage.get("prompt_tokens", 0) or 0)
         res.completion_tokens += int(rec.usage.get("completion_tokens", 0) or 0)
         if pitch_index is not None and rec.meta.get("index") not in pitch_index:

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from ..data.layout import PAY, WATCH
 from .gather import SCORES, ModelResult, RunResult
@@ -37,7 +37,7 @@ def _mark_kept(ax: Axes, epochs: np.ndarray, values: np.ndarray, best: int, colo
 
 def learning_curves(models: Sequence[ModelResult]) -> Figure:
     """Train and validation loss, and validation RMSE of log_gmv, per epoch; the kept epoch ringed."""
-    fig = _figure(12, 4.6)
+    fig = _figure(12, 5.2)
     loss_ax, rmse_ax = fig.subplots(1, 2)
     for i, m in enumerate(models):
         c, e = f"C{i}", m.curves["epoch"]
@@ -52,14 +52,13 @@ def learning_curves(models: Sequence[ModelResult]) -> Figure:
     loss_ax.plot([], [], "o", ms=10, mfc="none", mec="k", mew=2, label="kept epoch")
     loss_ax.set(title="loss (MSE + KL, per pitch)", xlabel="epoch", ylabel="loss", yscale="log")
     rmse_ax.set(title="validation RMSE of log_gmv", xlabel="epoch", ylabel="RMSE")
-    lo, hi = loss_ax.get_ylim()
-    if hi / lo < 20:  # within about a decade: label the minor ticks too, as plain numbers
-        loss_ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    loss_ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 0.1, 0.2, 0.5, 1, ...: plain numbers
     loss_ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    loss_ax.yaxis.set_minor_formatter(NullFormatter())
     for ax in (loss_ax, rmse_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2)  # below: never on a curve
     return fig
 
 
@@ -146,9 +145,9 @@ def score_distribution(run: RunResult) -> Figure:
 
 def coverage(run: RunResult) -> Figure:
     """Per stage, how many requests ended ok, invalid (unusable reply), failed, or never finished."""
-    fig = _figure(9, 0.9 + 1.0 * len(run.stages))
+    fig = _figure(9, 1.4 + 0.9 * len(run.stages))
     ax = fig.subplots()
-    labels = []
+    labels, widest = [], 1
     for row, s in enumerate(run.stages):
         parts = {"ok": s.ok, "invalid": s.invalid, "failed": s.failed}
         if s.missing is not None:
@@ -157,9 +156,12 @@ def coverage(run: RunResult) -> Figure:
         for kind, n in parts.items():
             ax.barh(row, n, left=left, color=OK_COLOURS[kind], label=kind if row == 0 else None)
             left += n
-        labels.append(f"{s.name}\n" + " · ".join(f"{k} {n}" for k, n in parts.items()))
+        widest = max(widest, left)
+        labels.append(f"{s.name}: " + " · ".join(f"{k} {n}" for k, n in parts.items())
+                      + f"\n{s.records} records: {s.retried} retried, {s.reasked} re-asked")
     ax.set_yticks(range(len(run.stages)), labels)
     ax.invert_yaxis()
-    ax.set(xlabel="requests (last record of each)", title="coverage per stage")
-    ax.legend(fontsize=8, loc="lower right", ncol=4)
+    ax.set_xlim(0, widest * 1.01)
+    ax.set(xlabel="requests (the last word on each)", title="coverage per stage")
+    fig.legend(loc="outside lower center", ncol=4, fontsize=8)
     return fig

@@ -35,6 +35,8 @@ def model_table(models: Sequence[ModelResult]) -> Table:
     row("input columns", [str(len(m.summary.get("inputs", []))) for m in models])
     for label, name in SETTINGS:
         row(label, [str(getattr(m.config, name)) for m in models])
+        if name == "debias":  # bin/train weighs samples only when it has the features the weight needs
+            rows[-1][1:-1] = [str(m.config.debias) if m.config.with_llm else "off (no LLM features)" for m in models]
     row("epochs run", [f"{m.summary.get('epochs_run', '')}{' (stopped early)' if m.summary.get('stopped_early') else ''}"
                        for m in models])
     row("kept epoch", [f"{m.best_epoch} ({m.summary.get('selection', '')})" for m in models])
@@ -56,18 +58,22 @@ def model_table(models: Sequence[ModelResult]) -> Table:
 
 def run_table(run: RunResult) -> Table:
     """Per stage: records, the last word on each request, tokens; totals; cost when known."""
-    header = ["stage", "records (retries included)", "ok", "invalid", "failed", "missing", "prompt tokens",
+    header = ["stage", "records", "retried", "re-asked", "ok", "invalid", "failed", "missing", "prompt tokens",
               "completion tokens"]
+    counts = ("records", "retried", "reasked", "ok", "invalid", "failed")
     rows = []
     for s in run.stages:
-        rows.append([s.name, str(s.records), str(s.ok), str(s.invalid), str(s.failed),
-                     "?" if s.missing is None else str(s.missing), f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}"])
-    total = [sum(getattr(s, k) for s in run.stages) for k in ("records", "ok", "invalid", "failed")]
+        rows.append([s.name, *(str(getattr(s, k)) for k in counts), "?" if s.missing is None else str(s.missing),
+                     f"{s.prompt_tokens:,}", f"{s.completion_tokens:,}"])
+    total = [sum(getattr(s, k) for s in run.stages) for k in counts]
     missing = "?" if any(s.missing is None for s in run.stages) else str(sum(s.missing or 0 for s in run.stages))
     rows.append(["all", *map(str, total), missing, f"{sum(s.prompt_tokens for s in run.stages):,}",
                  f"{sum(s.completion_tokens for s in run.stages):,}"])
     cost = "cost: not known (no usage.json with a cost in the run directory)" if run.cost is None else \
         f"cost: {run.cost:.4f} {run.currency}".rstrip()
     note = (f"model {run.model or '?'} at {run.endpoint or '?'}; personas {', '.join(run.personas)}; {cost}. "
-            "A request counts as ok when any of its records is ok (as bin/collect counts); missing needs --pitches.")
+            "Records: lines in the stage's file (a request failed in one run and asked again in the next has two); "
+            "retried: records that took more than one HTTP attempt; re-asked: records whose reply was unusable and "
+            "asked again. A request counts as ok when any of its records is ok (as bin/collect counts); "
+            "missing (never finished) needs --pitches.")
     return Table(header, rows, note)
