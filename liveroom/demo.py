@@ -5,8 +5,10 @@
 2. the simulator (``bin/sim-server``: heuristic answers, not a language model,
    with a little fault injection so retries and re-asks show) on 127.0.0.1;
 3. ``bin/score`` -> ``bin/collect`` -> ``bin/train`` (with and without the
-   LLM features) -> ``bin/predict``, each run as a user would run it;
-4. a short report: requests, req/s, test metrics against predict-the-mean.
+   LLM features) -> ``bin/predict`` -> ``bin/report`` (both models on one set
+   of plots, and the run), each run as a user would run it;
+4. a short summary: requests, req/s, test metrics against predict-the-mean,
+   and where the HTML report is.
 
 Running it again resumes: the scoring checkpoint is kept, so nothing is sent
 twice. ``--llm local`` scores a handful of pitches through a real local LLM
@@ -128,6 +130,8 @@ def report(data: Path, sim_url: str, score_line: str, n: int) -> str:
         f"           {shown}/features (entry/state/action/read .npy, coverage.json)",
         f"           {shown}/model (best.pt, metrics.csv, summary.json)",
         f"           {shown}/predictions.csv (20 targets per pitch)",
+        f"  report:  {shown}/report.html (learning curves, predicted vs actual, audience shares, run scores;",
+        f"           the images also as {shown}/report-*.png)",
         "  run `make demo` again: the scoring resumes from the checkpoint and sends nothing.",
         "=" * 72,
     ])
@@ -151,6 +155,9 @@ def demo_sim(data: Path, n: int, seed: int, port: int, epochs: int) -> str:
     _run(BIN / "train", *common, "--inputs", "tabular", "--out", data / "model-tabular")
     _run(BIN / "predict", "--model", data / "model", "--pitches", data / "pitches.csv",
          "--features", data / "features", "--out", data / "predictions.csv")
+    _run(BIN / "report", "--model", data / "model-tabular", "--name", "tabular only", "--model", data / "model",
+         "--name", "tabular + LLM", "--run", data / "run", "--pitches", data / "pitches.csv",
+         "--features", data / "features", "--out", data / "report.html")
     return report(data, sim.url, score_line, n)
 
 
@@ -183,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="demo",
         description="Run the whole pipeline end to end on the embedded simulator (no API key, no network): "
-                    "demo data, bin/score, bin/collect, bin/train, bin/predict, and a short report.")
+                    "demo data, bin/score, bin/collect, bin/train, bin/predict, bin/report (HTML), and a summary.")
     ap.add_argument("--data", default=str(ROOT / "data" / "demo"), help="working directory (default: data/demo)")
     ap.add_argument("--n", type=int, default=400, help="pitches to generate the first time (default: %(default)s)")
     ap.add_argument("--seed", type=int, default=7, help="(default: %(default)s)")
