@@ -64,6 +64,7 @@ positive_int = number(int, 1, name="positive_int")
 non_negative_int = number(int, 0, name="non_negative_int")
 positive_float = number(float, 0, lo_open=True, name="positive_float")
 non_negative_float = number(float, 0, name="non_negative_float")
+port_number = number(int, 0, 65535, name="port")  # 0: the system picks a free one
 
 
 # ----------------------------------------------------------------- endpoint and key

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
+from ..cliargs import port_number, positive_int
 from ..errors import LiveroomError
 from .install import DEFAULT_MODEL, LLAMA_SPEC, MODELS, cache_dir, install, require_installed
 from .logs import last_error, say
@@ -118,37 +119,17 @@ def path(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
-    return v
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0..65535, got {v}")
-    return v
-
-
 def _server_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=sorted(MODELS), default=os.environ.get("LIVEROOM_LOCAL_MODEL", DEFAULT_MODEL),
                    help="smollm2: SmolLM2-135M-Instruct; gemma3: Gemma 3 270M (base model, 'gemma' chat "
                         "template) (default: $LIVEROOM_LOCAL_MODEL or %(default)s)")
-    p.add_argument("--port", type=_port, default=0, help="port on 127.0.0.1; 0 picks a free one (default: 0)")
-    p.add_argument("--parallel", type=_positive, default=4,
+    p.add_argument("--port", type=port_number, default=0, help="port on 127.0.0.1; 0 picks a free one (default: 0)")
+    p.add_argument("--parallel", type=positive_int, default=4,
                    help="requests decoded together (llama-server slots; default: %(default)s)")
-    p.add_argument("--threads", type=_positive, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="CPU threads for the model; keep it low when the CPU is shared with the client "
                         "(default: %(default)s)")
-    p.add_argument("--ctx-size", type=_positive, default=8192,
+    p.add_argument("--ctx-size", type=positive_int, default=8192,
                    help="context tokens per slot (default: %(default)s)")
     p.add_argument("--start-timeout", type=float, default=180.0,
                    help="seconds to wait for /health to be ok (default: %(default)s)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
+from ..cliargs import non_negative_int, number, positive_float, positive_int
 from .config import PRESETS, TrainConfig
 from .loop import train
 from .loss import KL_SCHEDULES
@@ -28,20 +29,20 @@ def parser() -> argparse.ArgumentParser:
                          "required unless --inputs tabular")
     ap.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (created)")
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
-    ap.add_argument("--epochs", type=int, help=f"maximum epochs (default {d.epochs})")
-    ap.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
-    ap.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
-    ap.add_argument("--gamma", type=float, default=d.gamma, help=f"learning-rate decay per epoch (default {d.gamma})")
-    ap.add_argument("--hidden", type=int, default=d.hidden, help=f"hidden width H (default {d.hidden})")
-    ap.add_argument("--temperature", type=float, help="softmax temperature of the share heads "
+    ap.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {d.epochs})")
+    ap.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}")
+    ap.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
+    ap.add_argument("--gamma", type=positive_float, default=d.gamma, help=f"learning-rate decay per epoch (default {d.gamma})")
+    ap.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden width H (default {d.hidden})")
+    ap.add_argument("--temperature", type=positive_float, help="softmax temperature of the share heads "
                     "(default 1, or 500 with --preset reference)")
-    ap.add_argument("--dropout", type=float, default=d.dropout, help=f"default {d.dropout}")
+    ap.add_argument("--dropout", type=number(float, 0, 1, hi_open=True, name="dropout"), default=d.dropout, help=f"default {d.dropout}")
     ap.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
     ap.add_argument("--inputs", choices=("tabular", "tabular+llm"), default=d.inputs,
                     help="model inputs: the 8 tabular columns, or those plus the 32 persona features (default)")
     ap.add_argument("--no-debias", action="store_true", help="do not weight samples by the causal-debias weight "
                     "(it needs the action/state features, so it is off with --inputs tabular)")
-    ap.add_argument("--patience", type=int, help="stop after N epochs without a better validation loss; "
+    ap.add_argument("--patience", type=non_negative_int, help="stop after N epochs without a better validation loss; "
                     "0 = never (default 15, or 0 with --preset reference)")
     ap.add_argument("--kl-schedule", choices=KL_SCHEDULES, help="KL weight per batch: constant 1 (default) or "
                     "the reference's max(1-0.025*batch, 0)")
@@ -70,18 +71,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``bin/train``: check the numbers, train, print the selected epoch's test metrics."""
+    """``bin/train``: train, print the selected epoch's test metrics."""
     ap = parser()
     args = ap.parse_args(argv)
-    for name, lo in (("epochs", 1), ("batch_size", 1), ("hidden", 1)):
-        if getattr(args, name) is not None and getattr(args, name) < lo:
-            ap.error(f"--{name.replace('_', '-')} must be at least {lo}")
-    if not 0 <= args.dropout < 1:
-        ap.error("--dropout must be in [0, 1)")
-    if args.temperature is not None and args.temperature <= 0:
-        ap.error("--temperature must be positive")
-    if args.patience is not None and args.patience < 0:
-        ap.error("--patience must be 0 or more")
     given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)
     summary = train(config_from_args(args), resume=args.resume, overrides=given)
     test = summary["test"]
