@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.liveroom-installed
 
-.PHONY: test test-llm local-llm demo venv clean
+.PHONY: test lint test-llm local-llm demo venv clean
 
 venv: $(STAMP)
 
@@ -18,8 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-test: $(STAMP)
+# lint (ruff: errors and import order) and types (mypy on liveroom/, as configured in pyproject.toml) first
+test: lint
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 # slow integration tests against a real local LLM server (built once per machine)
 test-llm: $(STAMP)

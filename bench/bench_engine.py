@@ -61,6 +61,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from liveroom.process import stop_process  # noqa: E402
+
 BIN = ROOT / "bin"
 PY = sys.executable
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -302,7 +303,7 @@ async def _floor_loop(url: str, bodies: list[bytes], concurrency: int, via_clien
     done: list[float] = []
     it = iter(bodies)
     if via_client:  # the project's ChatClient (timeout, headers, status handling) around the same session
-        from liveroom.async_client.http import ChatClient
+        from liveroom.async_client.chat import ChatClient
 
         async with ChatClient(url.removesuffix("/chat/completions"), None, 120.0, concurrency) as client:
             payloads = [orjson.loads(b) for b in bodies]
@@ -585,8 +586,8 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
     requests (in the order bin/score sends them); records copied from a real run for realistic sizes."""
     import orjson
 
-    from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan
     from liveroom.data.personas import PERSONA_KEYS
+    from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan
 
     pitches, goods = synthetic(o.work, n)
     run = o.work / f"resume-{n}"
@@ -607,7 +608,7 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
             Child(score_cmd(tp, tg, fresh(tdir), sim.url, 64)).wait(600)
     templates = {}
     for g in ("entry", "buy", "read"):
-        recs = [orjson.loads(l) for l in (tdir / f"{g}.jsonl").read_bytes().splitlines()]
+        recs = [orjson.loads(line) for line in (tdir / f"{g}.jsonl").read_bytes().splitlines()]
         templates[g] = {(r["index"], r["persona"]): r for r in recs}
     indexes = [int(i) for i in plan.pitches["index"]]
     order = [(s.name, i, k) for i in indexes for s in plan.stages for k in PERSONA_KEYS]  # bin/score's order
@@ -737,7 +738,7 @@ def machine_line(load_before: str) -> str:
 def write_docs(text: str) -> None:
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     lines = doc.splitlines(keepends=True)
-    start = next((i for i, l in enumerate(lines) if l.rstrip() == SECTION), None)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
     if start is None:
         DOC.write_text(doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
         return

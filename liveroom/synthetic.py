@@ -44,10 +44,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .errors import InputError
 from .data.layout import LLM_FEATURES, PAY_TARGETS, WATCH_TARGETS
 from .data.moment import time_features
 from .data.personas import PERSONA_KEYS
+from .errors import InputError
 from .sim.heuristic import NEGATIVE_WORDS, POSITIVE_WORDS, buy_scores, entry_score, read_score
 
 # --------------------------------------------------------------------------- word lists

@@ -7,13 +7,21 @@ import math
 
 import numpy as np
 import pytest
-from conftest import (
-    MULTILINE_TEXT, NUMERIC_COLUMNS, PITCH_COLUMNS, SAMPLE_STARTS, TIME_COLS, pitch_row, sample_rows,
-    sample_showcase, write_goods, write_pitches,
-)
 
-from liveroom.errors import InputError, LiveroomError
+from conftest import (
+    MULTILINE_TEXT,
+    NUMERIC_COLUMNS,
+    PITCH_COLUMNS,
+    SAMPLE_STARTS,
+    TIME_COLS,
+    pitch_row,
+    sample_rows,
+    sample_showcase,
+    write_goods,
+    write_pitches,
+)
 from liveroom.data.inputs import Item, check_showcase, load_pitches, load_showcase
+from liveroom.errors import InputError, LiveroomError
 
 NO_TIME = [c for c in PITCH_COLUMNS if c not in TIME_COLS]
 

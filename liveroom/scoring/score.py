@@ -21,13 +21,10 @@ from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.engine import Engine, EngineConfig, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
-from ..async_client.providers import DEFAULT_BASE_URL
 from ..async_client.runner import run_loop
 from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
 from ..prompts.stages import STAGES
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
-
-__all__ = ["DEFAULT_BASE_URL", "add_request_arguments", "build_parser", "execute", "main"]  # batch imports the first two
 
 
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
