@@ -33,6 +33,9 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path):
     assert len(pred) == 60 and pred.shape[1] == 21
     cov = json.loads((demo / "features" / "coverage.json").read_text())
     assert all(s["missing"] == 0 for s in cov["stages"].values())
+    report = demo / "report.html"
+    assert "/report.html" in first.stdout  # the summary says where the report is
+    assert report.stat().st_size > 10_000 and report.read_text().count("data:image/png;base64,") >= 6
 
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr[-3000:]
