@@ -1,4 +1,8 @@
-"""The moment of a pitch: calendar facts and the Chinese wording shown to the model."""
+"""The moment of a pitch: calendar facts and the Chinese wordings shown to the model.
+
+``describe_moment`` is the first prompt set's wording, ``plain_moment`` the
+method's (its protocol points are checked on rendered requests in test_protocol).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,15 @@ import datetime as dt
 import pandas as pd
 import pytest
 
+from liveroom.data.moment import (
+    CalendarYearError,
+    day_facts,
+    describe_moment,
+    plain_day_kind,
+    plain_moment,
+    time_features,
+)
 from liveroom.errors import InputError
-from liveroom.data.moment import CalendarYearError, day_facts, describe_moment, time_features
 
 
 def at(s: str) -> dt.datetime:
@@ -129,3 +140,34 @@ def test_time_features_of_a_series():
     assert f["dow_sin"].tolist() == pytest.approx([-0.7818314824680299, 0.7818314824680298])
     assert f["hour_cos"].tolist() == pytest.approx([1.0, -1.0])
     assert f["hour_sin"].tolist() == pytest.approx([0.0, 0.0], abs=1e-12)
+
+
+# --------------------------------------------------------------------------- the method's wording
+
+@pytest.mark.parametrize("day, kind", [
+    ("2024-03-12", "工作日"),
+    ("2024-03-09", "休息日"),
+    ("2024-10-01", "国庆节假期，法定节假日"),
+    ("2024-02-04", "调休上班日（因春节调休）"),
+])
+def test_plain_day_kinds(day, kind):
+    assert plain_day_kind(at(day + " 12:00").date()) == kind
+
+
+def test_plain_moment_is_the_clock_and_the_kind():
+    assert plain_moment(at("2024-03-12 10:00")) == "现在是2024年3月12日 星期二 10:00。今天是工作日。"
+    assert plain_moment(at("2024-02-04 03:00")) == "现在是2024年2月4日 星期日 03:00，凌晨。天亮后的今天是调休上班日（因春节调休）。"
+    assert plain_moment(at("2024-09-30 21:00")) == (
+        "现在是2024年9月30日 星期一 21:00。今天是工作日。明天是2024年10月1日 星期二，国庆节假期，法定节假日。")
+    assert plain_moment(at("2024-03-12 20:59")) == "现在是2024年3月12日 星期二 20:59。今天是工作日。"
+
+
+def test_plain_moment_reads_the_same_calendar():
+    for s in ("2024-02-10 11:00", "2024-10-07 22:00", "2024-03-10 23:40", "2024-10-12 14:00"):
+        when = at(s)
+        workday, holiday = day_facts(when.date())
+        text = plain_moment(when)
+        assert text.startswith("现在是") and "\n" not in text
+        assert ("工作日" in text.split("明天")[0]) == (workday and when.weekday() < 5)
+        if holiday:
+            assert holiday in text

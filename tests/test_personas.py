@@ -9,7 +9,14 @@ import pytest
 
 from conftest import PERSONA_ORDER
 from liveroom.data import layout
-from liveroom.data.personas import DEFAULT_PERSONAS, PERSONA_KEYS, Persona, load_personas, personas_json
+from liveroom.data.personas import (
+    DEFAULT_PERSONAS,
+    LEGACY_PERSONAS,
+    PERSONA_KEYS,
+    Persona,
+    load_personas,
+    personas_json,
+)
 from liveroom.errors import InputError
 
 # the segments of the reference, in its fixed order
@@ -42,7 +49,17 @@ def test_default_attributes_follow_the_reference_table():
     assert "女" in by_key["exquisite_mother"].traits and "已婚" in by_key["exquisite_mother"].traits
     assert "未婚" in by_key["new_white"].traits
     assert by_key["Z"].traits == ""
-    assert by_key["town_old"].consumption == "低"
+    # consumption worded as the method's table: "mid-low, or not noticeably rising", "lower"
+    assert by_key["city_blue"].consumption == "中低，或没有明显上升"
+    assert by_key["town_old"].consumption == by_key["town_youth"].consumption == "较低"
+
+
+def test_legacy_personas_keep_the_first_wording():
+    assert [p.key for p in LEGACY_PERSONAS] == list(PERSONA_ORDER)
+    changed = {p.key: p.consumption for p, d in zip(LEGACY_PERSONAS, DEFAULT_PERSONAS) if p != d}
+    assert changed == {"city_blue": "中低，且没有上升趋势", "town_youth": "低", "town_old": "低"}
+    for p, d in zip(LEGACY_PERSONAS, DEFAULT_PERSONAS):
+        assert (p.key, p.name, p.age, p.city, p.traits) == (d.key, d.name, d.age, d.city, d.traits)
 
 
 def test_personas_are_immutable():

@@ -26,7 +26,7 @@ from liveroom.data.moment import day_facts
 from liveroom.data.personas import DEFAULT_PERSONAS, Persona
 from liveroom.errors import LiveroomError
 from liveroom.prompts.replies import ReplyError
-from liveroom.prompts.stages import STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
+from liveroom.prompts.stages import PROMPT_SETS, STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
 from liveroom.sim.batch_jobs import Batch, BatchConfig, BatchState, process
 from liveroom.sim.batch_server import BATCH_STATE
 from liveroom.sim.batch_server import make_app as make_batch_app
@@ -71,10 +71,12 @@ def expected(stage: str, pitch: Pitch, persona: Persona) -> dict:
 
 
 def all_requests():
-    for pitch in PITCHES:
-        for stage in STAGES.values():
-            for persona in PERSONAS:
-                yield stage, pitch, persona, build_request(stage, pitch, persona)
+    """Every stage of every prompt set: the simulator reads each set's wording."""
+    for stages in PROMPT_SETS.values():
+        for pitch in PITCHES:
+            for stage in stages.values():
+                for persona in PERSONAS:
+                    yield stage, pitch, persona, build_request(stage, pitch, persona)
 
 
 def body(req, **extra) -> dict:
@@ -129,9 +131,11 @@ async def test_every_stage_and_persona_answers_with_the_heuristic():
     assert st["duplicates"] == 0 and st["faults"] == {}
 
 
-def test_the_moment_is_read_for_today_only():
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_the_moment_is_read_for_today_only(prompts):
     def system(when):
-        return build_request(STAGES["entry"], Pitch(0, when, "t", "p", "x"), DEFAULT_PERSONAS[2]).messages[0]["content"]
+        entry = PROMPT_SETS[prompts]["entry"]
+        return build_request(entry, Pitch(0, when, "t", "p", "x"), DEFAULT_PERSONAS[2]).messages[0]["content"]
 
     assert read_system(system(dt.datetime(2024, 1, 7, 23, 55))) == ("new_white", 23, False)  # tomorrow is a workday
     assert read_system(system(dt.datetime(2024, 9, 30, 21, 30))) == ("new_white", 21, True)  # tomorrow a holiday

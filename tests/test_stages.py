@@ -1,4 +1,4 @@
-"""The three questions: message builders, reply schemas, versions and request ids."""
+"""The three questions: message builders, reply schemas, versions and request ids, in every prompt set."""
 
 from __future__ import annotations
 
@@ -10,22 +10,23 @@ import pytest
 
 from conftest import sample_rows, sample_showcase, write_goods, write_pitches
 from liveroom.data.inputs import Item, load_pitches, load_showcase
-from liveroom.data.moment import describe_moment
 from liveroom.data.personas import DEFAULT_PERSONAS, Persona
-from liveroom.prompts import stages
+from liveroom.prompts import answers, stages
 from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import (
+    PROMPT_SETS,
     STAGES,
     Pitch,
-    Stage,
     build_request,
     format_price,
     iter_pitches,
     iter_requests,
     reask_messages,
     request_id,
+    stages_of,
     system_message,
 )
+from liveroom.prompts.wording import DEFAULT_PROMPTS, LEGACY, METHOD, WORDINGS, Wording
 
 MOTHER = next(p for p in DEFAULT_PERSONAS if p.key == "exquisite_mother")
 PLAIN = Persona("worker", "夜班保安", "40至50岁", "二线城市", "中低")  # no traits
@@ -40,21 +41,32 @@ PITCH = Pitch(
 )
 
 
-def messages(stage: str, pitch: Pitch = PITCH, persona: Persona = MOTHER) -> tuple[str, str]:
-    req = build_request(STAGES[stage], pitch, persona)
+def messages(stage: str, pitch: Pitch = PITCH, persona: Persona = MOTHER,
+             prompts: str = DEFAULT_PROMPTS) -> tuple[str, str]:
+    req = build_request(PROMPT_SETS[prompts][stage], pitch, persona)
     assert [m["role"] for m in req.messages] == ["system", "user"]
     return req.messages[0]["content"], req.messages[1]["content"]
 
 
 # --------------------------------------------------------------------------- messages
 
+def test_the_prompt_sets():
+    assert list(PROMPT_SETS) == list(WORDINGS) == ["method", "legacy"]
+    assert DEFAULT_PROMPTS == "method" and STAGES is PROMPT_SETS["method"]
+    for name, st in PROMPT_SETS.items():
+        assert list(st) == ["entry", "buy", "read"]
+        assert all(s.wording is WORDINGS[name] for s in st.values())
+
+
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_system_message_has_persona_and_moment(stage):
-    system, _ = messages(stage)
+def test_system_message_has_persona_and_moment(stage, prompts):
+    system, _ = messages(stage, prompts=prompts)
     for attr in (MOTHER.name, MOTHER.age, MOTHER.city, MOTHER.consumption, MOTHER.traits):
         assert attr in system, attr
-    assert describe_moment(WHEN) in system
+    assert WORDINGS[prompts].moment(WHEN) in system
     assert "国庆节" in system  # 21:30 on the eve: tomorrow is described
+    assert system == system_message(MOTHER, WHEN, WORDINGS[prompts])
 
 
 def test_system_message_without_traits_has_no_dangling_comma():
@@ -68,16 +80,18 @@ def test_system_message_differs_by_persona_and_moment():
     assert system_message(MOTHER, WHEN) != system_message(MOTHER, WHEN.replace(hour=10))
 
 
-def test_entry_message_shows_title_only():
-    _, user = messages("entry")
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_entry_message_shows_title_only(prompts):
+    _, user = messages("entry", prompts=prompts)
     assert PITCH.title in user
     assert PITCH.prod not in user and "三档模式" not in user and "单价" not in user
     assert "want_to_enter" in user
 
 
-def test_buy_message_lists_the_showcase():
-    _, user = messages("buy")
-    assert PITCH.title in user
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_buy_message_lists_the_showcase(prompts):
+    _, user = messages("buy", prompts=prompts)
+    assert (PITCH.title in user) == (prompts == "legacy")  # the method's buy does not show the title
     lines = [ln for ln in user.splitlines() if ln.startswith("#")]
     assert lines == [
         "#1 【电动牙刷】 单价【199】元",
@@ -96,17 +110,19 @@ def test_format_price_without_trailing_zero(price, shown):
     assert format_price(price) == shown
 
 
-def test_read_message_shows_prod_and_transcript():
-    _, user = messages("read")
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_read_message_shows_prod_and_transcript(prompts):
+    _, user = messages("read", prompts=prompts)
     assert PITCH.prod in user
     assert PITCH.text in user  # newline and comma kept
     assert "impact" in user
     assert PITCH.title not in user
 
 
-def test_read_transcript_cut_to_1024_characters():
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_read_transcript_cut_to_1024_characters(prompts):
     text = "甲" * 1000 + "乙" * 24 + "丙" * 500
-    _, user = messages("read", dataclasses.replace(PITCH, text=text))
+    _, user = messages("read", dataclasses.replace(PITCH, text=text), prompts=prompts)
     assert "甲" * 1000 + "乙" * 24 in user
     assert "丙" not in user
     assert stages.TEXT_LIMIT == 1024
@@ -117,9 +133,10 @@ def test_read_short_transcript_not_padded():
     assert "就一句话" in user
 
 
-def test_read_empty_transcript():
-    _, user = messages("read", dataclasses.replace(PITCH, text=""))
-    assert stages.NO_TEXT in user
+@pytest.mark.parametrize("prompts", list(PROMPT_SETS))
+def test_read_empty_transcript(prompts):
+    _, user = messages("read", dataclasses.replace(PITCH, text=""), prompts=prompts)
+    assert WORDINGS[prompts].no_text in user
     assert "「」" not in user
 
 
@@ -240,32 +257,44 @@ def test_the_stages_fill_each_layout_feature_once():
 
 # --------------------------------------------------------------------------- versions
 
-def rebuilt(name: str) -> Stage:
-    s = STAGES[name]
-    return Stage(s.name, s.user, s.schema, s.parse, s.features, s.template, s.needs_showcase)
+def versions(w: Wording) -> dict[str, str]:
+    """The stage versions of a freshly built set (after a monkeypatch, say)."""
+    return {name: st.version for name, st in stages_of(w).items()}
 
 
-def test_version_is_stable_and_named():
-    for name, st in STAGES.items():
+@pytest.mark.parametrize("w", [METHOD, LEGACY], ids=lambda w: w.name)
+def test_version_is_stable_and_named(w):
+    for name, st in PROMPT_SETS[w.name].items():
         assert st.version.startswith(name)
-        assert rebuilt(name).version == st.version
-    assert len({st.version for st in STAGES.values()}) == 3
+    assert versions(w) == {name: st.version for name, st in PROMPT_SETS[w.name].items()}
+    assert len(set(versions(w).values())) == 3
 
 
-@pytest.mark.parametrize("template, changed", [
-    ("ENTRY", {"entry"}),
-    ("BUY", {"buy"}),
-    ("ITEM_LINE", {"buy"}),
-    ("READ", {"read"}),
-    ("NO_TEXT", {"read"}),
-    ("SYSTEM", {"entry", "buy", "read"}),
-    ("REASK", {"entry", "buy", "read"}),
+def test_the_sets_have_different_versions():
+    for name in STAGES:
+        assert PROMPT_SETS["method"][name].version != PROMPT_SETS["legacy"][name].version
+
+
+@pytest.mark.parametrize("w", [METHOD, LEGACY], ids=lambda w: w.name)
+@pytest.mark.parametrize("part, changed", [
+    ("entry", {"entry"}),
+    ("buy", {"buy"}),
+    ("item_line", {"buy"}),
+    ("read", {"read"}),
+    ("no_text", {"read"}),
+    ("system", {"entry", "buy", "read"}),
 ])
-def test_version_changes_with_template_wording(monkeypatch, template, changed):
-    before = {name: st.version for name, st in STAGES.items()}
-    monkeypatch.setattr(stages, template, getattr(stages, template) + "请认真回答。")
-    after = {name: rebuilt(name).version for name in STAGES}
-    assert {n for n in STAGES if after[n] != before[n]} == changed
+def test_version_changes_with_template_wording(w, part, changed):
+    before = versions(w)
+    after = versions(dataclasses.replace(w, **{part: getattr(w, part) + "请认真回答。"}))
+    assert {n for n in before if after[n] != before[n]} == changed
+
+
+def test_version_changes_with_the_reask_wording(monkeypatch):
+    before = versions(METHOD)
+    monkeypatch.setattr(stages, "REASK", stages.REASK + "请认真回答。")
+    after = versions(METHOD)
+    assert all(after[n] != before[n] for n in before)
 
 
 # --------------------------------------------------------------------------- request ids
@@ -338,14 +367,14 @@ def test_reask_twice_keeps_the_whole_conversation():
 
 
 def test_version_changes_with_the_schema(monkeypatch):
-    before = STAGES["read"].version
-    monkeypatch.setattr(stages, "_SCORE", {"type": "integer", "enum": [1, 2, 3]})
-    st = STAGES["read"]
-    assert Stage(st.name, st.user, stages.read_schema, st.parse, st.features, st.template).version != before
-    assert rebuilt("entry").version != STAGES["entry"].version
+    before = versions(METHOD)
+    monkeypatch.setattr(answers, "SCORE", {"type": "integer", "enum": [1, 2, 3]})
+    after = versions(METHOD)
+    assert all(after[n] != before[n] for n in before)
 
 
-def test_version_changes_with_the_moment_wording(monkeypatch):
-    before = {name: st.version for name, st in STAGES.items()}
-    monkeypatch.setattr(stages, "describe_moment", lambda when: describe_moment(when) + "天气晴。")
-    assert all(rebuilt(name).version != before[name] for name in STAGES)
+@pytest.mark.parametrize("w", [METHOD, LEGACY], ids=lambda w: w.name)
+def test_version_changes_with_the_moment_wording(w):
+    before = versions(w)
+    after = versions(dataclasses.replace(w, moment=lambda when: w.moment(when) + "天气晴。"))
+    assert all(after[n] != before[n] for n in before)

@@ -3,6 +3,11 @@
 Pure functions over dates. The official Chinese calendar (package
 ``chinesecalendar``) decides workdays, named public holidays and working days
 moved by a holiday swap.
+
+Two wordings: :func:`plain_moment` says only what the method says (date,
+weekday, clock time, the day's kind; early morning and tomorrow where the
+method describes them); :func:`describe_moment` is the first prompt set's,
+kept word for word so its runs resume.
 """
 
 from __future__ import annotations
@@ -121,4 +126,35 @@ def describe_moment(when: dt.datetime) -> str:
     if when.hour >= 21:
         tomorrow = day + dt.timedelta(days=1)
         text += f"明天（{WEEKDAYS[tomorrow.weekday()]}）是{day_kind(tomorrow)}。"
+    return text
+
+
+def plain_day_kind(day: dt.date) -> str:
+    """The day's kind and nothing about what people do on it (the method's four kinds)."""
+    workday, holiday = day_facts(day)
+    if workday and day.weekday() >= 5:
+        return f"调休上班日（因{holiday or '节假日'}调休）"
+    if workday:
+        return "工作日"
+    if holiday:
+        return f"{holiday}假期，法定节假日"
+    return "休息日"
+
+
+def plain_moment(when: dt.datetime) -> str:
+    """The moment as the method states it: date, weekday, time and the day's kind.
+
+    Before 06:00 it says it is early morning and gives the coming day's kind;
+    from 21:00 it also gives tomorrow's date, weekday and kind. No word on
+    what people usually do at that hour.
+    """
+    day = when.date()
+    clock = f"{day.year}年{day.month}月{day.day}日 {WEEKDAYS[day.weekday()]} {when:%H:%M}"
+    if when.hour < 6:
+        return f"现在是{clock}，凌晨。天亮后的今天是{plain_day_kind(day)}。"
+    text = f"现在是{clock}。今天是{plain_day_kind(day)}。"
+    if when.hour >= 21:
+        tomorrow = day + dt.timedelta(days=1)
+        date = f"{tomorrow.year}年{tomorrow.month}月{tomorrow.day}日 {WEEKDAYS[tomorrow.weekday()]}"
+        text += f"明天是{date}，{plain_day_kind(tomorrow)}。"
     return text

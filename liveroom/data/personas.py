@@ -1,15 +1,17 @@
 """The audience personas the model role-plays, as data.
 
 The eight defaults are the reference's segments, in the fixed order that every
-feature matrix and target column follows. A user may score other segments by
-loading a JSON file: a list of objects with the fields of :class:`Persona`.
+feature matrix and target column follows, worded as the method words them;
+:data:`LEGACY_PERSONAS` are the same segments in the first prompt set's words.
+A user may score other segments by loading a JSON file: a list of objects
+with the fields of :class:`Persona`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import InputError
@@ -25,15 +27,22 @@ class Persona:
     traits: str = ""  # other traits, e.g. "女性，已婚已育"; may be empty
 
 
+#: worded as the method's table: city_blue "mid-low, or not noticeably rising", the towns "lower"
 DEFAULT_PERSONAS: tuple[Persona, ...] = (
     Persona("Z", "Z世代", "18至24岁", "一至三线城市", "中低"),
     Persona("exquisite_mother", "精致妈妈", "25至35岁", "一至三线城市", "中高及以上", "女性，已婚已育"),
     Persona("new_white", "新锐白领", "25至35岁", "一至三线城市", "中高", "未婚或未育"),
     Persona("deep_middle", "资深中产", "36至50岁", "一至三线城市", "中高"),
-    Persona("city_blue", "都市蓝领", "25至35岁", "一至三线城市", "中低，且没有上升趋势"),
+    Persona("city_blue", "都市蓝领", "25至35岁", "一至三线城市", "中低，或没有明显上升"),
     Persona("city_old", "都市银发", "50岁以上", "一至三线城市", "中等"),
-    Persona("town_youth", "小镇青年", "18至35岁", "四线及以下城市", "低"),
-    Persona("town_old", "小镇中老年", "35岁以上", "四线及以下城市", "低"),
+    Persona("town_youth", "小镇青年", "18至35岁", "四线及以下城市", "较低"),
+    Persona("town_old", "小镇中老年", "35岁以上", "四线及以下城市", "较低"),
+)
+
+#: the same segments as the first prompt set ("legacy") words them, so its runs resume unchanged
+_LEGACY_CONSUMPTION = {"city_blue": "中低，且没有上升趋势", "town_youth": "低", "town_old": "低"}
+LEGACY_PERSONAS: tuple[Persona, ...] = tuple(
+    replace(p, consumption=_LEGACY_CONSUMPTION.get(p.key, p.consumption)) for p in DEFAULT_PERSONAS
 )
 
 PERSONA_KEYS: tuple[str, ...] = tuple(p.key for p in DEFAULT_PERSONAS)

@@ -1,7 +1,7 @@
 """The plan of a run: inputs -> validated plan -> the jobs still to do.
 
-Everything here is decided before a request is sent: the stages, personas
-and model parameters, the run manifest, and which (stage, pitch, persona)
+Everything here is decided before a request is sent: the prompt set, the
+stages, personas and model parameters, the run manifest, and which (stage, pitch, persona)
 questions the run directory already holds (a done table of one byte per
 question: a set of 1M request ids would cost 100 MB of strings). The
 checkpoint hands over the raw ids of its ok records; reading them as
@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from ..async_client.checkpoint import Checkpoint, sha256_file
+from ..async_client.checkpoint import MANIFEST, Checkpoint, sha256_file
 from ..async_client.engine import Job
 from ..async_client.transport import endpoint_host
 from ..data.inputs import check_showcase, load_pitches, load_showcase
-from ..data.personas import DEFAULT_PERSONAS, Persona, load_personas, personas_json
+from ..data.personas import Persona, load_personas, personas_json
 from ..errors import InputError
-from ..prompts.stages import STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
+from ..prompts.stages import PROMPT_SETS, STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
+from ..prompts.wording import DEFAULT_PROMPTS, UNNAMED_PROMPTS, WORDINGS
 
 DEFAULT_MODEL = "gpt-4o-mini"
 RESPONSE_FORMATS = ("json_object", "json_schema", "none")
@@ -82,20 +84,55 @@ class Plan:
     manifest: dict[str, Any]
 
 
-def parse_stages(text: str) -> tuple[Stage, ...]:
-    """The stages ``--stages`` names, in its order, each once."""
+def parse_stages(text: str, prompts: str = DEFAULT_PROMPTS) -> tuple[Stage, ...]:
+    """The stages ``--stages`` names, in its order, each once, as prompt set ``prompts`` asks them."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [n for n in names if n not in STAGES]
     if unknown or not names:
         raise InputError(f"--stages: unknown stage(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(STAGES)}")
-    return tuple(STAGES[n] for n in dict.fromkeys(names))
+    return tuple(PROMPT_SETS[prompts][n] for n in dict.fromkeys(names))
+
+
+def recorded_prompts(run_dir: str | Path) -> str | None:
+    """The prompt set a run directory was made with; None when it has no readable manifest yet.
+
+    A manifest without a ``prompts`` entry was made before there were sets, so
+    with :data:`~liveroom.prompts.wording.UNNAMED_PROMPTS`.
+    """
+    try:
+        manifest = orjson.loads((Path(run_dir) / MANIFEST).read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None  # a new run; an unreadable manifest is refused by the manifest check
+    return str(manifest.get("prompts", UNNAMED_PROMPTS)) if isinstance(manifest, dict) else None
+
+
+def choose_prompts(name: str | None, run_dir: str | Path | None = None) -> str:
+    """``--prompts``, else the set the run directory was made with, else the default set.
+
+    So an existing run resumes with the same command, whatever the default is now.
+    """
+    if name is not None:
+        if name not in PROMPT_SETS:
+            raise InputError(f"--prompts: unknown prompt set {name!r}; choose from {', '.join(PROMPT_SETS)}")
+        return name
+    recorded = recorded_prompts(run_dir) if run_dir is not None else None
+    if recorded is not None and recorded not in PROMPT_SETS:
+        raise InputError(f"{run_dir} was made with prompt set {recorded!r}, which this version does not have "
+                         f"(it has {', '.join(PROMPT_SETS)})")
+    return recorded or DEFAULT_PROMPTS
 
 
 def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
-              params: ModelParams, base_url: str) -> Plan:
-    """Load and check every input and build the run manifest; nothing is sent."""
-    chosen = parse_stages(stages)
-    persona_set = load_personas(personas) if personas else DEFAULT_PERSONAS
+              params: ModelParams, base_url: str, prompts: str | None = None,
+              run_dir: str | Path | None = None) -> Plan:
+    """Load and check every input and build the run manifest; nothing is sent.
+
+    ``prompts`` names the prompt set; None means the one ``run_dir`` was made
+    with, or the default for a new run (:func:`choose_prompts`).
+    """
+    prompt_set = choose_prompts(prompts, run_dir)
+    chosen = parse_stages(stages, prompt_set)
+    persona_set = load_personas(personas) if personas else WORDINGS[prompt_set].personas
     df = load_pitches(pitches)
     showcase = None
     inputs = {"pitches": sha256_file(pitches)}
@@ -111,6 +148,8 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
         "endpoint": endpoint_host(base_url),
         "params": {"temperature": params.temperature, "max_tokens": params.max_tokens,
                    "response_format": params.response_format},
+        # named for every set but the first, so that the manifests of runs made before sets stay valid
+        **({"prompts": prompt_set} if prompt_set != UNNAMED_PROMPTS else {}),
         "groups": {s.name: s.version for s in chosen},
         "personas": personas_json(persona_set),
         "inputs": inputs,

@@ -23,7 +23,8 @@ from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
 from ..async_client.runner import run_loop
 from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
-from ..prompts.stages import STAGES
+from ..prompts.stages import PROMPT_SETS, STAGES
+from ..prompts.wording import DEFAULT_PROMPTS
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
 
 
@@ -61,6 +62,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pitches", required=True, metavar="CSV", help="pitches in the reference format")
     p.add_argument("--goods", metavar="JSON", help="showcase: start -> [[idx, name, price], ...] (needed for stage buy)")
     p.add_argument("--stages", default=",".join(STAGES), help="comma-separated stages (default: %(default)s)")
+    p.add_argument("--prompts", choices=list(PROMPT_SETS), default=None,
+                   help=f"prompt set: the wording the model is shown (default: the set RUN_DIR was made with, "
+                        f"{DEFAULT_PROMPTS} for a new run; docs/PROTOCOL.md)")
     p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
     p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
                    help="model name (default: $LIVEROOM_MODEL or %(default)s)")
@@ -106,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     endpoint = resolve_endpoint(args.base_url)
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
+                     args.prompts, args.out)
     run_dir = Path(args.out)
     plan.manifest = check_manifest(run_dir, plan.manifest)
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,

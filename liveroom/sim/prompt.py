@@ -1,22 +1,25 @@
 """Reading a scoring prompt back: which stage, which persona, what moment.
 
 The simulator sees only the chat messages, exactly as :mod:`liveroom.prompts.stages`
-builds them. :func:`read_prompt` recovers what the heuristic needs:
+builds them, in any prompt set of :data:`~liveroom.prompts.wording.WORDINGS`.
+:func:`read_prompt` recovers what the heuristic needs:
 
-* the **stage** from the first user message: the entry title line, the buy
-  item lines ``#i 【name】 单价【p】元``, or the read transcript inside 「」,
-  named as the stage registry :data:`~liveroom.prompts.stages.STAGES` names
-  the stage asking that template;
+* the **stage** from the first user message: the head of one set's entry,
+  buy or read template (longest first), else the buy item lines
+  ``#i 【name】 单价【p】元`` or a transcript inside 「」, named as the stage
+  registry :data:`~liveroom.prompts.stages.PROMPT_SETS` names the stage
+  asking that template;
 * the **persona** from the system message's ``身份：<name>，年龄`` (a name
   outside :data:`DEFAULT_PERSONAS` gives a key the heuristic does not know,
   i.e. its neutral profile);
 * the **hour** and whether **today** is a workday from the moment sentence
   (``今天是工作日…`` or ``调休上班日…``; the sentence about tomorrow is not
-  read, and before 06:00 the wording ``天亮后的今天是…`` is understood).
+  read, and before 06:00 the wording ``天亮后的今天是…`` is understood); every
+  set words the moment this way (:mod:`liveroom.data.moment`).
 
 A re-ask conversation is read from its *first* user message, so it is
 answered like the original question. The patterns are derived from the
-templates in :mod:`liveroom.prompts.stages`, so a reworded prompt is followed as long
+templates in :mod:`liveroom.prompts.wording`, so a reworded prompt is followed as long
 as it keeps its placeholders. Anything unrecognisable raises
 :class:`PromptError` (the server answers 400).
 """
@@ -27,13 +30,14 @@ import datetime as dt
 import re
 from dataclasses import dataclass
 from functools import lru_cache
+from string import Formatter
 from typing import Any, Sequence
 
 from ..data.inputs import Item
-from ..data.personas import DEFAULT_PERSONAS
-from ..prompts.stages import BUY, ENTRY, ITEM_LINE, NO_TEXT, READ, STAGES, Pitch
+from ..prompts.stages import PROMPT_SETS, Pitch
+from ..prompts.wording import DEFAULT_PROMPTS, WORDINGS
 
-NAME_TO_KEY: dict[str, str] = {p.name: p.key for p in DEFAULT_PERSONAS}
+NAME_TO_KEY: dict[str, str] = {p.name: p.key for w in WORDINGS.values() for p in w.personas}
 UNKNOWN_PREFIX = "unknown:"  # key prefix of personas the heuristic does not know
 
 
@@ -52,40 +56,58 @@ class Prompt:
     text: str = ""                   # read: the transcript
 
 
-def _literal(template: str) -> str:
-    """Template text without placeholders, braces un-doubled."""
-    return template.replace("{{", "{").replace("}}", "}")
+def _parts(template: str) -> list[str]:
+    """A template's literal texts around its placeholders, braces un-doubled."""
+    parts = [""]
+    for literal, name, _spec, _conv in Formatter().parse(template):
+        parts[-1] += literal
+        if name is not None:
+            parts.append("")
+    return parts
 
-
-ENTRY_HEAD = _literal(ENTRY.split("{title}")[0])
-BUY_HEAD = _literal(BUY.split("{title}")[0])
-READ_HEAD = _literal(READ.split("{prod}")[0])
-READ_OPEN = _literal(READ.split("{prod}")[1].split("{text}")[0])   # ... ends with 「
-READ_TAIL = _literal(READ.split("{text}")[1])                        # starts with 」
 
 _PROBE = Pitch(0, dt.datetime(2024, 1, 1), "t", "p", "x", (Item(1, "n", 1.0),))
 
 
-def _stage_asking(head: str) -> str:
-    """The registry's name of the stage whose user message starts with ``head``."""
-    names = [s.name for s in STAGES.values() if s.user(_PROBE).startswith(head)]
+@dataclass(frozen=True)
+class _Asked:
+    """How one stage of one prompt set reads: the head of its user message, and
+    for read the text around the transcript."""
+
+    stage: str  # the registry's stage name
+    head: str
+    open: str = ""  # read: between {prod} and {text}, ends with 「
+    tail: str = ""  # read: after {text}, starts with 」
+
+
+def _asked(name: str, kind: str, template: str) -> _Asked:
+    """The registry's name of the one stage of set ``name`` whose message starts with the template's head."""
+    parts = _parts(template)
+    names = [s.name for s in PROMPT_SETS[name].values() if s.user(_PROBE).startswith(parts[0])]
     if len(names) != 1:
-        raise LookupError(f"{len(names)} stages of the registry ask a prompt starting {head!r}, not one")
-    return names[0]
+        raise LookupError(f"{len(names)} stages of prompt set {name} ask a prompt starting {parts[0]!r}, not one")
+    return _Asked(names[0], parts[0], *(parts[1:3] if kind == "read" else ()))
 
 
-ENTRY_STAGE = _stage_asking(ENTRY_HEAD)
-BUY_STAGE = _stage_asking(BUY_HEAD)
-READ_STAGE = _stage_asking(READ_HEAD)
+#: every set's three stages, longest head first so that no head hides another
+ASKED: tuple[_Asked, ...] = tuple(sorted(
+    (_asked(w.name, kind, template) for w in WORDINGS.values()
+     for kind, template in (("entry", w.entry), ("buy", w.buy), ("read", w.read))),
+    key=lambda a: -len(a.head),
+))
+ENTRY_STAGE, BUY_STAGE, READ_STAGE = (_asked(DEFAULT_PROMPTS, k, getattr(WORDINGS[DEFAULT_PROMPTS], k)).stage
+                                      for k in ("entry", "buy", "read"))
 _KNOWN = (ENTRY_STAGE, BUY_STAGE, READ_STAGE)
+_ITEM_LINES = tuple(dict.fromkeys(w.item_line for w in WORDINGS.values()))
+_NO_TEXT = tuple(dict.fromkeys(w.no_text for w in WORDINGS.values()))
 
-_ITEM = re.compile(
-    "^" + re.escape(ITEM_LINE)
+_ITEMS = tuple(re.compile(
+    "^" + re.escape(line)
     .replace(re.escape("{i}"), r"(\d+)")
     .replace(re.escape("{name}"), r"(.*)")
     .replace(re.escape("{price}"), r"([^\n]+?)") + "$",
     re.M,
-)
+) for line in _ITEM_LINES)
 _NAME = re.compile(r"身份：(.*?)，年龄")
 _CLOCK = re.compile(r"现在是\d{4}年\d{1,2}月\d{1,2}日 \S+ (\d{1,2}):\d{2}")
 _TODAY = re.compile(r"今天是([^。]*)")
@@ -119,9 +141,14 @@ def read_system(system: str) -> tuple[str, int | None, bool]:
     return key, hour, workday
 
 
+def _item_lines(user: str) -> list[tuple[str, str, str]]:
+    """(number, name, price) of each item line, in the first item-line wording that has any."""
+    return next((found for pattern in _ITEMS if (found := pattern.findall(user))), [])
+
+
 def _prices(user: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
     idx, prices = [], []
-    for i, _name, price in _ITEM.findall(user):
+    for i, _name, price in _item_lines(user):
         try:
             prices.append(float(price))
         except ValueError:
@@ -130,33 +157,36 @@ def _prices(user: str) -> tuple[tuple[int, ...], tuple[float, ...]]:
     return tuple(idx), tuple(prices)
 
 
-def _transcript(user: str) -> str | None:
-    start = user.find(READ_OPEN)
-    if start >= 0:
-        start += len(READ_OPEN)
-        end = len(user) - len(READ_TAIL) if user.endswith(READ_TAIL) else user.rfind("」")
+def _transcript(user: str, asked: _Asked | None) -> str | None:
+    """The transcript between the read template's texts, else between the outer 「」."""
+    start = user.find(asked.open) if asked is not None else -1
+    if asked is not None and start >= 0:
+        start += len(asked.open)
+        end = len(user) - len(asked.tail) if user.endswith(asked.tail) else user.rfind("」")
         if end >= start:
             text = user[start:end]
-            return "" if text == NO_TEXT else text
+            return "" if text in _NO_TEXT else text
     start, end = user.find("「"), user.rfind("」")
     return user[start + 1:end] if 0 <= start < end else None
 
 
 def read_stage(user: str) -> tuple[str, tuple[int, ...], tuple[float, ...], str]:
     """(stage, item numbers, prices, transcript) from the first user message."""
-    if user.startswith(READ_HEAD):
-        text = _transcript(user)
+    asked = next((a for a in ASKED if user.startswith(a.head)), None)
+    stage = asked.stage if asked is not None else None
+    if stage == READ_STAGE:
+        text = _transcript(user, asked)
         if text is None:
             raise PromptError(f"{READ_STAGE} prompt without a 「transcript」")
         return READ_STAGE, (), (), text
-    if user.startswith(ENTRY_HEAD):
+    if stage == ENTRY_STAGE:
         return ENTRY_STAGE, (), (), ""
-    if user.startswith(BUY_HEAD) or _ITEM.search(user):
+    if stage == BUY_STAGE or _item_lines(user):
         idx, prices = _prices(user)
         if not prices:
             raise PromptError(f"{BUY_STAGE} prompt without item lines '#i 【name】 单价【p】元'")
         return BUY_STAGE, idx, prices, ""
-    text = _transcript(user)
+    text = _transcript(user, None)
     if text is not None:
         return READ_STAGE, (), (), text
     raise PromptError(f"the user message is none of the {', '.join(_KNOWN[:-1])} or {_KNOWN[-1]} prompts")
