@@ -2,7 +2,9 @@
 
 Only what ``bin/batch`` needs: upload a request file (``POST /files``,
 multipart, ``purpose=batch``), read a file's metadata and content, create,
-retrieve, list and cancel batches. Every call is retried with the same
+retrieve, list (page by page) and cancel batches. Where a provider has no
+``GET /files/{id}`` (Zhipu: see ``docs/PROVIDERS.md`` section 4), waiting for
+an upload trusts the upload's own reply (:data:`~.providers.FILE_STATUS`). Every call is retried with the same
 policy as chat requests (:mod:`.policy`): 408, 409, 429 (honouring
 ``Retry-After``), 5xx, timeouts and dropped connections are tried again;
 401 and 403 raise :class:`~.errors.Fatal` (one line, exit status 2); other
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -25,6 +28,7 @@ import orjson
 from ..errors import LiveroomError
 from .errors import Rejected, Retryable
 from .policy import retry_policy
+from .providers import FileStatus
 from .transport import http_error, transport_errors
 
 T = TypeVar("T")
@@ -147,23 +151,42 @@ class BatchClient:
                 return None
             raise
 
-    async def wait_file(self, file_id: str, timeout: float, interval: float = 1.0) -> dict[str, Any]:
-        """Poll ``GET /files/{id}`` until the file is usable for a batch."""
+    async def wait_file(self, file_id: str, timeout: float, interval: float = 1.0, mode: FileStatus = "poll",
+                        uploaded: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Wait until an upload is usable for a batch, as ``mode`` says (``uploaded``: the upload's reply).
+
+        ``poll``: ask ``GET /files/{id}`` until the file is ready, a 404 meaning
+        not visible yet; ``optional``: the same, except that a first 404 means the
+        route is missing; ``absent``: never ask. Without the call, the upload's
+        reply is trusted (unless it says the file failed).
+        """
+        info = uploaded or {"id": file_id}
+        if mode == "absent":
+            return self._ready(file_id, info) or info
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        first = True
         while True:
-            info = await self.get_file(file_id)
-            status = (info or {}).get("status")
-            if info is not None and (status in FILE_READY or status is None):
-                return info
-            if info is not None and status in FILE_FAILED:
-                detail = info.get("status_details") or info.get("error") or ""
-                raise FileFailed(f"file {file_id}: status {status}" + (f": {detail}" if detail else ""))
+            got = await self.get_file(file_id)
+            if got is None and first and mode == "optional":
+                return self._ready(file_id, info) or info
+            first = False
+            if got is not None and (ready := self._ready(file_id, got)) is not None:
+                return ready
             if loop.time() >= deadline:
-                seen = f"status {status}" if info is not None else "not found"
+                seen = f"status {got.get('status')}" if got is not None else "not found"
                 raise LiveroomError(f"file {file_id} is still not ready after {timeout:g} s ({seen}); "
                                     "run submit again later")
             await asyncio.sleep(interval)
+
+    @staticmethod
+    def _ready(file_id: str, info: dict[str, Any]) -> dict[str, Any] | None:
+        """``info`` when the file it describes is usable, None while it is not yet; FileFailed when it failed."""
+        status = info.get("status")
+        if status in FILE_FAILED:
+            detail = info.get("status_details") or info.get("error") or ""
+            raise FileFailed(f"file {file_id}: status {status}" + (f": {detail}" if detail else ""))
+        return info if status in FILE_READY or status is None else None
 
     async def download(self, file_id: str, dest: Path) -> int:
         """``GET /files/{id}/content`` into ``dest`` (atomically); the bytes written."""
@@ -195,10 +218,15 @@ class BatchClient:
             tmp.unlink(missing_ok=True)
 
     # -- batches ---------------------------------------------------------------------
-    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str = "24h",
-                           metadata: dict[str, str] | None = None) -> dict[str, Any]:
-        body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint,
-                                "completion_window": completion_window}
+    async def create_batch(self, input_file_id: str, endpoint: str, completion_window: str | None = "24h",
+                           metadata: dict[str, str] | None = None,
+                           auto_delete_input_file: bool | None = None) -> dict[str, Any]:
+        """``POST /batches``; ``completion_window`` and ``auto_delete_input_file`` are left out when None."""
+        body: dict[str, Any] = {"input_file_id": input_file_id, "endpoint": endpoint}
+        if completion_window is not None:
+            body["completion_window"] = completion_window
+        if auto_delete_input_file is not None:
+            body["auto_delete_input_file"] = auto_delete_input_file
         if metadata:
             body["metadata"] = metadata
         obj = await self._json("POST", "/batches", f"create batch for {input_file_id}", json=body)
@@ -212,17 +240,32 @@ class BatchClient:
     async def cancel_batch(self, batch_id: str) -> dict[str, Any]:
         return await self._json("POST", f"/batches/{batch_id}/cancel", f"cancel batch {batch_id}")
 
-    async def find_batch(self, input_file_id: str, limit: int = 100) -> dict[str, Any] | None:
-        """A batch already made from ``input_file_id`` (``GET /batches``), if the server lists it.
+    async def list_batches(self, limit: int = 100, after: str | None = None) -> dict[str, Any]:
+        """One page of ``GET /batches`` (newest first): ``data``, ``has_more``, ``last_id``."""
+        query = f"?limit={limit}" + (f"&after={quote(after, safe='')}" if after else "")
+        return await self._json("GET", "/batches" + query, "list batches")
 
-        Guards the window where a create succeeded but its answer was lost;
-        servers without the list route are taken as knowing none.
+    async def find_batch(self, input_file_id: str, limit: int = 100, max_pages: int = 20) -> dict[str, Any] | None:
+        """A batch already made from ``input_file_id`` (``GET /batches``, paged), if the server lists it.
+
+        Guards the window where a create succeeded but its answer was lost; the
+        batch is recent, so at most ``max_pages`` pages are read (newest first).
+        Pages follow ``after`` = the page's ``last_id``, else its last batch's id
+        (OAI-SDK ``pagination.py``, ZAI-SDK ``src/zai/core/pagination.py``).
+        Servers without the list route are taken as knowing none.
         """
-        try:
-            obj = await self._json("GET", f"/batches?limit={limit}", "list batches")
-        except BatchAPIError:
-            return None
-        for b in obj.get("data") or ():
-            if isinstance(b, dict) and b.get("input_file_id") == input_file_id and isinstance(b.get("id"), str):
-                return b
+        after: str | None = None
+        for _ in range(max_pages):
+            try:
+                page = await self.list_batches(limit, after)
+            except BatchAPIError:
+                return None
+            data = [b for b in page.get("data") or () if isinstance(b, dict)]
+            for b in data:
+                if b.get("input_file_id") == input_file_id and isinstance(b.get("id"), str):
+                    return b
+            cursor = page.get("last_id") or (data[-1].get("id") if data else None)
+            if not page.get("has_more") or not isinstance(cursor, str) or cursor == after:
+                return None
+            after = cursor
         return None

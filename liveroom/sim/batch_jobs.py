@@ -7,14 +7,23 @@ direct mode. Its lifecycle moves one step every ``polls_per_step``
 retrievals: ``validating`` -> ``in_progress`` (half the lines counted) ->
 ``in_progress`` (all) -> ``finalizing`` -> ``completed`` (or ``expired`` /
 ``failed``; a cancel ends it ``cancelled`` at the next retrieval).
+
+A :class:`SimProfile` makes it answer as one provider documents its Batch API
+(``docs/PROVIDERS.md`` section 4): OpenAI; Zhipu (``/api/paas/v4``, line url
+``/v4/chat/completions``, no ``GET /files/{id}``, files over its size limit
+answered HTTP 435, timestamps in milliseconds and ``''`` for a missing file id,
+as its SDK's test comments show); DashScope (``/compatible-mode/v1``, windows
+24h..336h, a limit per line, error lines ``{"error": {"code", "message"}}``
+without a response).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -23,10 +32,47 @@ from .completion import complete, completion_body, conversation_digest, error_ob
 from .config import SimConfig
 from .prompt import PromptError, read_prompt
 
-ENDPOINTS = ("/v1/chat/completions",)
-WINDOWS = ("24h",)
 STEPS = ("validating", "in_progress", "in_progress", "finalizing")  # then the end state
 TERMINAL = ("completed", "failed", "expired", "cancelled")
+MB = 1_000_000
+
+#: (HTTP status, body) of a line refused by the provider's content filter
+Refusal = tuple[int, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SimProfile:
+    """How one provider's Batch API answers."""
+
+    name: str
+    prefix: str                     # the path of its base URL
+    endpoint: str                   # the line url and batch endpoint it takes
+    window_hours: tuple[int, int] | None  # completion_window it takes; None: the field is not read
+    file_route: bool                # GET /files/{id} exists
+    max_file_bytes: int
+    too_large_status: int           # the answer to an upload over max_file_bytes
+    max_line_bytes: int | None
+    filtered: Refusal | None        # a content-filtered line, as the provider answers it
+    error_only_lines: bool = False  # failed lines carry error{code, message} and no response
+    ms_timestamps: bool = False
+    no_file: str | None = None      # what an output/error file id reads as while there is none
+
+
+SIM_PROFILES: dict[str, SimProfile] = {p.name: p for p in (
+    SimProfile("openai", "/v1", "/v1/chat/completions", (24, 24), True, 200 * MB, 400, None, None),
+    # 435 for a file over 100 MB (ZP-code HTTP table); 1301 as seen in langchain4j#1079
+    SimProfile("zhipu", "/api/paas/v4", "/v4/chat/completions", None, False, 100 * MB, 435, None,
+               (400, {"error": {"code": "1301", "message": "系统检测到输入或生成内容可能包含不安全或敏感内容，"
+                                                           "请您避免输入易产生敏感内容的提示语，感谢您的配合。"}}),
+               ms_timestamps=True, no_file=""),
+    # 500 MB for purpose=batch; 6 MB per line and 24h..336h as issue 13 states (not confirmed);
+    # data_inspection_failed as seen in camel-ai/owl#432
+    SimProfile("dashscope", "/compatible-mode/v1", "/v1/chat/completions", (24, 336), True, 500 * MB, 400,
+               6 * MB, (400, {"error": {"code": "data_inspection_failed", "param": None,
+                                        "message": "Input data may contain inappropriate content.",
+                                        "type": "data_inspection_failed"}}),
+               error_only_lines=True),
+)}
 
 
 @dataclass
@@ -35,11 +81,36 @@ class BatchConfig:
     polls_per_step: int = 1        # retrievals per lifecycle step
     file_delay_s: float = 0.0      # an upload is unknown (404) for this long
     error_every: int = 0           # every Nth line (input order) ends in the error file (HTTP 500 body)
-    nonjson_every: int = 0         # every Nth line is answered with prose, no JSON
+    nonjson_every: int = 0         # every Nth line that is a first ask is answered with prose, no JSON
+    nonjson_reasks: bool = False   # ... re-ask lines too
+    filter_every: int = 0          # every Nth line is refused by the profile's content filter
     expire_after: int | None = None  # do only this many lines, then end as expired
     shuffle: bool = False          # output lines in a random order
     api_fail_first: int = 0        # the first N Batch API calls get 503
     create_delay_s: float = 0.0    # POST /batches answers after this long
+    profile: str = "openai"        # a name in SIM_PROFILES
+    file_route: bool | None = None       # GET /files/{id}; None: the profile's
+    max_file_bytes: int | None = None    # None: the profile's
+    max_line_bytes: int | None = None    # None: the profile's
+
+    @property
+    def provider(self) -> SimProfile:
+        """The profile, with the settings given here in place of its own."""
+        p = SIM_PROFILES[self.profile]
+        return replace(p, file_route=p.file_route if self.file_route is None else self.file_route,
+                       max_file_bytes=self.max_file_bytes or p.max_file_bytes,
+                       max_line_bytes=self.max_line_bytes or p.max_line_bytes)
+
+    def check_window(self, window: Any) -> str | None:
+        """Why ``completion_window`` is refused, or None when the profile takes it."""
+        hours = self.provider.window_hours
+        if hours is None:
+            return None
+        m = re.fullmatch(r"([0-9]+)h", window) if isinstance(window, str) else None
+        if m is None or not hours[0] <= int(m.group(1)) <= hours[1]:
+            return "completion_window must be '24h'" if hours == (24, 24) else \
+                f"completion_window must be between {hours[0]}h and {hours[1]}h"
+        return None
 
 
 @dataclass
@@ -56,6 +127,7 @@ class BatchState:
 
     def __init__(self, config: BatchConfig):
         self.config = config
+        self.profile = config.provider
         self.files: dict[str, dict[str, Any]] = {}
         self.contents: dict[str, bytes] = {}
         self.batches: dict[str, Batch] = {}
@@ -65,8 +137,15 @@ class BatchState:
         self.next_id = 0
 
     def new_id(self, prefix: str) -> str:
+        """``file-000001``; Zhipu's look like ``20240514_ea19d21b-…`` (its SDK's test comments)."""
         self.next_id += 1
+        if self.profile.name == "zhipu" and prefix == "file":
+            return time.strftime("%Y%m%d_") + f"{self.next_id:08x}-0000-4000-8000-000000000000"
         return f"{prefix}-{self.next_id:06d}"
+
+    def now(self) -> int:
+        """A timestamp as the profile writes them (Zhipu: milliseconds)."""
+        return int(time.time() * 1000) if self.profile.ms_timestamps else int(time.time())
 
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "batches_per_file": dict(self.per_file)}
@@ -82,18 +161,23 @@ class BatchState:
         """Keep a file; it becomes visible after ``delay_s``."""
         fid = self.new_id("file")
         now = time.time()
-        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": int(now),
+        self.files[fid] = {"id": fid, "object": "file", "bytes": len(data), "created_at": self.now(),
                            "filename": filename, "purpose": purpose, "status": "processed",
                            "_visible_at": now + delay_s if delay_s else 0}
         self.contents[fid] = data
         return fid
 
 
-def validate(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def validate(data: bytes, endpoint: str, max_line_bytes: int | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(the usable lines, the validation errors) of an input file."""
     lines, errors, ids = [], [], set()
     for n, raw in enumerate(data.splitlines(), 1):
         if not raw.strip():
+            continue
+        if max_line_bytes is not None and len(raw) + 1 > max_line_bytes:
+            errors.append({"code": "line_too_large", "line": n,
+                           "message": f"line {n} is {len(raw) + 1} bytes, over the limit of {max_line_bytes}"})
             continue
         try:
             obj = orjson.loads(raw)
@@ -118,16 +202,20 @@ def validate(data: bytes, endpoint: str) -> tuple[list[dict[str, Any]], list[dic
     return lines, errors
 
 
-def new_batch(bs: BatchState, fid: str, endpoint: str, window: str, metadata: Any) -> Batch:
+def new_batch(bs: BatchState, fid: str, endpoint: str, window: str | None, metadata: Any) -> Batch:
     """A ``validating`` batch of input file ``fid`` (which must be visible)."""
-    lines, errors = validate(bs.contents[fid], endpoint)
+    lines, errors = validate(bs.contents[fid], endpoint, bs.profile.max_line_bytes)
     bid = bs.new_id("batch")
-    now = int(time.time())
+    now = bs.now()
+    window = window or "24h"
+    hours = int(window[:-1]) if window[:-1].isdigit() else 24
+    scale = 1000 if bs.profile.ms_timestamps else 1
+    no = bs.profile.no_file
     obj = {"id": bid, "object": "batch", "endpoint": endpoint, "errors": None, "input_file_id": fid,
-           "completion_window": window, "status": "validating", "output_file_id": None, "error_file_id": None,
-           "created_at": now, "in_progress_at": None, "expires_at": now + 86400, "finalizing_at": None,
-           "completed_at": None, "failed_at": None, "expired_at": None, "cancelling_at": None,
-           "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
+           "completion_window": window, "status": "validating", "output_file_id": no, "error_file_id": no,
+           "created_at": now, "in_progress_at": None, "expires_at": now + hours * 3600 * scale,
+           "finalizing_at": None, "completed_at": None, "failed_at": None, "expired_at": None,
+           "cancelling_at": None, "cancelled_at": None, "request_counts": {"total": 0, "completed": 0, "failed": 0},
            "metadata": metadata}
     bs.batches[bid] = b = Batch(obj, lines, errors)
     bs.counts["batches_created"] += 1
@@ -150,26 +238,52 @@ def _line(rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
                          "response": {"status_code": status, "request_id": rid, "body": body}, "error": None})
 
 
+def _failed(bs: BatchState, rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
+    """A failed line: as OpenAI writes it (the response holds the error), or DashScope's error{code, message}."""
+    if not bs.profile.error_only_lines:
+        return _line(rid, custom_id, status, body)
+    err = body.get("error") or {}
+    return orjson.dumps({"id": rid, "custom_id": custom_id, "response": None,
+                         "error": {"code": err.get("code") or err.get("type"), "message": err.get("message")}})
+
+
+def _fault(cfg: BatchConfig, n: int, messages: list[Any]) -> str | None:
+    """The content fault of line ``n``: prose for every ``nonjson_every``-th first ask."""
+    reask = any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
+    if cfg.nonjson_every and n % cfg.nonjson_every == 0 and (cfg.nonjson_reasks or not reask):
+        return "nonjson"
+    return None
+
+
+def failing(cfg: BatchConfig, n: int) -> bool:
+    """Line ``n`` ends in the error file (a server error or the content filter)."""
+    return bool(cfg.error_every and n % cfg.error_every == 0) or \
+        bool(cfg.filter_every and n % cfg.filter_every == 0 and cfg.provider.filtered)
+
+
 def process(bs: BatchState, b: Batch, upto: int) -> tuple[list[bytes], list[bytes]]:
     """Output and error lines for the first ``upto`` input lines."""
     cfg = bs.config
     sim = cfg.sim
+    filtered = bs.profile.filtered
     out, err = [], []
     for n, line in enumerate(b.lines[:upto], 1):
         rid, cid = f"batch_req_{b.obj['id']}_{n}", line["custom_id"]
         if cfg.error_every and n % cfg.error_every == 0:
             msg = "The server had an error processing your request (simulated)."
-            err.append(_line(rid, cid, 500, error_object(msg, "server_error")))
+            err.append(_failed(bs, rid, cid, 500, error_object(msg, "server_error")))
+            continue
+        if cfg.filter_every and n % cfg.filter_every == 0 and filtered is not None:
+            err.append(_failed(bs, rid, cid, *filtered))
             continue
         messages = line["body"].get("messages") or []
         try:
             prompt = read_prompt(messages)
         except PromptError as e:
-            err.append(_line(rid, cid, 400, error_object(f"unrecognised prompt: {e}", "invalid_request_error",
-                                                         None, "messages")))
+            err.append(_failed(bs, rid, cid, 400, error_object(f"unrecognised prompt: {e}", "invalid_request_error",
+                                                                None, "messages")))
             continue
-        fault = "nonjson" if cfg.nonjson_every and n % cfg.nonjson_every == 0 else None
-        c = complete(prompt, messages, conversation_digest(messages), sim.seed, fault)
+        c = complete(prompt, messages, conversation_digest(messages), sim.seed, _fault(cfg, n, messages))
         out.append(_line(rid, cid, 200, completion_body(f"chatcmpl-{rid}", model_of(line["body"], sim.model), c)))
     if cfg.shuffle:
         random.Random(sim.seed).shuffle(out)
@@ -178,7 +292,7 @@ def process(bs: BatchState, b: Batch, upto: int) -> tuple[list[bytes], list[byte
 
 
 def _store_lines(bs: BatchState, lines: list[bytes], purpose: str) -> str | None:
-    return bs.store(b"\n".join(lines) + b"\n", f"{purpose}.jsonl", purpose) if lines else None
+    return bs.store(b"\n".join(lines) + b"\n", f"{purpose}.jsonl", purpose) if lines else bs.profile.no_file
 
 
 def finish(bs: BatchState, b: Batch, status: str) -> None:
@@ -197,7 +311,7 @@ def finish(bs: BatchState, b: Batch, status: str) -> None:
     o["error_file_id"] = _store_lines(bs, err, "batch_output")
     o["request_counts"] = {"total": len(b.lines), "completed": len(out), "failed": len(err)}
     o["status"] = status
-    o[f"{status}_at"] = int(time.time())
+    o[f"{status}_at"] = bs.now()
 
 
 def advance(bs: BatchState, b: Batch) -> None:
@@ -211,7 +325,7 @@ def advance(bs: BatchState, b: Batch) -> None:
         return
     step = b.polls // max(1, bs.config.polls_per_step)
     if step >= 1 and b.errors:
-        o.update(status="failed", failed_at=int(time.time()), errors={"object": "list", "data": b.errors})
+        o.update(status="failed", failed_at=bs.now(), errors={"object": "list", "data": b.errors})
         return
     if step >= len(STEPS):
         expired = bs.config.expire_after is not None and bs.config.expire_after < len(b.lines)
@@ -219,12 +333,12 @@ def advance(bs: BatchState, b: Batch) -> None:
         return
     o["status"] = STEPS[step]
     if step >= 1:
-        o["in_progress_at"] = o["in_progress_at"] or int(time.time())
+        o["in_progress_at"] = o["in_progress_at"] or bs.now()
         done = done_lines(bs, b, step)
-        failed = sum(1 for n in range(1, done + 1) if bs.config.error_every and n % bs.config.error_every == 0)
+        failed = sum(1 for n in range(1, done + 1) if failing(bs.config, n))
         o["request_counts"] = {"total": len(b.lines), "completed": done - failed, "failed": failed}
     if o["status"] == "finalizing":
-        o["finalizing_at"] = int(time.time())
+        o["finalizing_at"] = bs.now()
 
 
 def cancel(bs: BatchState, b: Batch) -> None:
@@ -232,4 +346,4 @@ def cancel(bs: BatchState, b: Batch) -> None:
     bs.counts["cancels"] += 1
     step = b.polls // max(1, bs.config.polls_per_step)
     b.cancel_at = done_lines(bs, b, step)
-    b.obj.update(status="cancelling", cancelling_at=int(time.time()))
+    b.obj.update(status="cancelling", cancelling_at=bs.now())

@@ -7,10 +7,18 @@ direct mode against the same base URL) plus:
 * ``POST /v1/files`` (multipart: ``purpose=batch``, ``file``), ``GET
   /v1/files/{id}``, ``GET /v1/files/{id}/content``;
 * ``POST /v1/batches`` (``input_file_id``, ``endpoint``,
-  ``completion_window``), ``GET /v1/batches`` (newest first, ``limit``),
+  ``completion_window``), ``GET /v1/batches`` (newest first, ``limit``,
+  ``after``, ``has_more``),
   ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``;
 * ``GET /batch-stats``: counters (uploads, batches made, batches per input
   file, Batch API calls, ...).
+
+Those paths are OpenAI's; ``--profile zhipu`` or ``dashscope`` serves them
+under that provider's base path instead (``/api/paas/v4/files`` ...,
+``/compatible-mode/v1/files`` ..., chat completions there too) and answers as
+:class:`~liveroom.sim.batch_jobs.SimProfile` says: Zhipu without ``GET
+/files/{id}`` and with HTTP 435 for a file over ``--max-file-bytes``,
+DashScope with its windows and ``--max-line-bytes``.
 
 Batches are processed as :mod:`liveroom.sim.batch_jobs` describes, with the
 same answers as direct mode. What real providers do wrong or slowly can be
@@ -26,13 +34,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Sequence
 
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .batch_jobs import ENDPOINTS, TERMINAL, WINDOWS, Batch, BatchConfig, BatchState, advance, cancel, new_batch
+from .batch_jobs import SIM_PROFILES, TERMINAL, Batch, BatchConfig, BatchState, advance, cancel, new_batch
+from .chat_server import chat_completions
 from .chat_server import make_app as make_sim_app
 from .completion import error_object
 from .config import SimConfig
@@ -82,6 +92,12 @@ async def upload(request: web.Request) -> web.Response:
         return _err(400, f"'purpose' must be 'batch', got {purpose!r}")
     if data is None:
         return _err(400, "'file' is a required field")
+    limit = bs.profile.max_file_bytes
+    if len(data) > limit:
+        bs.counts["too_large"] += 1
+        # the status is the profile's (Zhipu: 435, ZP-code); the body's code is the simulator's own
+        return _err(bs.profile.too_large_status, f"file of {len(data)} bytes is over the limit of {limit} bytes",
+                    "file_too_large")
     bs.counts["uploads"] += 1
     fid = bs.store(data, filename, "batch", bs.config.file_delay_s)
     return json_response({**{k: v for k, v in bs.files[fid].items() if not k.startswith("_")}, "status": "uploaded"})
@@ -119,18 +135,23 @@ async def create_batch(request: web.Request) -> web.Response:
     bs.counts["create_calls"] += 1
     try:
         body = orjson.loads(await request.read())
-        fid, endpoint, window = body["input_file_id"], body["endpoint"], body["completion_window"]
+        fid, endpoint = body["input_file_id"], body["endpoint"]
+        window = body.get("completion_window")
+        if window is None and bs.profile.window_hours is not None:
+            raise KeyError("completion_window")
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return _err(400, "input_file_id, endpoint and completion_window are required")
     if bs.config.create_delay_s:
         await asyncio.sleep(bs.config.create_delay_s)  # a client gone meanwhile cancels this handler
-    if endpoint not in ENDPOINTS:
-        return _err(400, f"endpoint must be one of {', '.join(ENDPOINTS)}", "invalid_value")
-    if window not in WINDOWS:
-        return _err(400, "completion_window must be '24h'", "invalid_value")
+    if endpoint != bs.profile.endpoint:
+        return _err(400, f"endpoint must be {bs.profile.endpoint}", "invalid_value")
+    if (refused := bs.config.check_window(window)) is not None:
+        return _err(400, refused, "invalid_value")
     if bs.visible(fid) is None:
         bs.counts["create_before_visible"] += 1
         return _err(400, f"No such File object: {fid}", "file_not_found")
+    if body.get("auto_delete_input_file") is not None:
+        bs.counts["auto_delete_input_file"] += 1
     return json_response(new_batch(bs, fid, endpoint, window, body.get("metadata")).obj)
 
 
@@ -155,15 +176,21 @@ async def get_batch(request: web.Request) -> web.Response:
 
 
 async def list_batches(request: web.Request) -> web.Response:
+    """Newest first, ``limit`` (1..100, default 20) after the batch ``after`` names."""
     if (r := _gate(request)) is not None:
         return r
     bs = request.app[BATCH_STATE]
+    bs.counts["list_calls"] += 1
     try:
         limit = max(1, min(100, int(request.query.get("limit", "20"))))
     except ValueError:
         return _err(400, "limit must be an integer")
-    data = [b.obj for b in reversed(bs.batches.values())][:limit]
-    return json_response({"object": "list", "data": data, "has_more": len(bs.batches) > limit})
+    ids = list(reversed(bs.batches))
+    after = request.query.get("after")
+    start = ids.index(after) + 1 if after in bs.batches else 0
+    data = [bs.batches[i].obj for i in ids[start:start + limit]]
+    return json_response({"object": "list", "data": data, "has_more": start + limit < len(ids),
+                          "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None})
 
 
 async def cancel_batch(request: web.Request) -> web.Response:
@@ -180,25 +207,30 @@ async def batch_stats(request: web.Request) -> web.Response:
     return json_response(request.app[BATCH_STATE].stats())
 
 
-ROUTES: tuple[tuple[str, str, Handler], ...] = (
-    ("POST", "/v1/files", upload),
-    ("GET", "/v1/files/{id}", get_file),
-    ("GET", "/v1/files/{id}/content", file_content),
-    ("POST", "/v1/batches", create_batch),
-    ("GET", "/v1/batches", list_batches),
-    ("GET", "/v1/batches/{id}", get_batch),
-    ("POST", "/v1/batches/{id}/cancel", cancel_batch),
+ROUTES: tuple[tuple[str, str, Handler], ...] = (  # under the profile's prefix
+    ("POST", "/files", upload),
+    ("GET", "/files/{id}", get_file),  # not in the Zhipu profile
+    ("GET", "/files/{id}/content", file_content),
+    ("POST", "/batches", create_batch),
+    ("GET", "/batches", list_batches),
+    ("GET", "/batches/{id}", get_batch),
+    ("POST", "/batches/{id}/cancel", cancel_batch),
 )
 
 
 def make_app(config: BatchConfig | None = None) -> web.Application:
-    """The chat simulator with the Batch API routes added (behind the same key)."""
+    """The chat simulator with the Batch API routes of ``config.profile`` added (behind the same key)."""
     config = config or BatchConfig()
     app = make_sim_app(config.sim)
-    app[BATCH_STATE] = BatchState(config)
+    app[BATCH_STATE] = bs = BatchState(config)
+    prefix = bs.profile.prefix
     for method, path, handler in ROUTES:
-        app.router.add_route(method, path, handler)
+        if handler is get_file and not bs.profile.file_route:
+            continue
+        app.router.add_route(method, prefix + path, handler)
         app[KEY_CHECK].refused[handler] = _refused
+    if prefix != "/v1":  # direct mode against the provider's base URL, to finish stragglers
+        app.router.add_post(prefix + "/chat/completions", chat_completions)
     app.router.add_get("/batch-stats", batch_stats)
     app[KEY_CHECK].open_paths.add("/batch-stats")
     return app
@@ -207,10 +239,22 @@ def make_app(config: BatchConfig | None = None) -> web.Application:
 @asynccontextmanager
 async def run_batch_server(config: BatchConfig | None = None,
                            app: web.Application | None = None) -> AsyncIterator[str]:
-    """Serve on ``config.sim.host:port`` for the block; yields ``http://HOST:PORT/v1``."""
+    """Serve on ``config.sim.host:port`` for the block; yields the profile's base URL
+    (``http://HOST:PORT/v1`` for OpenAI's)."""
     config = config or BatchConfig()
     async with serve(app or make_app(config), config.sim.host, config.sim.port) as url:
-        yield url
+        yield url.removesuffix("/v1") + config.provider.prefix
+
+
+async def _serve_until_signal(config: BatchConfig) -> None:
+    """``listening on URL`` with the profile's base URL, then serve until SIGINT or SIGTERM."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with run_batch_server(config) as url:
+        print(f"listening on {url}", flush=True)
+        await stop.wait()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -219,18 +263,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8000)
     ap.add_argument("--api-key", default=None)
+    ap.add_argument("--profile", choices=tuple(SIM_PROFILES), default="openai",
+                    help="answer as this provider's Batch API (default: %(default)s)")
+    ap.add_argument("--file-route", action=argparse.BooleanOptionalAction, default=None,
+                    help="serve GET /files/{id} (default: as the profile: not for zhipu)")
+    ap.add_argument("--max-file-bytes", type=int, default=None, help="upload size limit (default: the profile's)")
+    ap.add_argument("--max-line-bytes", type=int, default=None,
+                    help="request line size limit (default: the profile's; none for openai, zhipu)")
     ap.add_argument("--polls-per-step", type=int, default=1)
     ap.add_argument("--file-delay", type=float, default=0.0, help="seconds an upload stays invisible")
     ap.add_argument("--error-every", type=int, default=0)
-    ap.add_argument("--nonjson-every", type=int, default=0)
+    ap.add_argument("--nonjson-every", type=int, default=0, help="every Nth first-ask line gets prose, no JSON")
+    ap.add_argument("--nonjson-reasks", action="store_true", help="re-ask lines get prose too")
+    ap.add_argument("--filter-every", type=int, default=0,
+                    help="every Nth line is refused by the profile's content filter (zhipu, dashscope)")
     ap.add_argument("--expire-after", type=int, default=None)
     ap.add_argument("--shuffle", action="store_true")
     args = ap.parse_args(argv)
     config = BatchConfig(SimConfig(host=args.host, port=args.port, api_key=args.api_key),
                          polls_per_step=args.polls_per_step, file_delay_s=args.file_delay,
                          error_every=args.error_every, nonjson_every=args.nonjson_every,
-                         expire_after=args.expire_after, shuffle=args.shuffle)
-    serve_command(make_app(config), config.sim.host, config.sim.port)
+                         nonjson_reasks=args.nonjson_reasks, filter_every=args.filter_every,
+                         expire_after=args.expire_after, shuffle=args.shuffle, profile=args.profile,
+                         file_route=args.file_route, max_file_bytes=args.max_file_bytes,
+                         max_line_bytes=args.max_line_bytes)
+    if config.provider.prefix == "/v1":
+        serve_command(make_app(config), config.sim.host, config.sim.port)
+    else:
+        asyncio.run(_serve_until_signal(config))
     return 0
 
 

@@ -14,13 +14,22 @@ from pathlib import Path
 from typing import Any, Sequence
 from urllib.parse import urlsplit
 
-from ...async_client.providers import DEFAULT_BASE_URL
+from ...async_client.engine import EngineConfig
+from ...async_client.providers import (
+    DEFAULT_BASE_URL,
+    FILE_STATUS,
+    PROVIDERS,
+    Provider,
+    add_provider_argument,
+    default_base_url,
+    resolve_provider,
+)
 from ...async_client.transport import endpoint_host
 from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
 from ...errors import InputError
 from ..plan import ModelParams, Plan, make_plan
 from ..score import add_request_arguments
-from .flows import Api, Event, Run, UploadWait, cancel, fetch, import_by_hand, open_run, status, submit
+from .flows import Api, Creation, Event, Run, UploadWait, cancel, fetch, import_by_hand, open_run, status, submit
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 
 _SAID = {
@@ -54,54 +63,73 @@ def _api(args: argparse.Namespace, run: Run) -> Api:
 
 # ----------------------------------------------------------------- commands
 
-def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits]:
-    """The plan and file limits of ``prepare``, every flag checked before anything is written."""
-    if not args.endpoint.startswith("/"):
-        raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {args.endpoint!r}")
-    base_url = resolve_base_url(args.base_url)
+def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provider]:
+    """The plan, file limits and provider of ``prepare``, every flag checked before anything is written."""
+    base_url = resolve_base_url(args.base_url, default_base_url(args.provider))
     u = urlsplit(base_url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"--base-url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {endpoint_host(base_url)!r}")
+    provider = resolve_provider(args.provider, base_url)
+    b = provider.batch
+    endpoint = args.endpoint or b.endpoint
+    if not endpoint.startswith("/"):
+        raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {endpoint!r}")
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url)
-    return plan, ShardLimits(args.endpoint, args.max_requests, args.max_bytes)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts, args.out)
+    return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,
+                             args.max_line_bytes or b.max_line_bytes), provider
 
 
-def _prepared_line(r: PrepareResult) -> str:
+def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
     w = r.written
     where = f"{r.dir}/{w[0].name}" + (f" .. {w[-1].name}" if len(w) > 1 else "") if w else ""
     return (f"batch: prepared {r.requests} request(s) in {len(w)} file(s)" + (f": {where}" if where else "")
+            + (f"; {r.reasks} of them re-ask(s) after an unusable reply" if r.reasks else "")
             + (f"; {r.replaced} earlier unsubmitted file(s) replaced" if r.replaced else "")
-            + (f"; {r.pending} request(s) left out: in submitted batches not fetched yet" if r.pending else ""))
+            + (f"; {r.pending} request(s) left out: in submitted batches not fetched yet" if r.pending else "")
+            + (f"; {r.exhausted} request(s) left out: still unusable after --max-reasks {max_reasks} re-asks "
+               "(bin/score asks them afresh)" if r.exhausted else ""))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    plan, limits = _prepare_inputs(args)
+    plan, limits, provider = _prepare_inputs(args)
     run_dir = Path(args.out)
-    r = prepare(run_dir, plan, limits, args.include_submitted)
-    _err(_prepared_line(r))
+    r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
+    _err(_prepared_line(r, args.max_reasks))
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
     return 0
 
 
+def _creation(args: argparse.Namespace, run: Run) -> Creation:
+    """What the batches are created with: the completion window checked against the provider."""
+    b, name = run.provider.batch, run.provider.name
+    window = b.check_window(args.completion_window, name)
+    if args.keep_input_file and not b.auto_delete_input_file:
+        raise InputError(f"--keep-input-file: {name} documents no auto_delete_input_file (only zhipu does)")
+    return Creation(window, False if args.keep_input_file else None)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
-    run = open_run(Path(args.run), args.base_url)
-    r = submit(run, _api(args, run), UploadWait(args.file_timeout, args.file_poll), _say)
+    run = open_run(Path(args.run), args.base_url, args.provider)
+    creation = _creation(args, run)
+    r = submit(run, _api(args, run), UploadWait(args.file_timeout, args.file_poll, args.file_status), _say, creation)
     if not r.todo:
         _err("batch: nothing to submit: every prepared file has its batch")
     return 1 if r.refused else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    run = open_run(Path(args.run), args.base_url)
+    run = open_run(Path(args.run), args.base_url, args.provider)
     for s in status(run, _api(args, run), args.offline):
         print(s.line())
+        for line in s.error_lines():
+            print(line)
     return 0
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
-    run = open_run(Path(args.run), args.base_url)
+    run = open_run(Path(args.run), args.base_url, args.provider)
     r = fetch(run, _api(args, run), args.wait, args.interval, _say)
     if not r.watched:
         _err("batch: no batch to fetch")
@@ -119,7 +147,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    run = open_run(Path(args.run), args.base_url)
+    run = open_run(Path(args.run), args.base_url, args.provider)
     live = cancel(run, _api(args, run))
     for s in live:
         _err(f"batch: {s.line()}")
@@ -145,11 +173,17 @@ def _add_api(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
     sp.add_argument("--base-url", default=None,
                     help="API base URL (default: the run's endpoint; $OPENAI_BASE_URL when it is the same)")
+    add_provider_argument(sp, "the one bin/batch prepare used, else detected from the base URL's host")
     sp.add_argument("--timeout", type=positive_float, default=Api.timeout, help="seconds per HTTP call (default: %(default)s)")
     sp.add_argument("--max-retries", type=non_negative_int, default=Api.max_retries,
                     help="retries of a call on 429/5xx/connection errors (default: %(default)s)")
     sp.add_argument("--backoff", type=positive_float, default=Api.backoff,
                     help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
+
+
+def _each(name: str) -> str:
+    """A batch setting of every provider, for the help: ``openai 50000, zhipu 50000, ...``."""
+    return ", ".join(f"{p.name} {getattr(p.batch, name) or 'none'}" for p in PROVIDERS.values())
 
 
 def _add_prepare(sub: Any) -> None:
@@ -161,12 +195,20 @@ def _add_prepare(sub: Any) -> None:
     add_request_arguments(sp)
     sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
                     help="run directory (created or extended)")
-    sp.add_argument("--endpoint", default=ShardLimits.endpoint,
-                    help="the 'url' of each request line and the batch endpoint, e.g. /v4/chat/completions "
-                         "for GLM (default: %(default)s)")
-    sp.add_argument("--max-requests", type=positive_int, default=ShardLimits.max_requests,
-                    help="requests per file (default: %(default)s)")
-    sp.add_argument("--max-bytes", type=number(int, 1024, name="bytes"), default=ShardLimits.max_bytes, help="bytes per file (default: %(default)s)")
+    add_provider_argument(sp)
+    sp.add_argument("--endpoint", default=None,
+                    help="the 'url' of each request line and the batch endpoint (default: the provider's: "
+                         + _each("endpoint") + ")")
+    sp.add_argument("--max-requests", type=positive_int, default=None,
+                    help="requests per file (default: the provider's: " + _each("max_requests") + ")")
+    sp.add_argument("--max-bytes", type=number(int, 1024, name="bytes"), default=None,
+                    help="bytes per file (default: the provider's: " + _each("max_bytes") + ")")
+    sp.add_argument("--max-line-bytes", type=number(int, 1024, name="bytes"), default=None,
+                    help="bytes per request line, a longer one is refused (default: the provider's: "
+                         + _each("max_line_bytes") + ")")
+    sp.add_argument("--max-reasks", type=non_negative_int, default=EngineConfig.max_reasks,
+                    help="re-asks of a request whose replies were unusable, counted over every import; "
+                         "after them prepare leaves it out (default: %(default)s, as bin/score)")
     sp.add_argument("--include-submitted", action="store_true",
                     help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
     sp.set_defaults(func=cmd_prepare)
@@ -175,10 +217,20 @@ def _add_prepare(sub: Any) -> None:
 def _add_submit(sub: Any) -> None:
     sp = sub.add_parser("submit", help="upload each prepared file and create its batch (idempotent)",
                         description="Upload (purpose=batch) every prepared file without a batch, wait until the "
-                                    "upload is visible, and create its batch (completion window 24h). Ids are kept "
-                                    "in RUN_DIR/batch/state.json: running it again never makes a second batch for "
-                                    "a file, and a file uploaded without a batch gets its batch without a new upload.")
+                                    "upload is usable (where the provider has a file-status call), and create its "
+                                    "batch. Ids are kept in RUN_DIR/batch/state.json: running it again never makes "
+                                    "a second batch for a file, and a file uploaded without a batch gets its batch "
+                                    "without a new upload.")
     _add_api(sp)
+    sp.add_argument("--completion-window", default=None, metavar="WINDOW",
+                    help="the batch's completion window, e.g. 72h for dashscope (default: the provider's: "
+                         + _each("completion_window") + "; none: not sent)")
+    sp.add_argument("--keep-input-file", action="store_true",
+                    help="zhipu: send auto_delete_input_file=false (its default deletes the input file)")
+    sp.add_argument("--file-status", choices=FILE_STATUS, default=None,
+                    help="how to tell an upload is usable: poll GET /files/{id} (404: not yet), optional "
+                         "(404: no such call, trust the upload), absent (never ask) (default: the provider's: "
+                         + _each("file_status") + ")")
     sp.add_argument("--file-timeout", type=positive_float, default=UploadWait.timeout,
                     help="seconds to wait for an upload to become usable (default: %(default)s)")
     sp.add_argument("--file-poll", type=positive_float, default=UploadWait.poll,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
-from ...async_client.batch_api import BatchClient, FileFailed
+from ...async_client.batch_api import BatchAPIError, BatchClient, FileFailed
 from ...async_client.checkpoint import sha256_file
-from ...async_client.providers import DEFAULT_BASE_URL
+from ...async_client.providers import DEFAULT_BASE_URL, GENERIC, FileStatus, Provider, resolve_provider
 from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
@@ -36,7 +36,7 @@ from .state import (
     shard_ids,
 )
 
-COMPLETION_WINDOW = "24h"
+TOO_LARGE = (413, 435)  # an upload over the size limit (Zhipu: 435, docs/PROVIDERS.md section 1.1)
 
 EventKind = Literal["uploaded", "resumed", "stale", "upload_failed", "created", "changed", "imported",
                     "not_submitted"]
@@ -85,6 +85,7 @@ class Run:
     manifest: dict[str, Any]
     state: BatchState
     base_url: str
+    provider: Provider = GENERIC
 
 
 def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -> str:
@@ -98,14 +99,16 @@ def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -
     return url
 
 
-def open_run(run_dir: Path, base_url: str | None) -> Run:
-    """The run directory of a prepare, with the endpoint it was prepared for."""
+def open_run(run_dir: Path, base_url: str | None, provider: str | None = None) -> Run:
+    """The run directory of a prepare, with the endpoint it was prepared for and its provider
+    profile: ``provider``, else the one prepare recorded, else the one the base URL's host names."""
     run_dir = Path(run_dir)
     manifest = read_manifest(run_dir)
     state = load_state(run_dir)
     if not state.shards:
         raise InputError(f"{run_dir}: no prepared batch files; run bin/batch prepare first")
-    return Run(run_dir, manifest, state, resolve_base_url(base_url, manifest, run_dir))
+    url = resolve_base_url(base_url, manifest, run_dir)
+    return Run(run_dir, manifest, state, url, resolve_provider(provider or state.provider, url))
 
 
 def _batch_id(s: Shard) -> str:
@@ -126,16 +129,32 @@ class SubmitResult:
 class UploadWait:
     timeout: float = 600.0  # seconds for an upload to become usable
     poll: float = 2.0
+    mode: FileStatus | None = None  # how to tell (poll, optional, absent); None: as the provider does
 
 
-def submit(run: Run, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet) -> SubmitResult:
+@dataclass(frozen=True)
+class Creation:
+    """What each batch is created with (None: the field is not sent)."""
+
+    window: str | None = "24h"  # completion_window
+    auto_delete_input_file: bool | None = None
+
+    @classmethod
+    def default(cls, provider: Provider) -> Creation:
+        return cls(provider.batch.completion_window)
+
+
+def submit(run: Run, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet,
+           creation: Creation | None = None) -> SubmitResult:
     """Upload every prepared file without a batch and create its batch, never a second one."""
     with locked(run.dir):
         state = load_state(run.dir)
-        return asyncio.run(_submit(run, state, api, wait, notify))
+        wait = replace(wait, mode=wait.mode or run.provider.batch.file_status)
+        return asyncio.run(_submit(run, state, api, wait, notify, creation or Creation.default(run.provider)))
 
 
-async def _submit(run: Run, state: BatchState, api: Api, wait: UploadWait, notify: Notify) -> SubmitResult:
+async def _submit(run: Run, state: BatchState, api: Api, wait: UploadWait, notify: Notify,
+                  creation: Creation) -> SubmitResult:
     todo = [s for s in state.shards if not s.batch_id and not s.finished]
     result = SubmitResult(len(todo))
     if not todo:
@@ -144,7 +163,7 @@ async def _submit(run: Run, state: BatchState, api: Api, wait: UploadWait, notif
     done = done_ids(run.dir, run.manifest)
     async with api.client() as client:
         for s in todo:
-            if not await _submit_one(client, run.dir, state, s, done, wait, notify):
+            if not await _submit_one(client, run, state, s, done, wait, notify, creation):
                 result.refused += 1
     return result
 
@@ -159,30 +178,39 @@ def _check_files(d: Path, todo: list[Shard]) -> None:
                 raise LiveroomError(f"{path}: changed since prepare; run bin/batch prepare again")
 
 
-async def _submit_one(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, done: set[str],
-                      wait: UploadWait, notify: Notify) -> bool:
+async def _submit_one(client: BatchClient, run: Run, state: BatchState, s: Shard, done: set[str],
+                      wait: UploadWait, notify: Notify, creation: Creation) -> bool:
     """Upload (unless an upload is kept), wait until it is usable, find or create its batch."""
-    file_id = s.file_id
-    if file_id:
+    uploaded: dict[str, Any] | None = None
+    if s.file_id:
         notify(_event("resumed", s))
     else:
-        file_id = await _upload(client, run_dir, state, s, done, notify)
-    if file_id is None or not await _usable(client, run_dir, state, s, file_id, wait, notify):
+        uploaded = await _upload(client, run.dir, state, s, done, notify)
+        if uploaded is None:
+            return False
+    assert s.file_id is not None
+    file_id = s.file_id
+    if not await _usable(client, run.dir, state, s, file_id, wait, notify, uploaded):
         return False
-    b = await client.find_batch(file_id) or await client.create_batch(file_id, s.endpoint, COMPLETION_WINDOW)
+    b = await client.find_batch(file_id, run.provider.batch.list_limit) or await client.create_batch(
+        file_id, s.endpoint, creation.window, auto_delete_input_file=creation.auto_delete_input_file)
     s.batch_id, s.note = b["id"], None
     s.update(b)
     s.submitted_at = round(time.time(), 3)
-    save_state(run_dir, state)
+    save_state(run.dir, state)
     notify(_event("created", s))
     return True
 
 
 async def _usable(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, file_id: str,
-                  wait: UploadWait, notify: Notify) -> bool:
-    """Wait until the upload can be used; one the server failed is forgotten, to be uploaded again."""
+                  wait: UploadWait, notify: Notify, uploaded: dict[str, Any] | None) -> bool:
+    """Wait until the upload can be used; one the server failed is forgotten, to be uploaded again.
+
+    Where the provider has no file-status call (or it answers 404 where it is
+    not confirmed), the upload's own reply is trusted: ``wait.mode``.
+    """
     try:
-        await client.wait_file(file_id, wait.timeout, wait.poll)
+        await client.wait_file(file_id, wait.timeout, wait.poll, wait.mode or "poll", uploaded)
     except FileFailed as e:
         notify(_event("upload_failed", s, str(e)))
         s.file_id, s.status, s.note = None, "prepared", str(e)
@@ -192,17 +220,23 @@ async def _usable(client: BatchClient, run_dir: Path, state: BatchState, s: Shar
 
 
 async def _upload(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, done: set[str],
-                  notify: Notify) -> str | None:
-    """The new upload's file id; None when requests of the file were done meanwhile."""
+                  notify: Notify) -> dict[str, Any] | None:
+    """The new upload's reply (``id`` kept in the shard); None when requests of the file were done meanwhile."""
     stale = len(shard_ids(run_dir, s) & done)
     if stale:
         notify(_event("stale", s, str(stale)))
         return None
-    obj = await client.upload(batch_dir(run_dir) / s.name)
+    try:
+        obj = await client.upload(batch_dir(run_dir) / s.name)
+    except BatchAPIError as e:
+        if e.status in TOO_LARGE:
+            raise LiveroomError(f"{e}; {s.name} is {s.bytes} bytes, over the provider's file size limit: "
+                                "run bin/batch prepare again with a smaller --max-bytes") from None
+        raise
     s.file_id, s.status, s.note = obj["id"], "uploaded", None
     save_state(run_dir, state)
     notify(_event("uploaded", s))
-    return s.file_id
+    return obj
 
 
 # ----------------------------------------------------------------- status, cancel

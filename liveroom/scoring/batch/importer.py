@@ -2,7 +2,18 @@
 
 Lines are matched by ``custom_id`` in any order and replies parsed with the
 stage's parser: one record per request, ``ok``, ``invalid`` (an unusable
-reply; batch mode does not re-ask) or ``error`` (the provider's error).
+reply: the next prepare re-asks it) or ``error`` (the provider's error). A
+record's ``reasks`` is the number of invalid records its id had before, so
+the checkpoint shows each attempt of a request across batch rounds.
+
+Failed lines come in two shapes, both read: OpenAI's (``response`` with a
+non-200 ``status_code`` and an error ``body``) and ``error: {code, message}``
+without a response (DashScope's, per issue 13; Zhipu documents neither, see
+docs/PROVIDERS.md section 4). The provider's code is kept in the record's
+``error``; a content filter's code (:func:`~liveroom.async_client.providers.is_content_filter`)
+or a ``finish_reason`` saying the reply was filtered makes it start
+``content_filter:``.
+
 Requests already ok are skipped; duplicate lines, unknown ids and unreadable
 lines are counted and shown, never imported twice; a file imported once
 (by its hash) is skipped.
@@ -18,13 +29,15 @@ import orjson
 
 from ...async_client.checkpoint import Checkpoint, sha256_file
 from ...async_client.errors import GarbledBody, UnusableReply
+from ...async_client.providers import filtered_finish, is_content_filter
 from ...async_client.record import ERROR, INVALID, OK, Record
-from ...async_client.transport import error_text, read_completion, redact
+from ...async_client.transport import error_info, error_text, read_completion, redact
 from ...errors import InputError
 from ...prompts.stages import STAGES
-from .state import BatchState, done_ids, load_meta, read_manifest, shard_ids
+from .state import BatchState, done_ids, invalid_records, load_meta, read_manifest, shard_ids
 
 SHOWN = 5  # examples shown per kind of problem
+CONTENT_FILTER = "content_filter"
 
 
 @dataclass
@@ -75,8 +88,18 @@ def _response(obj: dict[str, Any]) -> tuple[Any, Any]:
     return code, body
 
 
+def _finish_reason(body: Any) -> str | None:
+    try:
+        reason = body["choices"][0]["finish_reason"]
+    except (KeyError, IndexError, TypeError):
+        return None
+    return reason if isinstance(reason, str) else None
+
+
 def _completed(cid: str, body: Any, meta: dict[str, Any]) -> Record:
     """A 200 line: its completion read as direct mode reads one, its reply checked by the stage's parser."""
+    if filtered_finish(reason := _finish_reason(body)):
+        return Record(cid, ERROR, meta, error=f"{CONTENT_FILTER}: finish_reason {reason}")
     try:
         reply = read_completion(body)
     except GarbledBody as e:
@@ -89,12 +112,14 @@ def _completed(cid: str, body: Any, meta: dict[str, Any]) -> Record:
 
 
 def _failure(code: Any, body: Any, err: Any) -> str:
-    """What went wrong with a line that has no usable completion."""
+    """What went wrong with a line that has no usable completion, the provider's code in it."""
     if code is not None:
-        return f"HTTP {code}: {error_text(body)}"
-    if err:
-        return error_text(err)
-    return "the line has neither a response nor an error"
+        text, provider_code = f"HTTP {code}: {error_text(body)}", error_info(body)[1]
+    elif err:
+        text, provider_code = error_text(err), error_info(err)[1]
+    else:
+        return "the line has neither a response nor an error"
+    return f"{CONTENT_FILTER}: {text}" if is_content_filter(provider_code) else text
 
 
 def line_record(obj: dict[str, Any], meta: dict[str, Any], key: str | None) -> Record:
@@ -184,11 +209,13 @@ def _choose(chosen: dict[str, Record], rec: Record, report: ImportReport, where:
 
 def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, Record],
                    report: ImportReport) -> None:
-    """Append the chosen records of requests not already ok, counting each."""
+    """Append the chosen records of requests not already ok, counting each (and its re-asks)."""
+    groups = manifest.get("groups", {})
+    tried = {cid: len(recs) for cid, recs in invalid_records(run_dir, groups).items()} if chosen else {}
     checkpoint = Checkpoint(run_dir)
     checkpoint.open(manifest)
     try:
-        done = {g: checkpoint.done(g) for g in manifest.get("groups", {})}
+        done = {g: checkpoint.done(g) for g in groups}
         for cid, rec in chosen.items():
             stage = rec.meta["stage"]
             if stage not in done:
@@ -199,6 +226,7 @@ def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, Re
             if cid in done[stage]:
                 report.already_ok += 1
                 continue
+            rec.reasks = tried.get(cid, 0)
             checkpoint.write(stage, rec)
             _count(report, cid, rec)
             if rec.ok:

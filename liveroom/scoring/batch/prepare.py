@@ -6,6 +6,12 @@ record fields import needs. Files are written as ``.tmp``, fsynced, and only
 then renamed into place and named in the state, so a crash leaves the run as
 it was. Unsubmitted files of an earlier prepare are replaced; requests in
 files submitted and not yet finished are left out (they are on their way).
+
+A request whose earlier replies were unusable (its ``invalid`` records in
+the checkpoint, from any import or from ``bin/score``) is sent as direct
+mode's re-ask: the conversation with each bad reply and its reason appended
+(:meth:`~liveroom.scoring.plan.StageTask.reask`), up to ``max_reasks``
+re-asks; after that it is left out, for ``bin/score`` to ask afresh.
 """
 
 from __future__ import annotations
@@ -14,17 +20,18 @@ import hashlib
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Iterable, Iterator
 
 import orjson
 
 from ...async_client.checkpoint import Checkpoint, check_manifest
-from ...async_client.engine import Job
+from ...async_client.engine import EngineConfig, Job
+from ...async_client.record import Record
 from ...errors import InputError
-from ..plan import Plan, plan_jobs, scan_done
-from .state import Shard, batch_dir, load_state, locked, pending_ids, save_state
+from ..plan import Plan, StageTask, plan_jobs, scan_done
+from .state import Shard, batch_dir, invalid_records, load_state, locked, pending_ids, save_state
 
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 
@@ -36,6 +43,7 @@ class ShardLimits:
     endpoint: str = DEFAULT_ENDPOINT  # the 'url' of each line and the batch endpoint
     max_requests: int = 50000
     max_bytes: int = 200_000_000
+    max_line_bytes: int | None = None  # a request line over it is refused; None: no limit
 
 
 @dataclass
@@ -44,13 +52,16 @@ class PrepareResult:
     written: list[Shard] = field(default_factory=list)
     replaced: int = 0  # earlier unsubmitted files replaced
     pending: int = 0  # requests left out: in submitted batches not fetched yet
+    reasks: int = 0  # requests sent as a re-ask after an unusable reply
+    exhausted: int = 0  # requests left out: still unusable after max_reasks re-asks
 
     @property
     def requests(self) -> int:
         return sum(s.requests for s in self.written)
 
 
-def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: bool = False) -> PrepareResult:
+def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: bool = False,
+            max_reasks: int = EngineConfig.max_reasks, provider: str | None = None) -> PrepareResult:
     """Write the request files of every request not yet ok (nor on its way) and name them in the state."""
     run_dir = Path(run_dir)
     plan.manifest = check_manifest(run_dir, plan.manifest)
@@ -61,14 +72,38 @@ def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: b
         dropped = [s for s in state.shards if not s.submitted]
         d = batch_dir(run_dir)
         jobs, pending = _jobs(run_dir, plan, set() if include_submitted else pending_ids(run_dir, state))
-        written = write_shards(d, jobs, _next_number(kept), limits)
+        result = PrepareResult(d, pending=pending)
+        history = invalid_records(run_dir, [s.name for s in plan.stages])
+        written = write_shards(d, _reasked(jobs, history, max_reasks, result), _next_number(kept), limits)
         checkpoint = Checkpoint(run_dir)
         checkpoint.open(plan.manifest)  # the manifest bin/score would write
         checkpoint.close()
         _put_in_place(d, dropped, written)
         state.shards = kept + written
+        state.provider = provider or state.provider
         save_state(run_dir, state)
-    return PrepareResult(d, written, len(dropped), pending)
+    result.written, result.replaced = written, len(dropped)
+    return result
+
+
+def _reasked(jobs: Iterable[Job], history: dict[str, list[Record]], max_reasks: int,
+             result: PrepareResult) -> Iterator[Job]:
+    """The jobs, each with unusable replies before sent as the re-ask that follows them (as direct mode
+    asks it); those re-asked ``max_reasks`` times already are left out."""
+    task = StageTask()
+    for job in jobs:
+        tries = history.get(job.id)
+        if not tries:
+            yield job
+            continue
+        if len(tries) > max_reasks:
+            result.exhausted += 1
+            continue
+        payload = job.payload
+        for rec in tries:
+            payload = task.reask(job, payload, rec.reply or "", rec.error or "unusable reply")
+        result.reasks += 1
+        yield replace(job, payload=payload)
 
 
 def _jobs(run_dir: Path, plan: Plan, pending: set[str]) -> tuple[Iterator[Job], int]:
@@ -133,6 +168,9 @@ class _ShardWriter:
                              "body": job.payload}) + b"\n"
         if len(line) > self.limits.max_bytes:
             raise InputError(f"request {job.id} alone is {len(line)} bytes, over --max-bytes {self.limits.max_bytes}")
+        if self.limits.max_line_bytes is not None and len(line) > self.limits.max_line_bytes:
+            raise InputError(f"request {job.id} is {len(line)} bytes, over --max-line-bytes "
+                             f"{self.limits.max_line_bytes}, the provider's limit per line")
         req, meta = self._start() if self._files is None or self._full(len(line)) else self._files
         req.write(line)
         self._hash.update(line)

@@ -5,8 +5,10 @@ way (uploaded, batch created, ended, imported), so that ``submit`` never makes
 a second batch for a file and every command can resume after a crash. The
 JSON is the one ``bin/batch`` has always written: a shard's keys are the
 fields below, in that order, and those set only later (``note``,
-``request_counts``, ``submitted_at``, the provider's file ids) are absent
-until then; keys this version does not know are kept as they are.
+``request_counts``, ``submitted_at``, the provider's file ids, its
+``errors``) are absent until then; keys this version does not know are kept
+as they are. The state also names the provider profile prepare used
+(``provider``, absent in states written before there were profiles).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 
 from ... import locks
 from ...async_client.checkpoint import MANIFEST, Checkpoint, atomic_write
+from ...async_client.record import Record, RecordError, loads
 from ...errors import InputError, LiveroomError
 
 BATCH_DIR = "batch"
@@ -31,7 +34,10 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")  # a batch in one of 
 
 _CUSTOM_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"', re.M)
 _REQUIRED = ("name", "meta", "requests", "bytes", "sha256", "endpoint")
-_LATER = ("note", "request_counts", "submitted_at", "output_file_id", "error_file_id")
+_LATER = ("note", "request_counts", "submitted_at", "output_file_id", "error_file_id", "errors")
+_INVALID = re.compile(rb'\{"id":"(?:[^"\\]|\\.)*","status":"invalid"')
+COUNTS = ("total", "completed", "failed")
+ERRORS_KEPT = 20  # a batch's errors kept in the state (a failed validation can list every line)
 
 
 def ended(status: str | None) -> bool:
@@ -59,6 +65,7 @@ class Shard:
     submitted_at: float | None = None
     output_file_id: str | None = None  # the provider's files, once the batch has them
     error_file_id: str | None = None
+    errors: list[dict[str, Any]] | None = None  # the batch's errors.data: {code, line, message, param}
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -102,52 +109,74 @@ class Shard:
         return (f"{self.name}  {self.batch_id or '-'}  {status}  "
                 f"{self.counts_text()} completed/failed/total{extra}{note}")
 
+    def error_lines(self) -> list[str]:
+        """The batch's errors, one line each, for ``status``."""
+        return [f"  error {e.get('code') or '-'}" + (f" (line {e['line']})" if e.get("line") else "")
+                + f": {e.get('message') or ''}" for e in self.errors or ()]
+
     def update(self, batch: dict[str, Any]) -> bool:
         """Copy a batch object's progress in; True when something ``line`` shows changed."""
         before = (self.status, self.counts_text())
         self.status = str(batch.get("status") or self.status)
-        rc = batch.get("request_counts")
-        if isinstance(rc, dict):
-            self.request_counts = {k: int(rc.get(k) or 0) for k in ("total", "completed", "failed")}
-        if batch.get("output_file_id"):
+        counts = _request_counts(batch)
+        if counts is not None:
+            self.request_counts = counts
+        if batch.get("output_file_id"):  # Zhipu writes "" for a file it has not got
             self.output_file_id = batch["output_file_id"]
         if batch.get("error_file_id"):
             self.error_file_id = batch["error_file_id"]
-        note = _errors_note(batch)
-        if note:
-            self.note = note
+        errors = _errors(batch)
+        if errors:
+            self.errors = errors[:ERRORS_KEPT]
+            self.note = "; ".join(str(e.get("message") or e.get("code"))
+                                  + (f" (line {e['line']})" if e.get("line") else "") for e in errors[:3])
         return before != (self.status, self.counts_text())
 
 
-def _errors_note(batch: dict[str, Any]) -> str | None:
-    """The first three of a batch's errors, as one note."""
-    errors = (batch.get("errors") or {}).get("data") if isinstance(batch.get("errors"), dict) else None
-    if not errors:
-        return None
-    return "; ".join(str(e.get("message") or e.get("code")) + (f" (line {e['line']})" if e.get("line") else "")
-                     for e in errors[:3] if isinstance(e, dict))
+def _request_counts(batch: dict[str, Any]) -> dict[str, int] | None:
+    """``request_counts`` as ``{total, completed, failed}``.
+
+    Zhipu's docs show ``request_counts`` as an integer beside top-level
+    ``total``/``completed``/``failed`` while its SDK has the object, with
+    nulls while validating (docs/PROVIDERS.md section 4): both are read.
+    """
+    rc = batch.get("request_counts")
+    if not isinstance(rc, dict):
+        rc = {k: batch[k] for k in COUNTS if isinstance(batch.get(k), int)} or None
+    return {k: int(rc.get(k) or 0) for k in COUNTS} if rc is not None else None
+
+
+def _errors(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """A batch's ``errors.data`` (``{object: "list", data: [{code, line, message, param}]}``)."""
+    errors = batch.get("errors")
+    data = errors.get("data") if isinstance(errors, dict) else None
+    return [e for e in data if isinstance(e, dict)] if isinstance(data, list) else []
 
 
 @dataclass
 class BatchState:
-    """``state.json``: the shards, and the provider files already imported."""
+    """``state.json``: the shards, the provider files already imported, the provider profile."""
 
     shards: list[Shard] = field(default_factory=list)
     imported: dict[str, str] = field(default_factory=dict)  # sha256 of a provider file -> its name
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
+    provider: str | None = None  # the --provider profile of prepare; None in older states
 
     @classmethod
     def from_json(cls, obj: Any) -> BatchState:
         if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list):
             raise ValueError("no list of shards")
-        rest = {k: v for k, v in obj.items() if k not in ("format", "shards", "imported")}
+        rest = {k: v for k, v in obj.items() if k not in ("format", "shards", "imported", "provider")}
+        provider = obj.get("provider")
         return cls([Shard.from_json(s) for s in obj["shards"]], dict(obj.get("imported") or {}),
-                   obj.get("format", FORMAT), rest)
+                   obj.get("format", FORMAT), rest, provider if isinstance(provider, str) else None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": self.format, "shards": [s.to_json() for s in self.shards],
-                "imported": self.imported, **self.extra}
+        out = {"format": self.format, "shards": [s.to_json() for s in self.shards], "imported": self.imported}
+        if self.provider is not None:
+            out["provider"] = self.provider
+        return {**out, **self.extra}
 
 
 # ----------------------------------------------------------------- the run directory
@@ -225,4 +254,29 @@ def pending_ids(run_dir: Path, state: BatchState) -> set[str]:
     for shard in state.shards:
         if shard.submitted and not shard.finished:
             out |= shard_ids(run_dir, shard)
+    return out
+
+
+def invalid_records(run_dir: Path, groups: Any) -> dict[str, list[Record]]:
+    """Request id -> its invalid records (unusable replies), oldest first, in every group named.
+
+    Their number is how many times the request was re-asked already; their
+    replies and reasons make the next re-ask conversation. Only lines whose
+    head says ``invalid`` are parsed, so a large checkpoint reads fast.
+    """
+    out: dict[str, list[Record]] = {}
+    checkpoint = Checkpoint(run_dir)
+    for group in groups:
+        path = checkpoint.path(group)
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n") or not _INVALID.match(line):
+                    continue
+                try:
+                    rec = loads(line)
+                except RecordError:
+                    continue
+                out.setdefault(rec.id, []).append(rec)
     return out
