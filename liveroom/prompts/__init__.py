@@ -1,1 +1,1 @@
-"""The questions: the stage registry (template, schema, parser, features) and reply parsing."""
+"""The questions: each prompt set's wording, the stage registry (template, schema, parser, features, version) and reply parsing."""
