@@ -1,0 +1,343 @@
+"""bin/serve end to end: the simulator and the service as real processes, a model trained here.
+
+A forecast asks 24 questions (3 stages x 8 personas, counted by the
+simulator's /stats), the same pitch again asks none, twenty pitches at once
+keep to --rpm, a bad pitch is a 400 naming its field with the CSV loader's
+rules, and a failing provider is a 502 that never shows the key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import write_goods, write_pitches
+from liveroom.cli import train_main
+from liveroom.data.inputs import load_pitches, load_showcase
+from liveroom.errors import InputError
+from liveroom.serve.forecast import FieldError, check_pitch
+from liveroom.synthetic import make_synthetic, write_synthetic
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+PERSONAS = ("Z", "exquisite_mother", "new_white", "deep_middle", "city_blue", "city_old", "town_youth", "town_old")
+KEY = "sk-servetest-5f3a9c1e7b"  # what the service is given; must never come back
+
+
+def make_pitch(n: int = 0, **change: Any) -> dict[str, Any]:
+    """A valid API pitch; ``n`` makes a different one (other title, so other questions)."""
+    pitch = {"start": "2024-03-08 20:00", "title": f"女神节宠粉专场第{n}场", "prod": "加厚保暖羊毛袜",
+             "text": "家人们看过来，这款羊毛袜加厚保暖，今天三双只要二十九块九，库存不多。",
+             "duration": 3, "user_cnt": 12000, "showcase": [[0, "加厚保暖羊毛袜", 29.9], [1, "羊绒围巾", 259]]}
+    pitch.update(change)
+    return pitch
+
+
+# ----------------------------------------------------------------- processes
+
+
+class Server:
+    """A command that prints ``listening on URL`` first; stderr kept in a file."""
+
+    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.log = log
+        self._err = log.open("w")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True, env=env)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), line + self.stderr()
+        self.url = line.split()[-1]
+
+    def stderr(self) -> str:
+        if not self._err.closed:
+            self._err.flush()
+        return self.log.read_text()
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(15)
+        self._err.close()
+        return self.proc.returncode
+
+
+def call(url: str, body: Any = None, timeout: float = 120) -> tuple[int, Any]:
+    """(status, JSON body) of a GET, or a POST of ``body`` (bytes as they are, else JSON)."""
+    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as e:
+        return e.code, json.load(e)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with the persona features, trained on synthetic pitches."""
+    syn = tmp_path_factory.mktemp("syn")
+    write_synthetic(syn, *make_synthetic(200, seed=5))
+    out = tmp_path_factory.mktemp("model")
+    assert train_main(["--pitches", str(syn / "pitches.csv"), "--features", str(syn), "--out", str(out),
+                       "--epochs", "2", "--hidden", "16"]) == 0
+    return out
+
+
+def start_server(kind: str, flags: tuple[str, ...], log: Path, key: str | None) -> Server:
+    """bin/sim-server or bin/serve on a free port, with ``key`` as the only API key in its environment."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
+    if key:
+        env["OPENAI_API_KEY"] = key
+    return Server([sys.executable, str(BIN / kind), "--port", "0", *flags], log, env)
+
+
+@pytest.fixture
+def servers(tmp_path: Path):
+    """start(kind, *flags, key=...) runs a server for the test; all are stopped (and must exit 0) after."""
+    started: list[Server] = []
+
+    def start(kind: str, *flags: str, key: str | None = None) -> Server:
+        started.append(start_server(kind, flags, tmp_path / f"{kind}-{len(started)}.log", key))
+        return started[-1]
+
+    yield start
+    for s in started:
+        assert s.stop() == 0, s.stderr()
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(simulator, service) shared by the tests that only read counts before and after."""
+    d = tmp_path_factory.mktemp("plain")
+    sim = start_server("sim-server", (), d / "sim.log", None)
+    serve = start_server("serve", serve_flags(sim, model_dir, d / "cache"), d / "serve.log", KEY)
+    yield sim, serve
+    assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
+
+
+def sim_stats(sim: Server) -> dict[str, Any]:
+    return call(sim.url.removesuffix("/v1") + "/stats")[1]
+
+
+def serve_flags(sim: Server, model_dir: Path, cache: Path, *flags: str) -> tuple[str, ...]:
+    return ("--model", str(model_dir), "--cache", str(cache), "--base-url", sim.url, "--llm", "liveroom-sim",
+            "--backoff", "0.05", *flags)
+
+
+def serve_over(servers, sim: Server, model_dir: Path, cache: Path, *flags: str) -> Server:
+    return servers("serve", *serve_flags(sim, model_dir, cache, *flags), key=KEY)
+
+
+# ----------------------------------------------------------------- forecasts
+
+
+def test_forecast_asks_24_questions_then_none(servers, model_dir, tmp_path):
+    sim = servers("sim-server")
+    serve = serve_over(servers, sim, model_dir, tmp_path / "cache")
+    status, got = call(serve.url + "/v1/forecast", make_pitch())
+    assert status == 200, got
+    assert got["requests_sent"] == 24 and sim_stats(sim)["requests"] == 24
+    pred = got["prediction"]
+    for t in ("log_gmv", "log_deal_order_cnt", "log_live_deal_user_cnt", "log_watch_user_cnt"):
+        assert math.isfinite(pred[t])
+    for share in ("watch_share", "pay_share"):
+        assert list(pred[share]) == list(PERSONAS) and sum(pred[share].values()) == pytest.approx(1, abs=1e-5)
+    assert list(got["scores"]) == ["entry", "state", "action", "read"]
+    assert all(list(s) == list(PERSONAS) and all(1 <= v <= 5 for v in s.values()) for s in got["scores"].values())
+    assert got["model"]["inputs"] == "tabular+llm"
+
+    status, again = call(serve.url + "/v1/forecast", make_pitch())
+    assert status == 200 and again["requests_sent"] == 0 and sim_stats(sim)["requests"] == 24
+    assert again["prediction"] == pred and again["index"] == got["index"]
+    # the audience and length enter only the model: same questions, nothing sent, another prediction
+    status, longer = call(serve.url + "/v1/forecast", make_pitch(duration=9))
+    assert status == 200 and longer["requests_sent"] == 0 and longer["scores"] == got["scores"]
+    assert longer["prediction"] != pred
+
+    # the cache is a run directory, kept across restarts
+    cache = tmp_path / "cache"
+    assert json.loads((cache / "manifest.json").read_text())["groups"].keys() == {"entry", "buy", "read"}
+    assert all(len((cache / f"{s}.jsonl").read_text().splitlines()) == 8 for s in ("entry", "buy", "read"))
+    assert serve.stop() == 0
+    serve = serve_over(servers, sim, model_dir, cache)
+    status, restarted = call(serve.url + "/v1/forecast", make_pitch())
+    assert status == 200 and restarted["requests_sent"] == 0 and restarted["prediction"] == pred
+    assert sim_stats(sim)["requests"] == 24
+    assert KEY not in serve.stderr()
+    # one service per cache: a second one is refused while this one runs ...
+    other = [sys.executable, str(BIN / "serve"), *serve_flags(sim, model_dir, cache)[:4],
+             "--base-url", "http://127.0.0.1:9/v1", "--port", "0"]
+    p = subprocess.run(other, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "listening" not in p.stdout
+    assert "is in use by" in p.stderr.splitlines()[-1], p.stderr
+    # ... and a cache is bound to what its answers mean: another endpoint is refused, in one line
+    assert serve.stop() == 0
+    p = subprocess.run(other, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "listening" not in p.stdout
+    assert "endpoint" in p.stderr.splitlines()[-1], p.stderr
+
+
+def test_twenty_pitches_at_once_keep_the_rpm_limit(servers, model_dir, tmp_path):
+    rpm = 4800  # 80 a second: 480 questions take at least 479 / 80 s
+    sim = servers("sim-server", "--latency-ms", "10")
+    serve = serve_over(servers, sim, model_dir, tmp_path / "cache", "--rpm", str(rpm))
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(lambda n: call(serve.url + "/v1/forecast", make_pitch(n)), range(20)))
+    elapsed = time.monotonic() - t0
+    assert all(status == 200 for status, _ in results), results[0]
+    assert sum(r["requests_sent"] for _, r in results) == 480 and sim_stats(sim)["requests"] == 480
+    assert len({r["index"] for _, r in results}) == 20
+    assert elapsed >= 479 * 60 / rpm, elapsed
+    counts = [n for _, n in sim_stats(sim)["per_second"]]
+    per_second = rpm / 60
+    assert max(counts) <= per_second * 1.25 + 2, counts  # arrivals jitter a little around a second's edge
+    assert all(a + b <= 2 * per_second + 3 for a, b in zip(counts, counts[1:])), counts
+
+
+def test_batch_shares_one_concurrency_limit(servers, model_dir, tmp_path):
+    sim = servers("sim-server", "--latency-ms", "60")
+    serve = serve_over(servers, sim, model_dir, tmp_path / "cache", "--concurrency", "4")
+    status, first = call(serve.url + "/v1/forecast", make_pitch(0))
+    assert status == 200
+    batch = [make_pitch(0), make_pitch(1), make_pitch(2), make_pitch(1)]  # one known, one asked twice
+    status, got = call(serve.url + "/v1/forecast:batch", {"pitches": batch})
+    assert status == 200, got
+    assert [f["requests_sent"] for f in got["forecasts"]][0] == 0 and got["requests_sent"] == 48
+    assert got["forecasts"][0]["prediction"] == first["prediction"]
+    assert got["forecasts"][1]["prediction"] == got["forecasts"][3]["prediction"]
+    stats = sim_stats(sim)
+    assert stats["requests"] == 72  # pitch 1, in the batch twice, asked once
+    assert stats["max_in_flight"] == 4  # over all forecasts, not 4 each
+    status, listed = call(serve.url + "/v1/forecast:batch", batch[:2])  # a bare list works too
+    assert status == 200 and listed["requests_sent"] == 0 and len(listed["forecasts"]) == 2
+
+
+# ----------------------------------------------------------------- errors
+
+
+def test_bad_pitches_are_400_naming_the_field(plain):
+    sim, serve = plain
+    before = sim_stats(sim)["requests"]
+    untitled = make_pitch()
+    del untitled["title"]
+    cases = [
+        (untitled, "title", "is required"),
+        (make_pitch(start="2024-13-45 99:99"), "start", "is not YYYY-MM-DD HH:MM"),
+        (make_pitch(start="2024-3-8 20:00"), "start", "is not YYYY-MM-DD HH:MM"),
+        (make_pitch(start="1999-03-08 20:00"), "start", "calendar"),
+        (make_pitch(duration="three"), "duration", "is not a finite number"),
+        (make_pitch(user_cnt=None), "user_cnt", "is not a finite number"),
+        (make_pitch(prod=7), "prod", "must be text"),
+        (make_pitch(showcase=[[0, "赠品", 0]]), "showcase", "no showcase items"),
+        (make_pitch(showcase=[[0, "袜子", "29.9"]]), "showcase", "item 1: expected [idx, name, price]"),
+        (make_pitch(colour="red"), "colour", "is not a pitch field"),
+        (b"{not json", "body", "not valid JSON"),
+        ([make_pitch()], "body", "expected a JSON object"),
+    ]
+    for body, field, words in cases:
+        status, got = call(serve.url + "/v1/forecast", body)
+        assert status == 400, (field, got)
+        assert got["error"]["field"] == field and words in got["error"]["message"], got
+    status, got = call(serve.url + "/v1/forecast:batch", [make_pitch(), untitled])
+    assert status == 400 and got["error"]["field"] == "pitches[1].title", got
+    status, got = call(serve.url + "/v1/forecast:batch", {"pitches": []})
+    assert status == 400 and got["error"]["field"] == "pitches", got
+    assert sim_stats(sim)["requests"] == before
+    assert "400" in serve.stderr() and "title: is required" in serve.stderr()
+
+
+@pytest.mark.parametrize("flags, kind, words", [
+    (("--api-key", "sk-the-right-one-77"), "key", "401"),       # a wrong key: fatal at once
+    (("--p-500", "1"), "server", "500"),                          # every answer a server error
+    (("--p-nonjson", "1"), "reply", "no JSON"),                   # replies that never parse
+])
+def test_provider_failure_is_502_without_the_key(servers, model_dir, tmp_path, flags, kind, words):
+    sim = servers("sim-server", *flags)
+    serve = serve_over(servers, sim, model_dir, tmp_path / "cache", "--max-retries", "1", "--max-reasks", "1")
+    status, got = call(serve.url + "/v1/forecast", make_pitch())
+    assert status == 502, got
+    message = got["error"]["message"]
+    assert message.startswith("the model provider failed") and words in message, message
+    assert KEY not in json.dumps(got) and KEY not in serve.stderr()
+    assert "502" in serve.stderr()
+    status, health = call(serve.url + "/healthz")
+    assert status == 200 and health["answers"] == 0
+
+
+def test_healthz_model_and_page(plain, model_dir):
+    sim, serve = plain
+    status, health = call(serve.url + "/healthz")
+    assert status == 200 and health["status"] == "ok"
+    status, info = call(serve.url + "/v1/model")
+    summary = json.loads((model_dir / "summary.json").read_text())
+    assert status == 200 and info["test"] == summary["test"] and info["best_epoch"] == summary["best_epoch"]
+    assert len(info["input_columns"]) == 40 and info["personas"] == list(PERSONAS)
+    assert info["trained_on"]["n_pitches"] == summary["n_pitches"]
+    assert info["questions"]["per_pitch"] == 24 and info["questions"]["endpoint"] == sim.url
+    assert KEY not in json.dumps(info)
+    call(serve.url + "/v1/forecast", make_pitch(99))
+    after = call(serve.url + "/healthz")[1]
+    assert after["answers"] == health["answers"] + 24 and after["forecasts"] == health["forecasts"] + 1
+    with urllib.request.urlopen(serve.url + "/") as r:
+        html = r.read().decode()
+        assert r.headers["Content-Type"].startswith("text/html") and 'name="showcase"' in html
+    with urllib.request.urlopen(serve.url + "/page/app.js") as r:
+        assert r.headers["Content-Type"].startswith("text/javascript")
+
+
+# ----------------------------------------------------------------- the loader's rules, in-process
+
+
+@pytest.mark.parametrize("field, value", [
+    ("start", "2024-1-5 6:05"), ("start", "2024-02-30 10:00"), ("start", "1999-03-08 20:00"),
+    ("duration", "nan"), ("duration", "inf"), ("user_cnt", "12k"),
+])
+def test_a_field_is_refused_as_the_csv_loader_refuses_it(tmp_path, field, value):
+    row = {"index": 1, "start": "2024-03-08 20:00", "title": "t", "prod": "p", "text": "", "duration": 3,
+           "user_cnt": 100, field: value}
+    with pytest.raises(InputError, match=field):
+        load_pitches(write_pitches(tmp_path, [row], list(row)), numeric=("duration", "user_cnt"))
+    with pytest.raises(FieldError) as err:
+        check_pitch(make_pitch(**{field: value}))
+    assert err.value.field == field
+
+
+@pytest.mark.parametrize("items, kept", [
+    ([[0, "袜子", 29.9], [1, "赠品", 0], [2, "围巾", -1]], 1),     # price <= 0 dropped
+    ([[i, f"商品{i}", 10 + i] for i in range(12)], 10),          # the first 10 kept
+    ([[True, "袜子", 29.9]], None),                              # a bool is no idx
+    ([[0, "袜子", float("nan")]], None),                         # NaN is no price
+    ([[0, "袜子"]], None),
+])
+def test_showcase_items_are_checked_as_the_showcase_loader_checks_them(tmp_path, items, kept):
+    goods = write_goods(tmp_path, {"2024-03-08 20:00": items})
+    if kept is None:
+        with pytest.raises(InputError, match="expected \\[idx, name, price\\]"):
+            load_showcase(goods)
+        with pytest.raises(FieldError, match="expected \\[idx, name, price\\]"):
+            check_pitch(make_pitch(showcase=items))
+        return
+    loaded = load_showcase(goods)["2024-03-08 20:00"]
+    assert len(loaded) == kept and check_pitch(make_pitch(showcase=items)).items == tuple(loaded)
+
+
+def test_a_pitch_index_is_a_hash_of_what_the_questions_show():
+    base = check_pitch(make_pitch()).index
+    assert base == check_pitch(make_pitch()).index and 0 <= base < 2**53
+    assert base == check_pitch(make_pitch(duration=10, user_cnt=5)).index  # not shown to the personas
+    for change in ({"title": "x"}, {"prod": "x"}, {"text": "x"}, {"start": "2024-03-08 20:01"},
+                   {"showcase": [[0, "加厚保暖羊毛袜", 19.9]]}):
+        assert check_pitch(make_pitch(**change)).index != base, change
