@@ -186,6 +186,16 @@ def demo_local(data: Path, n_local: int, port: int) -> str:
     ])
 
 
+def serve_hint(data: Path, port: int) -> str:
+    """How to forecast new pitches with the demo's model: the simulator again, then bin/serve and its page."""
+    sim, serve = os.path.relpath(BIN / "sim-server"), os.path.relpath(BIN / "serve")
+    return "\n".join([
+        "forecast new pitches with this model (the page at http://127.0.0.1:8080/):",
+        f"  {sim} --port {port} &",
+        f"  {serve} --model {os.path.relpath(data / 'model')} --base-url http://127.0.0.1:{port}/v1",
+    ])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="demo",
@@ -210,4 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = demo_local(data, args.local_pitches, args.port + 1) if args.llm == "local" else \
         demo_sim(data, args.n, args.seed, args.port, args.epochs)
     print(text + f"\n(demo took {time.monotonic() - t0:.0f} s)")
+    if args.llm == "sim":
+        print(serve_hint(data, args.port))
     return 0
