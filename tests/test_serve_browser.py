@@ -179,8 +179,14 @@ def check_shown(shown: dict[str, Any], api: dict[str, Any]) -> None:
     assert f"pitch {api['index']:013x}" in shown["meta"]
 
 
+@pytest.fixture(scope="module")
+def browser() -> str:
+    """The Chromium binary, looked for before anything is trained or started."""
+    return chromium()
+
+
 @pytest.fixture
-def service(model_dir: Path, tmp_path: Path):
+def service(browser: str, model_dir: Path, tmp_path: Path):
     """(simulator, bin/serve) for one test, stopped after it."""
     sim = start_server("sim-server", (), tmp_path / "sim.log", None)
     try:
@@ -192,10 +198,9 @@ def service(model_dir: Path, tmp_path: Path):
     assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
 
 
-async def test_the_page_shows_what_the_api_answers(service, tmp_path, capsys):
-    binary = chromium()
+async def test_the_page_shows_what_the_api_answers(browser, service, tmp_path, capsys):
     sim, serve = service
-    page = await Page.open(binary, tmp_path / "profile")
+    page = await Page.open(browser, tmp_path / "profile")
     try:
         await page.send("Page.enable")
         await page.send("Page.navigate", url=serve.url + "/")
