@@ -25,9 +25,10 @@ import pytest
 
 from conftest import pitch_row, write_goods, write_pitches
 from liveroom.cli import batch_main, collect_main
+from liveroom.prompts.stages import reask_messages
 from liveroom.scoring.batch import flows
 from liveroom.scoring.batch.state import TERMINAL, Shard, ended, load_state, save_state
-from liveroom.sim.batch_jobs import BatchConfig
+from liveroom.sim.batch_jobs import BatchConfig, new_batch
 from liveroom.sim.batch_server import BATCH_STATE, make_app, run_batch_server
 from liveroom.sim.chat_server import STATE
 from liveroom.sim.config import SimConfig
@@ -295,6 +296,26 @@ def test_crash_between_upload_and_create_resumes_without_a_new_upload(tmp_path, 
     assert_no_key(run)
 
 
+def test_a_lost_create_is_found_beyond_the_first_page_of_batches(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    st = load_state(run)
+    (shard,) = st.shards
+    # the upload went through and the batch was made, but the answer to the create was lost ...
+    bs = srv.app[BATCH_STATE]
+    shard.file_id = bs.store((run / "batch" / shard.name).read_bytes(), shard.name, "batch")
+    made = new_batch(bs, shard.file_id, "/v1/chat/completions", "24h", None).obj["id"]
+    for _ in range(150):  # ... and the account made many batches since
+        new_batch(bs, bs.store(b"{}\n", "other.jsonl", "batch"), "/v1/chat/completions", "24h", None)
+    save_state(run, st)
+    rc, err = batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")
+    assert rc == 0 and "resuming with uploaded file" in err, err
+    assert state(run)["shards"][0]["batch_id"] == made
+    assert srv.counts["batches_per_file"][shard.file_id] == 1 and srv.counts["list_calls"] == 2
+    assert state(run)["provider"] == "generic"
+
+
 def test_import_by_hand_with_duplicates_unknown_ids_and_failures(tmp_path, capsys, server, env, inputs):
     srv = server(error_every=9, nonjson_every=7, shuffle=True)
     run = tmp_path / "run"
@@ -335,9 +356,15 @@ def test_import_by_hand_with_duplicates_unknown_ids_and_failures(tmp_path, capsy
     # the same files again: nothing imported twice
     rc, err = batch(capsys, "import", "--run", str(run), str(out_file), str(err_file))
     assert "already imported, skipped" in err and len(records(run)) == N_REQUESTS
-    # re-preparing yields exactly the failures
-    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    # re-preparing yields exactly the failures: the unusable replies as direct mode's re-asks
+    rc, err = prepare(capsys, inputs, run, srv.url)
+    assert rc == 0 and f"{len(bad)} of them re-ask(s)" in err
     assert prepared_ids(run) == {r["id"] for r in by_status["invalid"] + by_status["error"]}
+    again = {json.loads(x)["custom_id"]: json.loads(x)["body"]["messages"]
+             for x in (run / "batch" / "requests-0002.jsonl").read_text().splitlines()}
+    for r in by_status["invalid"]:
+        assert again[r["id"]][-2:] == reask_messages([], r["reply"], r["error"])
+    assert all(len(again[r["id"]]) == 2 for r in by_status["error"])  # asked as before
     # and what comes back for them fills the run
     assert batch(capsys, "submit", "--run", str(run), "--file-poll", "0.05")[0] == 0
     srv.config.error_every = srv.config.nonjson_every = 0

@@ -134,7 +134,8 @@ DASHSCOPE = Provider(
     ErrorProfile(frozenset({"data_inspection_failed", "DataInspectionFailed"})),
 )
 
-GENERIC = Provider("generic", None)  # any OpenAI-compatible server: bin/batch as it always was
+# any OpenAI-compatible server: bin/batch as it always was; a --completion-window is passed on unchecked
+GENERIC = Provider("generic", None, (), BatchProfile(window_hours=None))
 
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC)}
 

@@ -31,6 +31,7 @@ from ..plan import ModelParams, Plan, make_plan
 from ..score import add_request_arguments
 from .flows import Api, Creation, Event, Run, UploadWait, cancel, fetch, import_by_hand, open_run, status, submit
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
+from .state import load_state
 
 _SAID = {
     "uploaded": "{name}: uploaded as {file_id}",
@@ -64,12 +65,17 @@ def _api(args: argparse.Namespace, run: Run) -> Api:
 # ----------------------------------------------------------------- commands
 
 def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provider]:
-    """The plan, file limits and provider of ``prepare``, every flag checked before anything is written."""
-    base_url = resolve_base_url(args.base_url, default_base_url(args.provider))
+    """The plan, file limits and provider of ``prepare``, every flag checked before anything is written.
+
+    The provider is ``--provider``, else the one an earlier prepare of the run recorded, else the one
+    the base URL's host names.
+    """
+    name = args.provider or load_state(Path(args.out)).provider
+    base_url = resolve_base_url(args.base_url, default_base_url(name))
     u = urlsplit(base_url)
     if u.scheme not in ("http", "https") or not u.hostname:
         raise InputError(f"--base-url must be an http(s) URL such as {DEFAULT_BASE_URL}, got {endpoint_host(base_url)!r}")
-    provider = resolve_provider(args.provider, base_url)
+    provider = resolve_provider(name, base_url)
     b = provider.batch
     endpoint = args.endpoint or b.endpoint
     if not endpoint.startswith("/"):
@@ -195,7 +201,8 @@ def _add_prepare(sub: Any) -> None:
     add_request_arguments(sp)
     sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
                     help="run directory (created or extended)")
-    add_provider_argument(sp)
+    add_provider_argument(sp, "the one an earlier prepare of RUN_DIR used, else detected from the base URL's "
+                              "host; generic for any other")
     sp.add_argument("--endpoint", default=None,
                     help="the 'url' of each request line and the batch endpoint (default: the provider's: "
                          + _each("endpoint") + ")")
