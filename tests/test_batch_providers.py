@@ -254,6 +254,8 @@ def test_dashscope_profile_full_run_with_reasks(tmp_path, capsys, server, env, i
 
     rc, err = batch(capsys, "submit", "--run", str(run), "--completion-window", "400h")
     assert rc == 2 and "not one dashscope takes" in err and len(err.strip().splitlines()) == 1
+    rc, err = batch(capsys, "submit", "--run", str(run), "--keep-input-file")
+    assert rc == 2 and "only zhipu" in err and srv.counts.get("uploads", 0) == 0
     invalid, _ = two_rounds(capsys, run, srv, "dashscope", "--completion-window", "72h")
     c = srv.counts
     assert c["batches_created"] == 2 and c.get("create_before_visible", 0) == 0  # 404: upload trusted
@@ -290,7 +292,8 @@ def test_zhipu_refuses_a_file_over_its_size_limit(tmp_path, capsys, server, env,
     rc, err = prepare(capsys, inputs, run, srv.url, "--stages", "entry", "--max-bytes", "25000")
     assert rc == 0 and "1 earlier unsubmitted file(s) replaced" in err
     assert all(s["bytes"] <= 25_000 for s in state(run)["shards"])
-    assert batch(capsys, "submit", "--run", str(run), *FAST)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), "--keep-input-file", *FAST)[0] == 0
+    assert srv.counts["auto_delete_input_file"] == len(state(run)["shards"])  # sent as false
     assert batch(capsys, "fetch", "--run", str(run), *WAIT)[0] == 0
     assert len({r["id"] for r in records(run) if r["status"] == "ok"}) == N_PITCHES * 8
 
