@@ -26,12 +26,16 @@ Layout under ``RUN_DIR/batch/``:
 
 A file whose batch has ended (completed, failed, expired, cancelled) and has
 been imported is *finished*: ``prepare`` asks again for whatever of it is
-still not ok. The requests of files submitted and not yet finished are left
+still not ok; an unusable reply's next try is the re-ask conversation (the
+bad reply and the reason, as direct mode asks it), up to ``--max-reasks``
+per id across rounds. Paths, file limits, the completion window and whether
+the file-status call exists come from the ``--provider`` profile
+(:mod:`liveroom.async_client.providers`). The requests of files submitted and not yet finished are left
 out of ``prepare`` (they are still on their way) unless ``--include-submitted``.
 
 Import matches lines by ``custom_id`` in any order, parses replies with the
 stage's parser, as direct mode does, and appends one record per request:
-``ok``, ``invalid`` (an unusable reply; batch mode does not re-ask) or
+``ok``, ``invalid`` (an unusable reply, re-asked by the next ``prepare``) or
 ``error`` (the provider's error). Requests already ok are skipped, duplicate
 lines and unknown ids are reported, never imported twice.
 
