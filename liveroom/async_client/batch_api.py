@@ -15,6 +15,7 @@ header only and is masked in every message.
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from ..errors import LiveroomError
 from .errors import Rejected, Retryable
 from .policy import retry_policy
 from .providers import FileStatus
-from .transport import http_error, transport_errors
+from .transport import http_error, target, transport_errors
 
 T = TypeVar("T")
 
@@ -49,13 +50,34 @@ class FileFailed(BatchAPIError):
     """The server could not process an uploaded file."""
 
 
+def _mask_secrets(path: Path, secrets: tuple[str, ...]) -> None:
+    """Rewrite ``path`` with every secret masked, when it holds one (a server that echoes the key)."""
+    raw = [x.encode() for x in secrets if len(x) >= 4]
+    if not raw or path.stat().st_size == 0:
+        return
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        if all(m.find(x) < 0 for x in raw):
+            return
+    masked = path.with_name(path.name + ".masked")
+    with open(path, "rb") as src, open(masked, "wb") as dst:
+        for line in src:
+            for x in raw:
+                line = line.replace(x, b"***")
+            dst.write(line)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(masked, path)
+
+
 class BatchClient:
     """Calls ``{base_url}/files`` and ``{base_url}/batches``."""
 
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 120.0,
                  upload_timeout: float = 1800.0, max_retries: int = 6, backoff: float = 1.0) -> None:
-        self.base = base_url.rstrip("/")
-        self._key = api_key
+        self.target = target(base_url, api_key)  # credentials in the URL become the header
+        self.target.require_key()  # before anything is sent
+        self.base = self.target.base_url.rstrip("/")
+        self._key = self.target.secrets  # what every message masks
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._upload_timeout = aiohttp.ClientTimeout(total=upload_timeout)
         self.max_retries = max_retries
@@ -64,7 +86,8 @@ class BatchClient:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> BatchClient:
-        headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
+        auth = self.target.authorization
+        headers = {"Authorization": auth} if auth else {}
         self._session = aiohttp.ClientSession(headers=headers, timeout=self._timeout)
         return self
 
@@ -209,6 +232,7 @@ class BatchClient:
                             n += len(block)
                         f.flush()
                         os.fsync(f.fileno())
+            _mask_secrets(tmp, self.target.secrets)
             os.replace(tmp, dest)
             return n
 

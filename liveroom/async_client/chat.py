@@ -4,34 +4,42 @@ What the answer means is decided in :mod:`.transport`: :class:`~.errors.Retryabl
 (408, 409, 429, 5xx, timeouts, dropped connections, garbled bodies) is worth
 another try, :class:`~.errors.Fatal` (401, 403, ``insufficient_quota``) stops
 the run, :class:`~.errors.Rejected` (other 4xx) fails this request only.
+
+Credentials in the base URL become the ``Authorization`` header (never sent in
+the URL); every secret is masked out of the reply text and of error messages,
+so nothing the server echoes reaches a record or the terminal.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .transport import Reply, http_error, read_completion, transport_errors
+from .transport import Reply, http_error, read_completion, target, transport_errors
+
+CONNECT_TIMEOUT = 10.0  # seconds to make a connection: a host that never answers is known soon
 
 
 class ChatClient:
     """POSTs chat-completion payloads to ``{base_url}/chat/completions``."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout: float, connections: int) -> None:
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self._key = api_key
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self.target = target(base_url, api_key)
+        self.url = self.target.base_url.rstrip("/") + "/chat/completions"
+        self._secrets = self.target.secrets
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT))
         self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> ChatClient:
         headers = {"Content-Type": "application/json"}
-        if self._key:
-            headers["Authorization"] = f"Bearer {self._key}"
+        if self.target.authorization:
+            headers["Authorization"] = self.target.authorization
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=self._timeout,
             connector=aiohttp.TCPConnector(limit=self._connections, ttl_dns_cache=300),
@@ -48,10 +56,12 @@ class ChatClient:
     async def complete(self, payload: dict[str, Any]) -> Reply:
         assert self._session is not None, "use ChatClient as an async context manager"
         t0 = time.monotonic()
-        with transport_errors("", self._key, self._timeout.total):
+        with transport_errors("", self._secrets, self._timeout.total):
             async with self._session.post(self.url, data=orjson.dumps(payload)) as resp:
                 body = await resp.read()
                 status, headers = resp.status, resp.headers
         if status == 200:
-            return read_completion(body, time.monotonic() - t0)
-        raise http_error(status, headers, body, self._key, self.url)
+            reply = read_completion(body, time.monotonic() - t0)
+            text = self.target.redact(reply.text)
+            return reply if text == reply.text else replace(reply, text=text)
+        raise http_error(status, headers, body, self._secrets, self.url)

@@ -3,34 +3,44 @@
 The queue is fed lazily from an iterator, so memory stays flat however many
 jobs there are. Each job is sent through the rate limits and the retry
 policy; its reply is validated by the task and, when the task raises
-:class:`~.errors.UnusableReply`, asked again with the reason; the outcome is
-appended to the checkpoint as one :class:`~.record.Record`.
+:class:`~.errors.UnusableReply`, asked again with the reason (and at most
+``reask_chars`` of the bad reply); the outcome is appended to the checkpoint
+as one :class:`~.record.Record`, which keeps the model the server named.
 
 The engine knows nothing of what it asks: a job is an id, a checkpoint group,
 a request body, meta fields for the record and a token estimate; what a reply
 means, and which jobs are left to do, is the task's (and its planner's) call.
 
-``stop()`` (wired to SIGINT/SIGTERM by the caller) stops taking jobs, lets
-requests in flight finish for ``grace`` seconds and returns. A :class:`Fatal`
-error (bad key, no quota) stops everything at once and is re-raised.
+The run never hangs. ``stop()`` (wired to SIGINT/SIGTERM by the caller)
+stops taking jobs and sending: requests in flight get ``grace`` seconds to
+finish and be recorded, every other worker ends at once; a second call ends
+everything. A :class:`Fatal` error (bad key, no quota, an endpoint never
+reached), a failed write (:class:`~.checkpoint.WriteFailed`) or any
+unexpected exception in a worker, the job iterator or a callback stops the
+run the same way and is raised from :meth:`Engine.run` as one line
+(:class:`~.errors.RunFailed` for the unexpected). An endpoint that worked and
+stops answering pauses every worker (:class:`~.limits.Outage`) without
+failing requests; after ``give_up_after`` seconds the run stops, to be resumed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tenacity import RetryCallState
 
+from ..errors import LiveroomError
 from .checkpoint import Checkpoint
-from .errors import Fatal, Rejected, Retryable, UnusableReply
-from .limits import Limits
+from .errors import CallError, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
+from .limits import Limits, Outage
 from .policy import retry_policy
-from .record import ERROR, INVALID, OK, Record
-from .transport import Reply
+from .record import ERROR, INVALID, KEEP_CHARS, OK, Record, cut
+from .transport import Reply, served_as
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,8 @@ class Job:
 
 
 class Client(Protocol):
+    url: str  # where requests go, for messages
+
     async def complete(self, payload: dict[str, Any]) -> Reply:
         """One reply, or raise Retryable, Rejected or Fatal."""
 
@@ -65,6 +77,11 @@ class EngineConfig:
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
     grace: float = 5.0          # seconds in-flight requests get after stop()
+    give_up_after: float = 600.0  # seconds an endpoint that worked may stay unreachable
+    probe_every: float = 5.0    # seconds between tries while it is unreachable
+    first_failures: int = 3     # failed connections, with no answer yet, that mean a dead endpoint
+    reask_chars: int = 4096     # at most this much of a bad reply is sent back in a re-ask
+    keep_chars: int = KEEP_CHARS  # at most this much of a reply is kept in its record
 
 
 @dataclass
@@ -81,58 +98,100 @@ class Stats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
+    outage: Outage | None = None  # the endpoint's state, for the progress line
 
     @property
     def done(self) -> int:
         return self.ok + self.failed
 
 
+class _Stopped(Exception):
+    """The run is stopping: this job is left for the next run (no record)."""
+
+
+def _warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``2m10s``, or ``45s`` under a minute."""
+    s = int(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 class Engine:
     """Runs jobs through a client with a task's validation, writing one record per job."""
 
     def __init__(self, client: Client, limits: Limits, checkpoint: Checkpoint, task: Task,
-                 config: EngineConfig, on_record: Callable[[Record], None] | None = None) -> None:
+                 config: EngineConfig, on_record: Callable[[Record], None] | None = None,
+                 on_warning: Callable[[str], None] | None = None) -> None:
         self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config
-        self.stats = Stats()
+        self.outage = Outage(config.probe_every)
+        self.stats = Stats(outage=self.outage)
         self.on_record: Callable[[Record], None] = on_record or (lambda record: None)
+        self.on_warning: Callable[[str], None] = on_warning or _warn
         self.stopped: str | None = None
         self._stop = asyncio.Event()
-        self._fatal: Fatal | None = None
+        self._error: LiveroomError | None = None
         self._workers: list[asyncio.Task[None]] = []
+        self._sending: set[asyncio.Task[Any]] = set()  # workers waiting on an answer: they get the grace
+        self._answered = False      # some request got an HTTP answer (any status)
+        self._connect_failures = 0  # failed connections before that
+        self._model_warned = False
 
     def stop(self, reason: str = "stopped") -> None:
-        """Stop taking jobs; a second call also gives up on requests in flight."""
-        if self._stop.is_set():
-            for w in self._workers:
-                w.cancel()
+        """Stop taking jobs and sending; a second call also gives up on requests in flight."""
+        again = self._stop.is_set()
         if self.stopped is None:
             self.stopped = reason
         self._stop.set()
+        for w in self._workers:
+            if again or w not in self._sending:
+                w.cancel()
+
+    def _fail(self, error: LiveroomError) -> None:
+        """Stop the run because of ``error``, which :meth:`run` raises once the workers are done."""
+        if self._error is None:
+            self._error = error
+        self.stop("error")
 
     async def run(self, jobs: Iterable[Job], total: int) -> Stats:
-        """Do ``jobs`` (``total`` of them, for progress) until done, stopped or fatal."""
-        self.stats = Stats(total=total)
+        """Do ``jobs`` (``total`` of them, for progress) until done, stopped or failed."""
+        self.stats = Stats(total=total, outage=self.outage)
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
-        producer = asyncio.create_task(self._produce(jobs, queue))
-        workers = self._workers = [asyncio.create_task(self._worker(queue)) for _ in range(self.config.concurrency)]
-        all_done: asyncio.Future[Any] = asyncio.gather(*workers)
+        producer = asyncio.create_task(self._guarded(self._produce(jobs, queue), "reading the jobs"))
+        workers = self._workers = [asyncio.create_task(self._guarded(self._worker(queue), "a worker"))
+                                   for _ in range(self.config.concurrency)]
+        all_done: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if self._stop.is_set():
                 producer.cancel()
-                if self._fatal is None:
-                    await asyncio.wait(workers, timeout=self.config.grace)
+                await asyncio.wait(workers, timeout=self.config.grace)
                 for w in workers:
                     w.cancel()
             await asyncio.gather(all_done, producer, return_exceptions=True)
         finally:
             stopping.cancel()
+            producer.cancel()
             for w in workers:
                 w.cancel()
-        if self._fatal is not None:
-            raise self._fatal
+        if self._error is not None:
+            raise self._error
         return self.stats
+
+    async def _guarded(self, work: Coroutine[Any, Any, None], what: str) -> None:
+        """``work``, any exception it raises stopping the run with one line naming it."""
+        try:
+            await work
+        except LiveroomError as e:  # Fatal, WriteFailed: already one line
+            self._fail(e)
+        except Exception as e:  # a bug or a failing callback: the run must not wait for it forever
+            detail = " ".join(str(e).split())[:300]
+            self._fail(RunFailed(f"the run stopped: unexpected {type(e).__name__} in {what}"
+                                 + (f": {detail}" if detail else "")
+                                 + "; the records written are whole: run the same command again to resume"))
 
     async def _produce(self, jobs: Iterable[Job], queue: asyncio.Queue[Job | None]) -> None:
         for job in jobs:
@@ -143,15 +202,13 @@ class Engine:
             await queue.put(None)
 
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
-        while True:
+        while not self._stop.is_set():
             job = await queue.get()
             if job is None or self._stop.is_set():
                 return
             try:
                 record = await self._process(job)
-            except Fatal as e:
-                self._fatal = e
-                self.stop("fatal")
+            except _Stopped:
                 return
             self.checkpoint.write(job.group, record)
             if record.status == OK:
@@ -160,6 +217,7 @@ class Engine:
                 self.stats.failed += 1
             self.on_record(record)
 
+    # -- sending ---------------------------------------------------------------------
     def _before_sleep(self, rs: RetryCallState) -> None:
         self.stats.retries += 1
         exc = rs.outcome.exception() if rs.outcome else None
@@ -168,13 +226,59 @@ class Engine:
             # every worker waits, not only this one
             self.limits.cooldown.trip(rs.upcoming_sleep)
 
+    async def _nap(self, seconds: float) -> None:
+        """A retry's wait, cut short (and the job left) when the run stops."""
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except asyncio.TimeoutError:
+            return
+        raise _Stopped
+
+    def _unanswered(self, e: Retryable) -> bool:
+        """A send that could not connect: True when it is an outage (wait, do not count it)."""
+        if not self._answered:
+            self._connect_failures += 1
+            if self._connect_failures >= self.config.first_failures:
+                raise Unreachable(f"cannot reach {self.client.url}: {e}; nothing has answered "
+                                  "(check the base URL, OPENAI_BASE_URL and the network)")
+            return False
+        self.outage.begin(str(e))
+        if self.outage.seconds >= self.config.give_up_after:
+            self.stop(f"endpoint unreachable for {duration(self.outage.seconds)} (last error: {e})")
+            raise _Stopped
+        return True
+
     async def _attempt(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
-        await self.limits.acquire(tokens)
-        tries[0] += 1
-        self.stats.sent += 1
-        reply = await self.client.complete(payload)
-        self.limits.settle(tokens, reply.usage.get("total_tokens"))
-        return reply
+        while True:
+            await self.outage.wait()
+            await self.limits.acquire(tokens)
+            if self._stop.is_set():
+                raise _Stopped
+            tries[0] += 1
+            self.stats.sent += 1
+            me = asyncio.current_task()
+            assert me is not None
+            self._sending.add(me)
+            try:
+                reply = await self.client.complete(payload)
+            except Retryable as e:
+                if e.connection and self._unanswered(e):
+                    continue
+                if not e.connection:
+                    self._got_answer()
+                raise
+            except CallError:
+                self._got_answer()
+                raise
+            finally:
+                self._sending.discard(me)
+            self._got_answer()
+            self.limits.settle(tokens, reply.usage.get("total_tokens"))
+            return reply
+
+    def _got_answer(self) -> None:
+        self._answered = True
+        self.outage.end()
 
     async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
         """One reply, through limits and retries; ``tries[0]`` counts the attempts.
@@ -187,7 +291,7 @@ class Engine:
         except Retryable as e:
             failed: list[Retryable] = [e]
         policy = retry_policy(self.config.max_retries, self.config.backoff_initial,
-                              self.config.backoff_max, self._before_sleep)
+                              self.config.backoff_max, self._before_sleep, self._nap)
         async for attempt in policy:
             with attempt:
                 if failed:
@@ -195,15 +299,25 @@ class Engine:
                 return await self._attempt(payload, tokens, tries)
         raise AssertionError("unreachable")
 
+    def _check_model(self, payload: dict[str, Any], served: str) -> None:
+        """Warn once when the server names another model than the one asked for."""
+        asked = payload.get("model")
+        if self._model_warned or not served or not isinstance(asked, str) or served_as(served, asked):
+            return
+        self._model_warned = True
+        self.on_warning(f"the server answered with model {served!r}, not {asked!r} "
+                        "(each record keeps the model that answered it)")
+
     async def _process(self, job: Job) -> Record:
         t0 = time.monotonic()
         payload, tries, reasks = job.payload, [0], 0
         usage: dict[str, int] = {}
         text: str | None = None
+        model: str | None = None
 
         def record(status: str, scores: Any = None, error: str | None = None) -> Record:
-            return Record(job.id, status, job.meta, scores, text, usage, tries[0], reasks,
-                          round((time.monotonic() - t0) * 1000, 1), error, round(time.time(), 3))
+            return Record(job.id, status, job.meta, scores, cut(text, self.config.keep_chars), usage, tries[0],
+                          reasks, round((time.monotonic() - t0) * 1000, 1), error, round(time.time(), 3), model)
 
         while True:
             try:
@@ -212,7 +326,8 @@ class Engine:
                 return record(ERROR, error=f"{e} (gave up after {tries[0]} attempts)")
             except Rejected as e:
                 return record(ERROR, error=str(e))
-            text = reply.text
+            text, model = reply.text, reply.model or None
+            self._check_model(payload, reply.model)
             for k, v in reply.usage.items():
                 usage[k] = usage.get(k, 0) + v
             self.stats.prompt_tokens += reply.usage.get("prompt_tokens", 0)
@@ -221,7 +336,7 @@ class Engine:
                 return record(OK, scores=self.task.validate(job, text))
             except UnusableReply as e:
                 self.stats.invalid += 1
-                if reasks >= self.config.max_reasks:
+                if reasks >= self.config.max_reasks or self._stop.is_set():
                     return record(INVALID, error=str(e))
                 reasks += 1
-                payload = self.task.reask(job, payload, text, str(e))
+                payload = self.task.reask(job, payload, text[:self.config.reask_chars], str(e))

@@ -7,7 +7,14 @@
     │   └── GarbledBody  a 200 whose body is not a chat completion
     ├── Rejected         the server refused this request only (other 4xx)
     ├── Fatal            the run cannot go on (401, 403, no quota); one line, exit status 2
+    │   └── Unreachable  the endpoint never answered: DNS, refused, TLS
     └── UnusableReply    the task cannot use the reply's text; the engine asks again
+
+    RunFailed            not a call's outcome: something broke (a bug, a callback); the run stopped
+
+A :class:`Retryable` with ``connection`` set never reached the server (DNS,
+refused, TLS, connect timeout): the engine counts those apart, as an endpoint
+that is down, not as this request's failure.
 
 The engine decides what to do from the class alone; the task raises
 :class:`UnusableReply` (or a subclass of it) with a short reason that is sent
@@ -26,10 +33,12 @@ class CallError(Exception):
 class Retryable(CallError):
     """Worth another try, after ``retry_after`` seconds when the server said so."""
 
-    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None) -> None:
+    def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None,
+                 connection: bool = False) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
+        self.connection = connection  # no connection was made: the endpoint, not the request
 
 
 class GarbledBody(Retryable):
@@ -46,6 +55,14 @@ class Rejected(CallError):
 
 class Fatal(CallError, LiveroomError):
     """The run cannot go on: bad key, no permission, quota used up."""
+
+
+class Unreachable(Fatal):
+    """No request ever reached the endpoint: the first attempts all failed to connect."""
+
+
+class RunFailed(LiveroomError):
+    """An unexpected error (a bug, a failing callback, a broken disk) stopped the run; one line."""
 
 
 class UnusableReply(CallError, ValueError):

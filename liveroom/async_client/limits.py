@@ -6,7 +6,9 @@
   most one second's worth (so no 60-s window sees more than the limit
   plus one second's tokens), charged with an estimate before a call and
   corrected by the ``usage`` the server returns;
-* a 429 trips the shared :class:`CoolDown`, pausing every worker.
+* a 429 trips the shared :class:`CoolDown`, pausing every worker;
+* an endpoint that worked and stopped answering is an :class:`Outage`: every
+  worker waits for it together while one at a time probes.
 """
 
 from __future__ import annotations
@@ -31,6 +33,47 @@ class CoolDown:
         """Return once the cool-down is over."""
         while (left := self._until - time.monotonic()) > 0:
             await asyncio.sleep(left)
+
+
+class Outage:
+    """An endpoint that stopped answering: while it lasts, one caller at a time
+    is let through every ``probe_every`` seconds (its send is the probe) and the
+    rest wait until it ends."""
+
+    def __init__(self, probe_every: float = 5.0) -> None:
+        self.probe_every = probe_every
+        self.since: float | None = None  # monotonic time it began; None while the endpoint answers
+        self.last_error = ""
+        self._probe = asyncio.Lock()
+        self._up = asyncio.Event()
+        self._up.set()
+
+    def begin(self, error: str) -> None:
+        """A send could not connect: the outage begins (or goes on)."""
+        if self.since is None:
+            self.since = time.monotonic()
+            self._up.clear()
+        self.last_error = error
+
+    def end(self) -> None:
+        """The endpoint answered: everyone waiting goes on."""
+        if self.since is not None:
+            self.since = None
+            self._up.set()
+
+    @property
+    def seconds(self) -> float:
+        """How long the outage has lasted so far (0 when there is none)."""
+        return time.monotonic() - self.since if self.since is not None else 0.0
+
+    async def wait(self) -> None:
+        """Return at once while the endpoint answers; during an outage, as the next probe or once it ends."""
+        while self.since is not None:
+            if not self._probe.locked():
+                async with self._probe:
+                    await asyncio.sleep(self.probe_every)
+                return
+            await self._up.wait()
 
 
 class TokenBucket:

@@ -7,7 +7,8 @@ Retry :class:`~liveroom.async_client.errors.Retryable` failures up to
 
 from __future__ import annotations
 
-from typing import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 
 from tenacity import (
     AsyncRetrying,
@@ -39,11 +40,14 @@ def retry_policy(
     initial: float,
     maximum: float,
     before_sleep: Callable[[RetryCallState], None] | None = None,
+    sleep: Callable[[float], Awaitable[None]] | None = None,
 ) -> AsyncRetrying:
+    """The policy; ``sleep`` (default ``asyncio.sleep``) lets a caller cut a wait short when it stops."""
     return AsyncRetrying(
         stop=stop_after_attempt(max_retries + 1),
         wait=wait_retry_after(wait_exponential_jitter(multiplier=initial, max=maximum, jitter=initial), cap=600.0),
         retry=retry_if_exception_type(Retryable),
         before_sleep=before_sleep,
         reraise=True,
+        sleep=sleep or asyncio.sleep,
     )

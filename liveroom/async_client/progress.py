@@ -1,4 +1,9 @@
-"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise."""
+"""Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise.
+
+While the endpoint is unreachable the line says so (``endpoint unreachable
+for 2m10s (last error: ...)``); :meth:`Progress.refresh`, called on a timer,
+keeps it coming when no record does.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from .engine import Stats
+from .engine import Stats, duration
 from .record import Record
 
 
@@ -29,7 +34,15 @@ def status_line(stats: Stats) -> str:
     eta = (stats.total - stats.done) / rate if rate > 0 else float("inf")
     return (f"{stats.done}/{stats.total} {rate:.1f} req/s {tokens:.0f} tok/s "
             f"retries {stats.retries} 429s {stats.throttled} invalid {stats.invalid} "
-            f"failed {stats.failed} ETA {_eta(eta)}")
+            f"failed {stats.failed} ETA {_eta(eta)}") + outage_note(stats)
+
+
+def outage_note(stats: Stats) -> str:
+    """``; endpoint unreachable for 2m10s (last error: ...)`` while it is, else nothing."""
+    o = stats.outage
+    if o is None or o.since is None:
+        return ""
+    return f"; endpoint unreachable for {duration(o.seconds)} (last error: {o.last_error[:200]})"
 
 
 class Progress:
@@ -51,18 +64,30 @@ class Progress:
                              mininterval=0.5, smoothing=0.05)
 
     def update(self, record: Record) -> None:
-        now = time.monotonic()
         if self._bar is not None:
             self._bar.update(1)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show the counts when it is time to (called per record and on a timer)."""
+        now = time.monotonic()
+        if self._bar is not None:
             if now - self._last > 0.5:
                 s = self._stats_of()
                 tokens = (s.prompt_tokens + s.completion_tokens) / max(now - s.started, 1e-9)
                 self._bar.set_postfix_str(f"{tokens:.0f} tok/s retries={s.retries} 429={s.throttled} "
-                                          f"invalid={s.invalid} failed={s.failed}", refresh=False)
+                                          f"invalid={s.invalid} failed={s.failed}{outage_note(s)}", refresh=True)
                 self._last = now
         elif now - self._last > self._every:
             print(f"progress: {status_line(self._stats_of())}", file=self._file, flush=True)
             self._last = now
+
+    def write(self, text: str) -> None:
+        """A line of its own (a warning), above the bar when there is one."""
+        if self._bar is not None:
+            self._bar.write(text, file=self._file)
+        else:
+            print(text, file=self._file, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

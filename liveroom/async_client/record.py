@@ -3,12 +3,15 @@
 A record is one JSON line::
 
     {"id": ..., "status": ..., <the job's meta fields>, "scores": ..., "reply": ...,
-     "usage": {...}, "attempts": n, "reasks": n, "latency_ms": ms, "error": ..., "t": unix time}
+     "usage": {...}, "attempts": n, "reasks": n, "latency_ms": ms, "error": ..., "t": unix time,
+     "model": the model the server said it served}
 
 ``id`` and ``status`` always lead, in that order, with no space: that is what
 lets a resumed run find its done ids by reading only each line's head
 (:data:`OK_LINE`), so the order and the pattern are decided here, side by side,
-and nowhere else. Only ``"status": "ok"`` counts as done.
+and nowhere else. Only ``"status": "ok"`` counts as done, and only on a line that is whole
+(:func:`line_is_whole`). ``model`` came last, later: a line without it reads
+as ``model`` None.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ OK, INVALID, ERROR = "ok", "invalid", "error"
 #: the keys every line starts with, in this order
 LEAD: tuple[str, ...] = ("id", "status")
 #: the keys after the meta fields, in this order
-TAIL: tuple[str, ...] = ("scores", "reply", "usage", "attempts", "reasks", "latency_ms", "error", "t")
+TAIL: tuple[str, ...] = ("scores", "reply", "usage", "attempts", "reasks", "latency_ms", "error", "t", "model")
 FIELDS = frozenset(LEAD + TAIL)
+
+#: how every line starts (orjson writes no space; a quote inside a string is always escaped)
+HEAD = b'{"id":"'
 
 # The head of an ok line as :func:`dumps` writes it (orjson: no spaces, ``id`` then ``status``).
 # The literal prefix lets the regex engine skip ahead fast (``^`` under re.M tries every byte),
@@ -37,6 +43,16 @@ _OK_HEAD = rb'\{"id":"([^"\\]*(?:\\.[^"\\]*)*)","status":"ok"'
 OK_LINE = re.compile(rb"\n" + _OK_HEAD)
 #: the same at the very start of a file (no newline before the first line)
 OK_FIRST = re.compile(_OK_HEAD)
+
+
+KEEP_CHARS = 65536  # at most this much of a reply is kept in a record
+
+
+def cut(text: str | None, limit: int = KEEP_CHARS) -> str | None:
+    """``text`` as a record keeps it: at most ``limit`` characters, the cut said."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f" [... {len(text) - limit} more characters not kept]"
 
 
 class RecordError(ValueError):
@@ -62,6 +78,7 @@ class Record:
     latency_ms: float | None = None
     error: str | None = None
     t: float = field(default_factory=_now)  # when it finished, unix seconds
+    model: str | None = None                # the model the server said it served
 
     def __post_init__(self) -> None:
         if not FIELDS.isdisjoint(self.meta):
@@ -75,7 +92,7 @@ class Record:
         """The flat mapping a line holds, keys in line order."""
         return {"id": self.id, "status": self.status, **self.meta, "scores": self.scores, "reply": self.reply,
                 "usage": self.usage, "attempts": self.attempts, "reasks": self.reasks,
-                "latency_ms": self.latency_ms, "error": self.error, "t": self.t}
+                "latency_ms": self.latency_ms, "error": self.error, "t": self.t, "model": self.model}
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Record:
@@ -83,9 +100,11 @@ class Record:
         rid, status = obj.get("id"), obj.get("status")
         if not isinstance(rid, str) or not isinstance(status, str):
             raise RecordError("a record needs a string 'id' and 'status'")
+        model = obj.get("model")
         return cls(rid, status, {k: v for k, v in obj.items() if k not in FIELDS},
                    obj.get("scores"), obj.get("reply"), obj.get("usage") or {}, obj.get("attempts", 1),
-                   obj.get("reasks", 0), obj.get("latency_ms"), obj.get("error"), obj.get("t", 0.0))
+                   obj.get("reasks", 0), obj.get("latency_ms"), obj.get("error"), obj.get("t", 0.0),
+                   model if isinstance(model, str) else None)
 
 
 def dumps(record: Record | Mapping[str, Any]) -> bytes:
@@ -104,6 +123,16 @@ def loads(line: bytes | str) -> Record:
     if not isinstance(obj, dict):
         raise RecordError("not a JSON object")
     return Record.from_dict(obj)
+
+
+def is_whole(line: bytes) -> bool:
+    """Whether ``line`` is one whole record and nothing else: what a damaged line
+    (a record cut short, another written after it) is not."""
+    try:
+        loads(line)
+    except (RecordError, ValueError, TypeError):
+        return False
+    return line.endswith(b"\n")
 
 
 def decode_id(raw: bytes) -> str:

@@ -4,26 +4,34 @@
 * :func:`http_error`: a non-2xx status -> :class:`Fatal`, :class:`Retryable` or
   :class:`Rejected`, with the server's ``Retry-After``;
 * :func:`error_info`: (message, code) of an OpenAI-style error body;
-* :func:`read_completion`: a chat completion body -> :class:`Reply`.
+* :func:`read_completion`: a chat completion body -> :class:`Reply`;
+* :func:`target`: a base URL and key -> where requests go and their
+  ``Authorization`` (credentials in the URL become a Basic header);
+* :func:`served_as`: whether the model a server names is the one asked for.
 
-Messages never contain the API key (:func:`redact`).
+Nothing shown or written contains a secret (:func:`redact`): the key, the
+URL's password, any ``Authorization`` value (Basic or Bearer), ``user:pass@``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
+import ipaddress
+import math
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
+from ..errors import InputError
 from .errors import Fatal, GarbledBody, Rejected, Retryable
 
 
@@ -37,14 +45,94 @@ class Reply:
     latency: float = 0.0  # seconds from send to the whole body
 
 
-_SECRET = re.compile(r"\b(sk-|Bearer\s+)[A-Za-z0-9*._\-]{4,}")
+_AUTH = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)((?:basic|bearer)\s+)?[^\s\"',;}\]]+")
+_TOKEN = re.compile(r"\b(Bearer\s+|Basic\s+|sk-)[A-Za-z0-9+/=*._~\-]{4,}")
+_USERINFO = re.compile(r"(://)[^/\s@:\"']*:[^/\s@\"']*@")
 
 
-def redact(text: str, key: str | None) -> str:
-    """``text`` with the key, and anything shaped like one, masked."""
+Secrets = str | tuple[str, ...] | None  # the key, or every secret of a Target
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    """``text`` with each of ``secrets`` and anything shaped like one masked: an
+    ``Authorization`` value, a Bearer or Basic token, an ``sk-`` key, ``user:pass@``."""
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    text = _AUTH.sub(r"\1\2***", text)
+    text = _TOKEN.sub(r"\1***", text)
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def _masked(text: str, key: Secrets) -> str:
+    return redact(text, *((key,) if isinstance(key, str) or key is None else key))
+
+
+LOCAL_HOSTS = ("localhost",)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where requests go: the base URL without credentials, and what authenticates them."""
+
+    base_url: str
+    authorization: str | None = field(default=None, repr=False)  # the header's value
+    secrets: tuple[str, ...] = field(default=(), repr=False)     # never shown: key, password, header
+
+    @property
+    def local(self) -> bool:
+        """Whether the host is this machine (a local server may need no key)."""
+        host = urlsplit(self.base_url).hostname or ""
+        try:
+            return host in LOCAL_HOSTS or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def require_key(self, key_env: str = "OPENAI_API_KEY") -> None:
+        """InputError, before anything is sent, when a remote endpoint would get no credentials."""
+        if self.authorization is None and not self.local:
+            raise InputError(f"no API key for {endpoint_host(self.base_url)}: set {key_env} "
+                             f"(a server that needs none: set it to any value, e.g. {key_env}=none)")
+
+    def redact(self, text: str) -> str:
+        return redact(text, *self.secrets)
+
+
+def target(base_url: str, key: str | None) -> Target:
+    """The :class:`Target` of a base URL and key; InputError for a URL that cannot be used.
+
+    ``user:pass@`` in the URL becomes ``Authorization: Basic ...``; a URL with
+    credentials and a key as well is refused (one of them would be ignored).
+    """
+    u = urlsplit(base_url)
+    shown = endpoint_host(base_url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise InputError(f"base URL must be an http(s) URL such as https://api.openai.com/v1, got {shown!r}")
+    if u.query or u.fragment or base_url.rstrip().endswith("?"):
+        raise InputError(f"base URL {shown} has a query string or fragment; give the path only "
+                         "(/chat/completions is appended to it)")
+    if u.username is None and u.password is None:
+        return Target(base_url, f"Bearer {key}" if key else None, (key,) if key else ())
     if key:
-        text = text.replace(key, "***")
-    return _SECRET.sub(r"\1***", text)
+        raise InputError(f"the base URL for {shown} carries credentials (user:pass@) and OPENAI_API_KEY is "
+                         "set too: use one of them")
+    user, password = unquote(u.username or ""), unquote(u.password or "")
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    netloc = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
+    netloc += f":{u.port}" if u.port else ""
+    clean = urlunsplit((u.scheme, netloc, u.path, "", ""))
+    return Target(clean, f"Basic {token}", tuple(x for x in (token, password, u.password) if x))
+
+
+_DATED = re.compile(r"-(?:[0-9]{4}-[0-9]{2}-[0-9]{2}|[0-9]{8}|[0-9]{4})")
+
+
+def served_as(served: str, asked: str) -> bool:
+    """Whether ``served`` is ``asked`` or a dated version of it (``gpt-4o-mini-2024-07-18``,
+    ``gpt-4-0613`` or ``...-20240718`` for the name without the date)."""
+    if served == asked:
+        return True
+    return served.startswith(asked) and _DATED.fullmatch(served, len(asked)) is not None
 
 
 def endpoint_host(base_url: str) -> str:
@@ -58,7 +146,7 @@ def endpoint_host(base_url: str) -> str:
 class _TransportErrors:
     __slots__ = ("what", "key", "timeout")
 
-    def __init__(self, what: str, key: str | None, timeout: float | None) -> None:
+    def __init__(self, what: str, key: Secrets, timeout: float | None) -> None:
         self.what, self.key, self.timeout = what, key, timeout
 
     def __enter__(self) -> None:
@@ -67,40 +155,49 @@ class _TransportErrors:
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> Literal[False]:
         prefix = f"{self.what}: " if self.what else ""
+        if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)):
+            # no connection was made (DNS, refused, TLS, connect timeout): before the timeouts, which it may be
+            raise Retryable(_masked(f"{prefix}connection error: {type(exc).__name__}: {exc}", self.key),
+                            connection=True) from None
         if isinstance(exc, asyncio.TimeoutError):  # before ClientError: aiohttp's timeouts are both
             after = f" after {self.timeout:g} s" if self.timeout is not None else ""
             raise Retryable(f"{prefix}timed out{after}") from None
         if isinstance(exc, aiohttp.ClientError):
-            raise Retryable(redact(f"{prefix}connection error: {type(exc).__name__}: {exc}", self.key)) from None
+            raise Retryable(_masked(f"{prefix}connection error: {type(exc).__name__}: {exc}", self.key)) from None
         return False
 
 
-def transport_errors(what: str = "", key: str | None = None, timeout: float | None = None) -> _TransportErrors:
+def transport_errors(what: str = "", key: Secrets = None, timeout: float | None = None) -> _TransportErrors:
     """``with transport_errors(what, key):`` around a request turns a timeout or a
     dropped connection into :class:`Retryable`, ``what`` leading its message
     (and ``timeout``, when given, named in it); everything else passes through."""
     return _TransportErrors(what, key, timeout)
 
 
+def _seconds(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return max(0.0, value) if math.isfinite(value) else None
+
+
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date)."""
+    """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or HTTP date);
+    None, the caller's own backoff, for anything it cannot read (``soon``, ``NaN``)."""
     ms = headers.get("retry-after-ms")
-    if ms:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
+    if ms and (wait := _seconds(ms)) is not None:
+        return wait / 1000
     value = headers.get("Retry-After")
     if not value:
         return None
+    if (wait := _seconds(value)) is not None:
+        return wait
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
+        when = email.utils.parsedate_to_datetime(value)
         return max(0.0, when.timestamp() - time.time())
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return None
 
 
 def error_info(body: bytes | str | Mapping[str, Any] | Any) -> tuple[str, str]:
@@ -122,9 +219,8 @@ def error_info(body: bytes | str | Mapping[str, Any] | Any) -> tuple[str, str]:
             return err.strip(), ""
         inner = err if isinstance(err, Mapping) else obj
         return str(inner.get("message") or "").strip(), str(inner.get("code") or inner.get("type") or "").strip()
-    if isinstance(body, (bytes, bytearray)):
-        return body[:200].decode("utf-8", "replace"), ""
-    return str(body)[:200], ""
+    text = body[:200].decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else str(body)[:200]
+    return " ".join(text.split()), ""  # an HTML page or plain text: its start, on one line
 
 
 def error_text(body: bytes | str | Mapping[str, Any] | Any) -> str:
@@ -136,7 +232,7 @@ def error_text(body: bytes | str | Mapping[str, Any] | Any) -> str:
     return orjson.dumps(body).decode()[:200] if isinstance(body, Mapping) else str(body)[:200]
 
 
-def http_error(status: int, headers: Mapping[str, str], body: bytes, key: str | None, url: str,
+def http_error(status: int, headers: Mapping[str, str], body: bytes, key: Secrets, url: str,
                what: str = "") -> Fatal | Retryable | Rejected:
     """The error a non-2xx answer stands for, its message free of the key.
 
@@ -145,9 +241,9 @@ def http_error(status: int, headers: Mapping[str, str], body: bytes, key: str | 
     :class:`Rejected`.
     """
     message, code = error_info(body)
-    message = redact(message, key)
-    text = (f"{what}: " if what else "") + f"HTTP {status}" + (f" {code}" if code else "") \
-        + (f": {message}" if message else "")
+    message = " ".join(message.split())[:500]  # one line, however much the server said
+    text = _masked((f"{what}: " if what else "") + f"HTTP {status}" + (f" {code}" if code else "")
+                   + (f": {message}" if message else ""), key)
     if status in (401, 403):
         return Fatal(f"{text} (check OPENAI_API_KEY and the endpoint {endpoint_host(url)})")
     if code == "insufficient_quota":
@@ -165,8 +261,10 @@ def read_completion(body: bytes | str | Mapping[str, Any], latency: float = 0.0)
         text = data["choices"][0]["message"]["content"]
         if not isinstance(text, str):
             raise TypeError("content is not a string")
-        usage = {k: v for k, v in (data.get("usage") or {}).items() if isinstance(v, int)}
-        model = str(data.get("model", ""))
+        usage = data.get("usage")
+        usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
+        model = data.get("model")
+        model = model if isinstance(model, str) else ""
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise GarbledBody(f"unreadable response body ({e})", f"{type(e).__name__}: {e}") from None
     return Reply(text, usage, model, latency)
