@@ -3,6 +3,13 @@
 Every problem is an :class:`InputError` of one line that names the file, the
 1-based line of the CSV record and the column, e.g.
 ``pitches.csv line 5: start '2024-13-45 99:99' is not YYYY-MM-DD HH:MM``.
+
+A record with more or fewer fields than the header (an unquoted comma) is
+refused, naming its line; a file that is not in the expected encoding (UTF-8,
+with or without a BOM, unless ``encoding`` says otherwise) is refused naming
+the line, with a hint when it looks like GB18030/GBK. Lengths shown to the
+model are capped: a showcase item name at :data:`MAX_ITEM_NAME` characters
+here, a transcript at 1,024 by the prompts (``stages.TEXT_LIMIT``).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import gc
 import json
 import math
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, NamedTuple
 
@@ -25,6 +33,11 @@ from .layout import TEXT_COLUMNS, TIME_COLUMNS
 from .moment import CalendarYearError, time_features
 
 MAX_SHOWCASE_ITEMS = 10
+MAX_ITEM_NAME = 200  # characters of a showcase item's name shown to the model; the rest is cut
+DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, a byte-order mark allowed
+
+#: the encoding :func:`load_pitches` reads in when not told one (see :func:`csv_encoding`)
+_ENCODING: ContextVar[str | None] = ContextVar("pitches_encoding", default=None)
 
 
 class Item(NamedTuple):
@@ -37,13 +50,74 @@ class Item(NamedTuple):
 
 # --------------------------------------------------------------------------- pitches
 
-def _record_line(path: Path, row: int) -> int:
+@contextmanager
+def csv_encoding(name: str | None) -> Iterator[None]:
+    """Inside the block, :func:`load_pitches` reads files in ``name`` (None: UTF-8)
+    unless told otherwise: for a command whose ``--encoding`` cannot be passed down."""
+    token = _ENCODING.set(name)
+    try:
+        yield
+    finally:
+        _ENCODING.reset(token)
+
+
+def check_encoding(name: str | None) -> str:
+    """The codec to read with (UTF-8 allows a BOM); an InputError for a name Python does not know."""
+    if name is None:
+        return DEFAULT_ENCODING
+    try:
+        codec = codecs.lookup(name).name
+    except LookupError:
+        raise InputError(f"--encoding: unknown encoding {name!r} (e.g. utf-8, gb18030)") from None
+    return DEFAULT_ENCODING if codec == "utf-8" else name
+
+
+def _not_decodable(path: Path, encoding: str) -> InputError:
+    """The line that is not in ``encoding``, and a hint at what the file is."""
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                line.decode(encoding)
+            except UnicodeDecodeError as e:
+                bad = line[e.start:e.start + 1].hex()
+                break
+        else:
+            return InputError(f"{path.name}: cannot be read as {encoding}")
+    shown = "UTF-8" if encoding == DEFAULT_ENCODING else encoding
+    try:
+        line.decode("gb18030")
+        hint = f"looks like GB18030/GBK: pass --encoding gb18030 or convert with iconv -f gb18030 -t utf-8 {path.name}"
+    except UnicodeDecodeError:
+        hint = "pass --encoding with the file's encoding, or convert it to UTF-8 with iconv"
+    return InputError(f"{path.name} line {n}: not {shown} (byte 0x{bad}); {hint}")
+
+
+def _check_fields(path: Path, encoding: str) -> None:
+    """Every record has as many fields as the header, and the file decodes; else one line naming the record."""
+    try:
+        with path.open(newline="", encoding=encoding) as f:
+            reader = csv.reader(f)
+            width = len(next(reader, ()))
+            start = reader.line_num + 1
+            for row in reader:
+                if row and len(row) != width:
+                    raise InputError(
+                        f"{path.name} line {start}: {len(row)} fields, the header has {width}"
+                        + (" (an unquoted comma? quote fields that hold commas)" if len(row) > width else ""))
+                start = reader.line_num + 1
+    except UnicodeDecodeError:
+        raise _not_decodable(path, encoding) from None
+    except csv.Error as e:
+        raise InputError(f"{path.name} line {start}: cannot read as CSV: {e}") from None
+
+
+def _record_line(path: Path, row: int, encoding: str = DEFAULT_ENCODING) -> int:
     """1-based physical line where data record ``row`` (0-based) starts.
 
     Only called on error, so the common path never re-reads the file; it is
     exact also when quoted transcripts hold newlines.
     """
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    with path.open(newline="", encoding=encoding) as f:
         reader = csv.reader(f)
         next(reader, None)
         start = reader.line_num + 1
@@ -54,8 +128,8 @@ def _record_line(path: Path, row: int) -> int:
     return start
 
 
-def _fail(path: Path, row: int, column: str, msg: str) -> InputError:
-    return InputError(f"{path.name} line {_record_line(path, row)}: {column} {msg}")
+def _fail(path: Path, row: int, column: str, msg: str, encoding: str = DEFAULT_ENCODING) -> InputError:
+    return InputError(f"{path.name} line {_record_line(path, row, encoding)}: {column} {msg}")
 
 
 _START = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}"
@@ -87,6 +161,7 @@ def load_pitches(
     path: str | Path,
     need: Iterable[str] = TEXT_COLUMNS,
     numeric: Iterable[str] = (),
+    encoding: str | None = None,
 ) -> pd.DataFrame:
     """Read a pitches CSV in the reference format.
 
@@ -97,13 +172,16 @@ def load_pitches(
 
     Time features (``dow_*``, ``hour_*``, ``is_workday``, ``is_holiday``) that
     the file lacks are computed from ``start`` by the official Chinese calendar.
-    Rows keep the file's order.
+    Rows keep the file's order. ``encoding`` (default: the one
+    :func:`csv_encoding` set, else UTF-8) is the file's text encoding.
     """
     path = Path(path)
     numeric = tuple(numeric)
     wanted = {"index", "start", *need, *numeric}
+    enc = check_encoding(encoding or _ENCODING.get())
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig",
+        _check_fields(path, enc)
+        df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=enc, index_col=False,
                          usecols=lambda c: c in wanted)
     except FileNotFoundError:
         raise InputError(f"{path}: no such file") from None
@@ -120,19 +198,19 @@ def load_pitches(
     ints = [_as_int(v) for v in df["index"]]
     bad = _first_bad(np.array([v is None for v in ints]))
     if bad is not None:
-        raise _fail(path, bad, "index", f"{df['index'].iat[bad]!r} is not an integer")
+        raise _fail(path, bad, "index", f"{df['index'].iat[bad]!r} is not an integer", enc)
     idx = pd.Series(ints, index=df.index, dtype=np.int64)
     dup = _first_bad(idx.duplicated().to_numpy())
     if dup is not None:
         first = int(np.flatnonzero((idx == idx.iat[dup]).to_numpy())[0])
-        raise _fail(path, dup, "index", f"{idx.iat[dup]} repeats line {_record_line(path, first)}")
+        raise _fail(path, dup, "index", f"{idx.iat[dup]} repeats line {_record_line(path, first, enc)}", enc)
     df["index"] = idx
 
     start = pd.to_datetime(df["start"], format="%Y-%m-%d %H:%M", errors="coerce")
     # strptime also takes "2024-1-5 6:05", which would then miss its showcase key
     bad = _first_bad((start.isna() | ~df["start"].str.fullmatch(_START)).to_numpy())
     if bad is not None:
-        raise _fail(path, bad, "start", f"{df['start'].iat[bad]!r} is not YYYY-MM-DD HH:MM")
+        raise _fail(path, bad, "start", f"{df['start'].iat[bad]!r} is not YYYY-MM-DD HH:MM", enc)
 
     for col in numeric:
         if col not in df.columns:
@@ -140,7 +218,7 @@ def load_pitches(
         values = pd.to_numeric(df[col].str.strip(), errors="coerce")
         bad = _first_bad(~np.isfinite(values.to_numpy(dtype=float)))
         if bad is not None:
-            raise _fail(path, bad, col, f"{df[col].iat[bad]!r} is not a finite number")
+            raise _fail(path, bad, col, f"{df[col].iat[bad]!r} is not a finite number", enc)
         df[col] = values.astype(np.float64)
 
     lacking = [c for c in TIME_COLUMNS if c not in df.columns]
@@ -149,7 +227,7 @@ def load_pitches(
             feats = time_features(start)
         except CalendarYearError as e:  # name the first row of the uncovered year
             row = int(np.flatnonzero((start.dt.year == e.year).to_numpy())[0])
-            raise _fail(path, row, "start", f"{df['start'].iat[row]!r}: {e}") from None
+            raise _fail(path, row, "start", f"{df['start'].iat[row]!r}: {e}", enc) from None
         for c in lacking:
             df[c] = feats[c]
     return df
@@ -188,7 +266,8 @@ def load_showcase(path: str | Path) -> dict[str, list[Item]]:
     """Read the showcase JSON: ``start`` -> list of ``[idx, name, price]``.
 
     Items with price <= 0 are dropped and at most the first 10 of the rest kept;
-    the first kept item is the one being promoted.
+    the first kept item is the one being promoted. A name is cut to
+    :data:`MAX_ITEM_NAME` characters.
     """
     path = Path(path)
     try:
@@ -220,7 +299,7 @@ def _showcase(path: Path, raw: bytes) -> dict[str, list[Item]]:
                 # exact types: a bool is no idx or price; json reads NaN and Infinity
                 if type(idx) is int and type(name) is str and type(price) in (int, float) and isfinite(price):
                     if price > 0 and len(kept) < MAX_SHOWCASE_ITEMS:
-                        kept.append(_item(Item, (idx, name, float(price))))
+                        kept.append(_item(Item, (idx, name[:MAX_ITEM_NAME], float(price))))
                     continue
             raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], "
                              f"got {json.dumps(it, ensure_ascii=False)[:80]}")
