@@ -8,11 +8,19 @@ report; any makes the command fail unless ``--allow-missing``.
 Whatever mix of direct and batch mode filled the run, the last ok record of
 each request counts. The stages and the features each fills come from the
 stage registry; the matrices written are the layout's :data:`LLM_FEATURES`.
+
+A damaged line in a checkpoint (a record cut by a failing disk) is skipped
+and named by file and line; its cell counts as missing unless another record
+fills it. The files appear together and whole: each is written to a
+temporary file first, and all are renamed into place only once every one is
+written, so a failed collect leaves the old files as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,18 +29,24 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..async_client.checkpoint import MANIFEST, Checkpoint
+from ..async_client.checkpoint import MANIFEST, Checkpoint, write_error
 from ..data.inputs import load_pitches
 from ..data.layout import LLM_FEATURES
 from ..errors import InputError, LiveroomError
 from ..prompts.stages import STAGES, request_id
+from .cost import check_usage, usage_lines
 
 FEATURES: tuple[str, ...] = LLM_FEATURES  # the matrices written, one .npy each
 SHOWN_MISSING = 20
 
 
-def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-    """Pitch indexes, matrices and the coverage report of one run over one pitches file."""
+def collect(pitches: str | Path, run_dir: str | Path,
+            encoding: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+    """Pitch indexes, matrices and the coverage report of one run over one pitches file.
+
+    Damaged checkpoint lines are skipped; the report's ``damaged`` (present
+    only when there are any) maps each file to their line numbers.
+    """
     run_dir = Path(run_dir)
     try:
         manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
@@ -41,7 +55,7 @@ def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[
     except orjson.JSONDecodeError as e:
         raise InputError(f"{run_dir / MANIFEST}: unreadable ({e})") from None
     keys = [p["key"] for p in manifest["personas"]]
-    df = load_pitches(pitches, need=())
+    df = load_pitches(pitches, need=(), encoding=encoding)
     index = df["index"].to_numpy(dtype=np.int64)
     row: dict[Any, int] = {int(i): r for r, i in enumerate(index)}  # looked up with what a record holds
     col: dict[Any, int] = {k: c for c, k in enumerate(keys)}
@@ -52,7 +66,8 @@ def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[
         features = stage.features
         failed: dict[str, str] = {}
         unknown = 0
-        for rec in checkpoint.records(stage_name):
+        damaged: list[int] = []
+        for rec in checkpoint.records(stage_name, damaged):
             r, c = row.get(rec.meta.get("index")), col.get(rec.meta.get("persona"))
             if r is None or c is None:
                 unknown += 1
@@ -69,21 +84,43 @@ def collect(pitches: str | Path, run_dir: str | Path) -> tuple[np.ndarray, dict[
             "cells": int(cells.size), "filled": int(cells.size - len(missing)), "missing": len(missing),
             "failed": len(failed), "records_outside_pitches": unknown,
         }
+        if damaged:
+            report.setdefault("damaged", {})[checkpoint.path(stage_name).name] = damaged
         if missing:
             report["missing"][stage_name] = [
                 {"id": m, **({"error": failed[m]} if m in failed else {})} for m in missing[:SHOWN_MISSING]
             ]
+    report["usage"] = check_usage(run_dir, STAGES)  # the run's totals summed over its records, beside usage.json
     return index, mats, report
 
 
+def _npy(m: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, m)
+    return buf.getvalue()
+
+
 def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarray], report: dict[str, Any]) -> None:
-    """The matrices, ``index.npy`` and ``coverage.json`` into ``out``."""
+    """The matrices, ``index.npy`` and ``coverage.json`` into ``out``, all or none (temp files, then renames)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for name, m in mats.items():
-        np.save(out / f"{name}.npy", m)
-    np.save(out / "index.npy", index)
-    (out / "coverage.json").write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+    files = {**{f"{name}.npy": _npy(m) for name, m in mats.items()}, "index.npy": _npy(index),
+             "coverage.json": orjson.dumps(report, option=orjson.OPT_INDENT_2)}
+    temps: list[Path] = []
+    try:
+        for name, data in files.items():
+            tmp = out / f".{name}.tmp"
+            temps.append(tmp)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except OSError as e:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+        raise write_error(temps[-1], e) from None
+    for tmp, name in zip(temps, files):
+        os.replace(tmp, out / name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -95,19 +132,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--pitches", required=True, metavar="CSV", help="the pitches file that was scored (row order kept)")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="checkpoint directory of bin/score or bin/batch")
     p.add_argument("--out", required=True, metavar="FEATURES_DIR", help="where the .npy files and coverage.json go")
-    p.add_argument("--allow-missing", action="store_true", help="write and exit 0 even when cells are missing (NaN)")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="write and exit 0 even when cells are missing (NaN) or checkpoint lines are damaged")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)")
     args = p.parse_args(argv)
-    index, mats, report = collect(args.pitches, args.run)
+    index, mats, report = collect(args.pitches, args.run, args.encoding)
     write_features(args.out, index, mats, report)
+    damaged = [f"{name} line {n}" for name, lines in report.get("damaged", {}).items() for n in lines]
+    if damaged:
+        print(f"collect: {len(damaged)} damaged checkpoint line(s) skipped: {', '.join(damaged[:SHOWN_MISSING])}"
+              + (" ..." if len(damaged) > SHOWN_MISSING else ""), file=sys.stderr)
     total_missing = sum(s["missing"] for s in report["stages"].values())
     for name, s in report["stages"].items():
         print(f"collect: {name}: {s['filled']}/{s['cells']} cells"
               + (f", {s['missing']} missing ({s['failed']} failed)" if s["missing"] else ""), file=sys.stderr)
+    for line in usage_lines(report["usage"]):
+        print(f"collect: {line}", file=sys.stderr)
     print(f"collect: wrote {', '.join(f'{f}.npy' for f in FEATURES)}, index.npy, coverage.json to {args.out}",
           file=sys.stderr)
     if total_missing and not args.allow_missing:
         first = next(iter(report["missing"].values()))[0]
         raise LiveroomError(f"{total_missing} cell(s) missing (NaN), e.g. {first['id']}"
                             + (f" ({first['error']})" if "error" in first else "")
+                            + (f"; {len(damaged)} damaged line(s), e.g. {damaged[0]}" if damaged else "")
                             + f"; see {Path(args.out) / 'coverage.json'}; rerun bin/score, or pass --allow-missing")
     return 0

@@ -1,15 +1,18 @@
 """``bin/score``: ask every (stage, pitch, persona) question, resumably.
 
 Wires the stages (:mod:`liveroom.prompts.stages`) to the generic engine: validates
-all input before anything is sent, checks or writes the run manifest, skips
-what the checkpoint already holds, and runs the engine with progress, limits,
-retries and clean shutdown on SIGINT/SIGTERM.
+all input (and that a remote endpoint has a key) before anything is sent,
+takes the run directory's one-writer lock, checks or writes the run manifest,
+skips what the checkpoint already holds (a run with nothing left writes
+nothing), and runs the engine with progress, limits, retries and clean
+shutdown on SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -22,7 +25,10 @@ from ..async_client.engine import Engine, EngineConfig, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
 from ..async_client.runner import run_loop
+from ..async_client.transport import target
 from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
+from ..data.inputs import csv_encoding
+from ..locks import run_dir_lock
 from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
@@ -31,28 +37,47 @@ from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask,
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
                   config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
                   progress_every: float = 10.0, bar: bool | None = None) -> tuple[Stats, str | None]:
-    """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did)."""
+    """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did).
+
+    The checkpoint is scanned before anything is written: with nothing left to
+    do, nothing is (the run may sit on read-only media).
+    """
     checkpoint = Checkpoint(run_dir)
+    jobs, todo = plan_jobs(plan, scan_done(plan, checkpoint))
+    if todo == 0:
+        return Stats(), None
     checkpoint.open(plan.manifest)
     try:
-        jobs, todo = plan_jobs(plan, scan_done(plan, checkpoint))
         async with ChatClient(base_url, api_key, timeout, config.concurrency) as client:
             engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar)
             engine.on_record = progress.update
+            engine.on_warning = lambda text: progress.write(f"score: warning: {text}")
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, engine.stop, sig.name)
             progress.start(todo)
+            ticker = asyncio.create_task(_tick(progress))
             try:
                 stats = await engine.run(jobs, todo)
             finally:
+                ticker.cancel()
                 progress.close()
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.remove_signal_handler(sig)
-        return stats, engine.stopped
-    finally:
-        checkpoint.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that stopped the run is the one to show
+            checkpoint.close()
+        raise
+    checkpoint.close()
+    return stats, engine.stopped
+
+
+async def _tick(progress: Progress, every: float = 1.0) -> None:
+    """Progress keeps coming while no record does (an endpoint that is down)."""
+    while True:
+        await asyncio.sleep(every)
+        progress.refresh()
 
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
@@ -81,9 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="score",
         description="Score pitches with an OpenAI-compatible chat model: every stage x persona x pitch, "
                     "resumable. Killed at any moment, the same command resumes where it stopped.",
-        epilog="The API key is read from $OPENAI_API_KEY only and is never written anywhere. "
+        epilog="The API key is read from $OPENAI_API_KEY only (or user:pass@ in the base URL) and is never "
+               "written or shown; a remote endpoint without one is refused before anything is sent. "
+               "One bin/score or bin/batch at a time per RUN_DIR. "
                "Exit status: 0 all done, 1 some requests failed (rerun to retry them), "
-               "2 bad input or fatal API error, 130/143 interrupted (rerun to resume).",
+               "2 bad input, fatal API error, unreachable endpoint or a failed write (disk full), "
+               "130/143 interrupted or the endpoint stayed unreachable (rerun to resume).",
     )
     add_request_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
@@ -102,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests may finish after SIGINT/SIGTERM; a second signal stops at once (default: %(default)s)")
     p.add_argument("--progress-every", type=float, default=10.0,
                    help="seconds between progress lines when stderr is not a terminal (default: %(default)s)")
+    p.add_argument("--give-up-after", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="seconds an endpoint that answered may stay unreachable before the run stops, to be "
+                        "resumed; meanwhile every worker waits and no request is failed (default: %(default)s)")
+    p.add_argument("--encoding", default=None,
+                   help="text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)")
     return p
 
 
@@ -109,15 +142,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     """bin/score; the exit status is the epilog's."""
     args = build_parser().parse_args(argv)
     endpoint = resolve_endpoint(args.base_url)
+    where = target(endpoint.base_url, endpoint.api_key)  # a URL that cannot be used: one line
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
-                     args.prompts, args.out)
+    with csv_encoding(args.encoding):
+        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
+                         args.prompts, args.out)
+    where.require_key()  # nothing goes to a remote endpoint without a key
     run_dir = Path(args.out)
-    plan.manifest = check_manifest(run_dir, plan.manifest)
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,
-                          max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace)
-    stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
-                                      args.tpm, args.timeout, args.progress_every))
+                          max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace,
+                          give_up_after=args.give_up_after)
+    with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
+        plan.manifest = check_manifest(run_dir, plan.manifest)
+        stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
+                                          args.tpm, args.timeout, args.progress_every))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
         return 0

@@ -29,7 +29,20 @@ from ...cliargs import api_key, non_negative_int, number, positive_float, positi
 from ...errors import InputError
 from ..plan import ModelParams, Plan, make_plan
 from ..score import add_request_arguments
-from .flows import Api, Creation, Event, Run, UploadWait, cancel, fetch, import_by_hand, open_run, status, submit
+from .flows import (
+    Api,
+    Creation,
+    Event,
+    Run,
+    UploadWait,
+    cancel,
+    fetch,
+    import_by_hand,
+    locked,
+    open_run,
+    status,
+    submit,
+)
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 from .state import load_state
 
@@ -100,7 +113,8 @@ def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     plan, limits, provider = _prepare_inputs(args)
     run_dir = Path(args.out)
-    r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
+    with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on it
+        r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
     _err(_prepared_line(r, args.max_reasks))
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
@@ -136,7 +150,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     run = open_run(Path(args.run), args.base_url, args.provider)
-    r = fetch(run, _api(args, run), args.wait, args.interval, _say)
+    r = fetch(run, _api(args, run), args.wait, args.interval, _say, args.accept_model)
     if not r.watched:
         _err("batch: no batch to fetch")
         return 0
@@ -165,7 +179,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    r = import_by_hand(Path(args.run), [Path(f) for f in args.files], api_key())
+    r = import_by_hand(Path(args.run), [Path(f) for f in args.files], api_key(), args.accept_model)
     for line in r.report.lines():
         _err(line)
     if r.finished:
@@ -260,7 +274,14 @@ def _add_watching(sub: Any) -> None:
     _add_api(sp)
     sp.add_argument("--wait", action="store_true", help="keep polling until every batch has ended")
     sp.add_argument("--interval", type=positive_float, default=30.0, help="seconds between polls (default: %(default)s)")
+    _add_accept_model(sp)
     sp.set_defaults(func=cmd_fetch)
+
+
+def _add_accept_model(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--accept-model", action="append", default=[], metavar="NAME",
+                    help="also import replies that model NAME (or a dated version of it) gave; by default only "
+                         "the run's model is (repeatable)")
 
 
 def _add_import_and_cancel(sub: Any) -> None:
@@ -271,6 +292,7 @@ def _add_import_and_cancel(sub: Any) -> None:
                                     "reported, never imported twice.")
     sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
     sp.add_argument("files", nargs="+", metavar="FILE", help="provider output or error files (JSONL)")
+    _add_accept_model(sp)
     sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("cancel", help="cancel the batches still running")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Sequence
@@ -22,6 +23,7 @@ from ...async_client.providers import DEFAULT_BASE_URL, GENERIC, FileStatus, Pro
 from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
+from ...locks import run_dir_lock
 from .importer import ImportReport, finish_covered, import_files
 from .state import (
     BatchState,
@@ -30,11 +32,16 @@ from .state import (
     done_ids,
     ended,
     load_state,
-    locked,
     read_manifest,
     save_state,
     shard_ids,
 )
+
+
+def locked(run_dir: Path) -> AbstractContextManager[None]:
+    """The run directory's one-writer lock, the one bin/score takes: ``RUN_DIR is in use by pid N (...)``."""
+    return run_dir_lock(run_dir, "bin/batch")
+
 
 TOO_LARGE = (413, 435)  # an upload over the size limit (Zhipu: 435, docs/PROVIDERS.md section 1.1)
 
@@ -283,15 +290,17 @@ class FetchResult:
     report: ImportReport = field(default_factory=ImportReport)
 
 
-def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet) -> FetchResult:
-    """Poll the batches; download and import those that ended (every poll until all have, with ``wait``)."""
+def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet,
+          accept: Sequence[str] = ()) -> FetchResult:
+    """Poll the batches; download and import those that ended (every poll until all have, with ``wait``);
+    replies of a model other than the run's are imported only when ``accept`` names it."""
     with locked(run.dir):
         state = load_state(run.dir)
-        return asyncio.run(_fetch(run.dir, state, api, wait, interval, notify))
+        return asyncio.run(_fetch(run.dir, state, api, wait, interval, notify, accept))
 
 
 async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interval: float,
-                 notify: Notify) -> FetchResult:
+                 notify: Notify, accept: Sequence[str] = ()) -> FetchResult:
     watch = [s for s in state.shards if s.batch_id and not s.finished]
     waiting = [s.name for s in state.shards if not s.batch_id and not s.finished]
     if waiting:
@@ -303,7 +312,7 @@ async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interva
         while True:
             for s in watch:
                 if not s.finished:
-                    await _poll(client, run_dir, state, s, api.key, result.report, notify)
+                    await _poll(client, run_dir, state, s, api.key, result.report, notify, accept)
             result.left = sum(1 for s in watch if not s.finished)
             if not result.left or not wait:
                 break
@@ -313,7 +322,7 @@ async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interva
 
 
 async def _poll(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, key: str | None,
-                report: ImportReport, notify: Notify) -> None:
+                report: ImportReport, notify: Notify, accept: Sequence[str] = ()) -> None:
     """Ask about one batch; when it has ended, download its files, import them, mark it finished."""
     if s.update(await client.get_batch(_batch_id(s))):
         notify(_event("changed", s))
@@ -321,7 +330,7 @@ async def _poll(client: BatchClient, run_dir: Path, state: BatchState, s: Shard,
     if not ended(s.status):
         return
     files = await _download(client, run_dir, s)
-    import_files(run_dir, state, files, key, report)
+    import_files(run_dir, state, files, client.target.secrets, report, accept)
     s.finished = True
     if s.status != "completed":
         s.note = (s.note + "; " if s.note else "") + \
@@ -350,7 +359,8 @@ class ImportResult:
     finished: list[str]  # files whose every request is now accounted for
 
 
-def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None) -> ImportResult:
+def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None,
+                   accept: Sequence[str] = ()) -> ImportResult:
     """Import provider files obtained by hand; files then fully accounted for are marked finished."""
     run_dir = Path(run_dir)
     read_manifest(run_dir)
@@ -359,7 +369,7 @@ def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None) -> Imp
             raise InputError(f"{f}: no such file")
     with locked(run_dir):
         state = load_state(run_dir)
-        report = import_files(run_dir, state, files, key)
+        report = import_files(run_dir, state, files, key, accept=accept)
         names = finish_covered(run_dir, state, report.seen)
         save_state(run_dir, state)
     return ImportResult(report, names)

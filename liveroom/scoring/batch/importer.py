@@ -16,7 +16,11 @@ or a ``finish_reason`` saying the reply was filtered makes it start
 
 Requests already ok are skipped; duplicate lines, unknown ids and unreadable
 lines are counted and shown, never imported twice; a file imported once
-(by its hash) is skipped.
+(by its hash) is skipped. A reply whose ``model`` is neither the run's model
+nor a dated version of it (``gpt-4o-mini-2024-07-18`` for ``gpt-4o-mini``)
+is not imported unless that model is accepted (``--accept-model``); each
+record keeps the model that answered. The key and anything shaped like a
+credential are masked out of replies and errors.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ import orjson
 from ...async_client.checkpoint import Checkpoint, sha256_file
 from ...async_client.errors import GarbledBody, UnusableReply
 from ...async_client.providers import filtered_finish, is_content_filter
-from ...async_client.record import ERROR, INVALID, OK, Record
-from ...async_client.transport import error_info, error_text, read_completion, redact
+from ...async_client.record import ERROR, INVALID, OK, Record, cut
+from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
 from ...errors import InputError
 from ...prompts.stages import STAGES
 from .state import BatchState, done_ids, invalid_records, load_meta, read_manifest, shard_ids
@@ -49,6 +53,7 @@ class ImportReport:
     duplicates: int = 0
     unknown: int = 0
     malformed: int = 0
+    wrong_model: int = 0  # lines answered by another model, not imported
     files_skipped: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -60,12 +65,15 @@ class ImportReport:
 
     @property
     def failed(self) -> int:
-        return self.invalid + self.error
+        """Requests not ok after this import: invalid, error, or answered by another model."""
+        return self.invalid + self.error + self.wrong_model
 
     def lines(self, prog: str = "batch") -> list[str]:
         out = [f"{prog}: imported {self.ok} ok, {self.invalid} invalid, {self.error} error; "
                f"{self.already_ok} already ok, {self.duplicates} duplicate line(s), "
-               f"{self.unknown} unknown id(s), {self.malformed} unreadable line(s)"]
+               f"{self.unknown} unknown id(s), {self.malformed} unreadable line(s)"
+               + (f", {self.wrong_model} line(s) of another model not imported (pass --accept-model NAME "
+                  "to import them)" if self.wrong_model else "")]
         for name in self.files_skipped:
             out.append(f"{prog}: {name}: already imported, skipped")
         for kind, shown in self.examples.items():
@@ -96,7 +104,28 @@ def _finish_reason(body: Any) -> str | None:
     return reason if isinstance(reason, str) else None
 
 
-def _completed(cid: str, body: Any, meta: dict[str, Any]) -> Record:
+class WrongModel(Exception):
+    """A line answered by a model the run is not for; ``str(err)`` names it."""
+
+
+@dataclass(frozen=True)
+class Expect:
+    """What an imported reply must be: the run's model (or one accepted), and the secrets to mask."""
+
+    model: str | None = None
+    accept: tuple[str, ...] = ()
+    key: Secrets = None
+
+    def check(self, served: str) -> None:
+        if (served and self.model and not served_as(served, self.model)
+                and not any(served_as(served, a) for a in self.accept)):
+            raise WrongModel(served)
+
+    def mask(self, text: str) -> str:
+        return redact(text, *((self.key,) if isinstance(self.key, str) or self.key is None else self.key))
+
+
+def _completed(cid: str, body: Any, meta: dict[str, Any], expect: Expect) -> Record:
     """A 200 line: its completion read as direct mode reads one, its reply checked by the stage's parser."""
     if filtered_finish(reason := _finish_reason(body)):
         return Record(cid, ERROR, meta, error=f"{CONTENT_FILTER}: finish_reason {reason}")
@@ -104,11 +133,13 @@ def _completed(cid: str, body: Any, meta: dict[str, Any]) -> Record:
         reply = read_completion(body)
     except GarbledBody as e:
         return Record(cid, ERROR, meta, error=f"unreadable response body ({e.detail})")
+    expect.check(reply.model)
+    text, model = expect.mask(reply.text), reply.model or None
     try:
-        scores = STAGES[meta["stage"]].parse(reply.text, meta.get("n_items", 0))
+        scores = STAGES[meta["stage"]].parse(text, meta.get("n_items", 0))
     except UnusableReply as e:
-        return Record(cid, INVALID, meta, reply=reply.text, usage=reply.usage, error=str(e))
-    return Record(cid, OK, meta, scores=scores, reply=reply.text, usage=reply.usage)
+        return Record(cid, INVALID, meta, reply=cut(text), usage=reply.usage, error=str(e), model=model)
+    return Record(cid, OK, meta, scores=scores, reply=text, usage=reply.usage, model=model)
 
 
 def _failure(code: Any, body: Any, err: Any) -> str:
@@ -122,27 +153,37 @@ def _failure(code: Any, body: Any, err: Any) -> str:
     return f"{CONTENT_FILTER}: {text}" if is_content_filter(provider_code) else text
 
 
-def line_record(obj: dict[str, Any], meta: dict[str, Any], key: str | None) -> Record:
-    """The checkpoint record of one provider output/error line, as direct mode writes it."""
+def line_record(obj: dict[str, Any], meta: dict[str, Any], key: Secrets | Expect) -> Record:
+    """The checkpoint record of one provider output/error line, as direct mode writes it.
+
+    ``key`` is masked out of it (or an :class:`Expect` says what to check and
+    mask); :class:`WrongModel` when the reply came from a model not expected.
+    """
+    expect = key if isinstance(key, Expect) else Expect(key=key)
     cid = obj["custom_id"]
     code, body = _response(obj)
     if code == 200:
-        rec = _completed(cid, body, meta)
+        rec = _completed(cid, body, meta, expect)
     else:
         rec = Record(cid, ERROR, meta, error=_failure(code, body, obj.get("error")))
     if rec.error:
-        rec.error = redact(rec.error, key)
+        rec.error = expect.mask(rec.error)
     return rec
 
 
 # ----------------------------------------------------------------- files -> checkpoint
 
-def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: str | None,
-                 report: ImportReport | None = None) -> ImportReport:
-    """Import provider files into the checkpoint (``key`` is masked in errors); the caller saves ``state``."""
+def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: Secrets,
+                 report: ImportReport | None = None, accept: Sequence[str] = ()) -> ImportReport:
+    """Import provider files into the checkpoint; the caller saves ``state``.
+
+    ``key`` is masked out of what is written; replies of a model other than the
+    run's (or one in ``accept``) are counted, not imported.
+    """
     run_dir = Path(run_dir)
     report = report or ImportReport()
     manifest = read_manifest(run_dir)
+    expect = Expect(manifest.get("model"), tuple(accept), key)
     meta = load_meta(run_dir, state)
     chosen: dict[str, Record] = {}  # parsed first: one record per id, ok preferred
     new_files: dict[str, str] = {}
@@ -152,7 +193,7 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: s
             report.files_skipped.append(path.name)
             continue
         new_files[digest] = path.name
-        _read_file(path, meta, key, chosen, report)
+        _read_file(path, meta, expect, chosen, report)
     _write_records(run_dir, manifest, chosen, report)
     state.imported.update(new_files)
     return report
@@ -175,7 +216,7 @@ def _custom_id(line: bytes) -> tuple[dict[str, Any], str] | None:
     return (obj, cid) if isinstance(cid, str) else None
 
 
-def _read_file(path: Path, meta: dict[str, dict[str, Any]], key: str | None,
+def _read_file(path: Path, meta: dict[str, dict[str, Any]], expect: Expect,
                chosen: dict[str, Record], report: ImportReport) -> None:
     """Every line of one file into ``chosen``; unreadable lines and unknown ids counted."""
     with open(path, "rb") as f:
@@ -192,7 +233,13 @@ def _read_file(path: Path, meta: dict[str, dict[str, Any]], key: str | None,
                 report.unknown += 1
                 report.example("unknown ids", f"{cid!r} ({path.name} line {n})")
                 continue
-            _choose(chosen, line_record(obj, meta[cid], key), report, f"{path.name} line {n}")
+            try:
+                rec = line_record(obj, meta[cid], expect)
+            except WrongModel as e:
+                report.wrong_model += 1
+                report.example("other model", f"{cid}: {e} ({path.name} line {n}; the run is for {expect.model})")
+                continue
+            _choose(chosen, rec, report, f"{path.name} line {n}")
 
 
 def _choose(chosen: dict[str, Record], rec: Record, report: ImportReport, where: str) -> None:
