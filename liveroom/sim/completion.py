@@ -8,6 +8,14 @@ answered exactly as the same request in direct mode.
 
 Tokens are estimated as characters // 2 + 1, counting a message content that
 is not a string (a list of content parts, a missing content) as its JSON text.
+
+Reasoning replies (PROVIDERS.md section 5): ``think`` opens the content with
+a ``<think>...</think>`` block holding a JSON-looking draft (as GLM-Z1 and
+vLLM or llama.cpp without a reasoning parser send it), then the real JSON;
+``null_content`` is a model that spent ``max_tokens`` thinking: ``content``
+null, ``reasoning_content`` set, ``finish_reason: "length"``.
+``content_filter`` (OpenAI's way, a 200) has ``content`` null and
+``finish_reason: "content_filter"``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from .heuristic import buy_scores, entry_score, read_score
 from .prompt import BUY_STAGE, ENTRY_STAGE, READ_STAGE, Prompt
 
 CONTENT_FAULTS = ("nonjson", "fenced", "out_of_range", "wrong_key")
+REPLY_FAULTS = ("think", "null_content", "content_filter")  # the reply's shape, not its JSON
+
+THINKING = "用户让我按这个身份打分。先写个草稿：{draft}\n不对，再看看时间、价格和讲解……好，给出最终答案。"
 
 ENTRY_REASONS = {
     1: ("现在这个时间不方便，不会进去", "没空也没兴趣，直接划走"),
@@ -130,36 +141,64 @@ def prompt_tokens(messages: Sequence[dict[str, Any]]) -> int:
 class Completion:
     """A simulated answer and its token counts."""
 
-    content: str
+    content: str | None
     prompt_tokens: int
     completion_tokens: int
+    finish_reason: str = "stop"
+    reasoning: str | None = None  # sent as message.reasoning_content
+
+
+def thinking(prompt: Prompt, pick: int) -> str:
+    """A model's reasoning: prose around a JSON-looking draft of the stage's reply (every score 1)."""
+    return THINKING.format(draft=orjson.dumps(REPLIES[prompt.stage](prompt, pick + 1, 1)).decode())
 
 
 def complete(prompt: Prompt, messages: Sequence[dict[str, Any]], digest: bytes, seed: int,
-             fault: str | None = None) -> Completion:
-    """The answer to a readable conversation (``digest``: its :func:`conversation_digest`)."""
+             fault: str | None = None, max_tokens: int | None = None) -> Completion:
+    """The answer to a readable conversation (``digest``: its :func:`conversation_digest`);
+    ``max_tokens``: the request's, what a ``null_content`` reply reports as used."""
     pick = int.from_bytes(digest[:4], "little") + seed
+    if fault in REPLY_FAULTS:
+        return _reply_fault(prompt, messages, pick, fault, max_tokens)
     content = answer(prompt, pick, fault)
     return Completion(content, prompt_tokens(messages), tokens(len(content)))
 
 
+def _reply_fault(prompt: Prompt, messages: Sequence[dict[str, Any]], pick: int, fault: str | None,
+                 max_tokens: int | None) -> Completion:
+    if fault == "think":
+        content = f"<think>\n{thinking(prompt, pick)}\n</think>\n\n{answer(prompt, pick)}"
+        return Completion(content, prompt_tokens(messages), tokens(len(content)))
+    if fault == "null_content":
+        reasoning = thinking(prompt, pick)
+        used = max_tokens if max_tokens and max_tokens > 0 else tokens(len(reasoning))
+        return Completion(None, prompt_tokens(messages), used, "length", reasoning)
+    return Completion(None, prompt_tokens(messages), 0, "content_filter")
+
+
 def completion_body(completion_id: str, model: str, c: Completion) -> dict[str, Any]:
     """The ``chat.completion`` object carrying ``c``."""
+    message: dict[str, Any] = {"role": "assistant", "content": c.content, "refusal": None}
+    usage: dict[str, Any] = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                             "total_tokens": c.prompt_tokens + c.completion_tokens}
+    if c.reasoning is not None:
+        message["reasoning_content"] = c.reasoning
+        usage["completion_tokens_details"] = {"reasoning_tokens": c.completion_tokens}
     return {
         "id": completion_id,
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "liveroom-sim",
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": c.content, "refusal": None},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
-        "usage": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                  "total_tokens": c.prompt_tokens + c.completion_tokens},
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": c.finish_reason}],
+        "usage": usage,
     }
+
+
+def max_tokens_of(body: dict[str, Any]) -> int | None:
+    """The request's ``max_completion_tokens`` or ``max_tokens``, if a positive integer."""
+    n = body.get("max_completion_tokens", body.get("max_tokens"))
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
 
 
 def model_of(body: dict[str, Any], default: str) -> str:

@@ -6,9 +6,12 @@ import math
 from dataclasses import dataclass, field, fields
 
 from ..errors import LiveroomError
+from .profiles import PROFILES
 
 #: injectable faults, in the order a request's draw tries them
-FAULT_KINDS = ("429", "500", "503", "reset", "slow", "nonjson", "fenced", "out_of_range", "wrong_key", "quota")
+FAULT_KINDS = ("429", "500", "503", "reset", "slow", "nonjson", "fenced", "out_of_range", "wrong_key", "quota",
+               "content_filter", "think", "null_content")
+CAP_CODES = ("profile", "none")  # --cap-code: the profile's cap answer, or OpenAI's rate_limit_exceeded
 
 
 def flag(name: str) -> str:
@@ -37,11 +40,21 @@ class SimConfig:
     p_out_of_range: float = 0.0
     p_wrong_key: float = 0.0
     p_quota: float = 0.0
+    p_content_filter: float = 0.0
+    p_think: float = 0.0
+    p_null_content: float = 0.0
     retry_after: float = 1.0
+    retry_after_ms: float | None = None  # None: --retry-after in milliseconds
     slow_ms: float = 30000.0
     fail_first: int = 0
     fail_first_kind: str = "500"
     rpm_limit: int = 0
+    tpm_limit: int = 0
+    ratelimit_headers: bool = False
+    profile: str = "openai"
+    max_inflight: int = 0
+    cap_code: str = "profile"
+    arrears_after: int | None = None
     log_requests: bool = False
 
     def __post_init__(self) -> None:
@@ -66,12 +79,24 @@ class SimConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
                 raise LiveroomError(f"--{flag(name)} must be a number >= 0, got {v!r}")
-        for name in ("fail_first", "rpm_limit"):
+        if self.retry_after_ms is not None and not (
+                isinstance(self.retry_after_ms, (int, float)) and math.isfinite(self.retry_after_ms)
+                and self.retry_after_ms >= 0):
+            raise LiveroomError(f"--retry-after-ms must be a number >= 0, got {self.retry_after_ms!r}")
+        for name in ("fail_first", "rpm_limit", "tpm_limit", "max_inflight"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise LiveroomError(f"--{flag(name)} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.fail_first_kind not in FAULT_KINDS:
             raise LiveroomError(
                 f"--fail-first-kind must be one of {', '.join(FAULT_KINDS)}, got {self.fail_first_kind!r}")
+        if self.arrears_after is not None and (not isinstance(self.arrears_after, int) or self.arrears_after < 0):
+            raise LiveroomError(f"--arrears-after must be an integer >= 0, got {self.arrears_after!r}")
+        if self.profile not in PROFILES:
+            raise LiveroomError(f"--profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
+        if self.cap_code not in CAP_CODES:
+            raise LiveroomError(f"--cap-code must be one of {', '.join(CAP_CODES)}, got {self.cap_code!r}")
+        if self.ratelimit_headers and not (self.rpm_limit or self.tpm_limit):
+            raise LiveroomError("--ratelimit-headers needs --rpm-limit or --tpm-limit (the limits they report)")
         if not 0 <= self.port <= 65535:
             raise LiveroomError(f"--port must be in 0..65535, got {self.port}")
         if self.api_key is not None and not self.api_key:

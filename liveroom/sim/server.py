@@ -10,6 +10,7 @@ Usage::
     bin/sim-server --port 0                      # prints: listening on http://127.0.0.1:PORT/v1
     bin/sim-server --port 8000 --latency-ms 200 --jitter-ms 50 --p-429 0.05 --seed 1
     bin/sim-server --api-key secret --rpm-limit 600
+    bin/sim-server --profile zhipu --max-inflight 16 --latency-ms 200 --arrears-after 5000
 
 Routes (``/v1`` and the bare paths both work for chat completions):
 
@@ -30,9 +31,16 @@ Routes (``/v1`` and the bare paths both work for chat completions):
   (requests whose conversation - for a first question the (system, user)
   pair - was already answered with a 200 before), ``reasks`` (conversations
   holding an earlier assistant reply), ``rate_limited`` (``--rpm-limit``
-  refusals), ``stages``, ``prompt_tokens``, ``completion_tokens`` (estimated
-  as characters // 2 + 1), ``in_flight``, ``max_in_flight`` and
-  ``per_second`` (``[unix_second, requests]`` for the last 120 seconds).
+  refusals), ``token_limited`` (``--tpm-limit`` refusals), ``capped``
+  (``--max-inflight`` refusals), ``answered`` (200 replies), ``error_codes``
+  (error replies by HTTP status, then by the body's ``error.code``, else its
+  ``error.type``: ``{"429": {"1302": 5}}``), ``stages``, ``prompt_tokens``,
+  ``completion_tokens`` (estimated as characters // 2 + 1), ``in_flight``,
+  ``max_in_flight``, ``per_second`` and ``per_second_answered``
+  (``[unix_second, n]`` of requests and of 200 replies, last 120 seconds),
+  ``arrears_started_at`` (unix time of the first arrears answer, or null),
+  ``arrears_start_request`` (the ``requests`` count when it was sent) and
+  ``requests_after_arrears`` (chat requests received after it).
 
 Faults (each ``--p-KIND`` a probability; they are exclusive, so they must sum
 to at most 1; decided per request from the seed, the conversation and how
@@ -51,11 +59,39 @@ gets a fresh draw):
 ``out_of_range`` 200 with a score of 7
 ``wrong_key``    200 with a misspelt score key (``wantToEnter``, ``score_x``,
                  ``impact_score``)
+``content_filter`` the profile's content-filter error (Zhipu 400 ``1301``,
+                 DashScope 400 ``data_inspection_failed``; OpenAI a 200 with
+                 ``content: null``, ``finish_reason: "content_filter"``)
+``think``        200 whose content opens with ``<think>...</think>`` holding a
+                 JSON-looking draft, then the real JSON
+``null_content`` 200 with ``content: null``, ``reasoning_content`` set and
+                 ``finish_reason: "length"`` (``max_tokens`` spent thinking)
 ===============  ============================================================
+
+``--profile openai|zhipu|dashscope`` (default openai) answers every error
+with that provider's documented status, code and body
+(:mod:`liveroom.sim.profiles`, from ``docs/PROVIDERS.md``): 429 and quota
+faults, ``--rpm-limit``/``--tpm-limit`` refusals, the in-flight cap, arrears,
+a wrong or missing key, the content filter, 500 and 503.
+``--max-inflight N`` answers a request that finds N in flight at once with
+the profile's cap signal (Zhipu 429 ``1302``, OpenAI 429
+``rate_limit_exceeded``, DashScope 429 ``Throttling.RateQuota``; no retry
+header); ``--cap-code none`` makes it OpenAI's ``rate_limit_exceeded``
+whatever the profile. ``--arrears-after K``: once K requests were answered
+with a 200, every request gets the profile's arrears error at once (Zhipu
+429 ``1113``, DashScope 400 ``Arrearage``, OpenAI 429 ``insufficient_quota``).
+``--ratelimit-headers`` adds OpenAI's ``x-ratelimit-limit-*``,
+``x-ratelimit-remaining-*`` and ``x-ratelimit-reset-*`` headers (``requests``
+from ``--rpm-limit``, ``tokens`` from ``--tpm-limit``; a reset is the time
+until the oldest amount leaves the 60-s window, written ``20ms``, ``1s``,
+``6m0s``) to every chat reply.
 
 ``--fail-first N --fail-first-kind KIND`` gives the first N readable chat
 requests (server-wide) that fault, for scripted tests. ``--rpm-limit N``
-refuses requests beyond N in any sliding 60-second window with 429.
+refuses requests beyond N in any sliding 60-second window with the profile's
+rate-limit 429 and ``Retry-After`` / ``retry-after-ms`` (the wait until the
+window has room); ``--tpm-limit N`` the same for N tokens (a request's prompt
+estimate at arrival, its answer's when answered).
 
 The same server is available in-process: :class:`~liveroom.sim.config.SimConfig`,
 :func:`~liveroom.sim.chat_server.make_app` and the async context manager
@@ -71,7 +107,8 @@ from dataclasses import fields
 from typing import Sequence
 
 from .chat_server import make_app
-from .config import FAULT_KINDS, SimConfig, flag
+from .config import CAP_CODES, FAULT_KINDS, SimConfig, flag
+from .profiles import PROFILES
 from .prompt import BUY_STAGE, ENTRY_STAGE, READ_STAGE
 from .serving import serve_command
 
@@ -91,8 +128,11 @@ EPILOG = """routes:
   GET /v1/models, GET /health, GET /stats              /stats: JSON counters
 
 faults (--p-KIND probabilities are exclusive and sum to at most 1):
-  429        429 rate_limit_exceeded with Retry-After and retry-after-ms
-  quota      429 insufficient_quota
+  429        429 rate limit (openai: rate_limit_exceeded) with Retry-After, retry-after-ms
+  quota      the profile's quota error (openai: 429 insufficient_quota)
+  content-filter  the profile's content-filter error (openai: a 200, finish_reason content_filter)
+  think      <think>...</think> before the JSON
+  null-content  content null, reasoning_content set, finish_reason length
   500, 503   server errors
   reset      connection dropped without a response
   slow       answer delayed by --slow-ms (to trip client timeouts)
@@ -102,7 +142,9 @@ faults (--p-KIND probabilities are exclusive and sum to at most 1):
 examples:
   bin/sim-server --port 0
   bin/sim-server --port 8000 --latency-ms 200 --jitter-ms 50 --p-429 0.05 --seed 1
-  bin/sim-server --api-key KEY --rpm-limit 600 --fail-first 3 --fail-first-kind 503"""
+  bin/sim-server --api-key KEY --rpm-limit 600 --fail-first 3 --fail-first-kind 503
+  bin/sim-server --profile zhipu --max-inflight 16 --latency-ms 200 --arrears-after 5000
+  bin/sim-server --rpm-limit 600 --tpm-limit 200000 --ratelimit-headers"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,13 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument(f"--p-{flag(kind)}", dest=f"p_{kind}", type=float, default=0.0, metavar="P")
     g.add_argument("--retry-after", type=float, default=d.retry_after,
                    help="seconds in Retry-After of injected 429s (default %(default)s)")
+    g.add_argument("--retry-after-ms", type=float, default=None, metavar="MS",
+                   help="value of their retry-after-ms header (default: --retry-after in ms)")
     g.add_argument("--slow-ms", type=float, default=d.slow_ms, help="delay of a 'slow' fault (default %(default)s)")
     g.add_argument("--fail-first", type=int, default=0, metavar="N",
                    help="the first N chat requests get --fail-first-kind")
     g.add_argument("--fail-first-kind", default=d.fail_first_kind, metavar="KIND",
                    help=f"one of {', '.join(flag(k) for k in FAULT_KINDS)} (default %(default)s)")
-    ap.add_argument("--rpm-limit", type=int, default=0, metavar="N",
-                    help="answer 429 beyond N requests in any 60-s window (default: no limit)")
+    p = ap.add_argument_group("provider limits")
+    p.add_argument("--profile", choices=tuple(PROFILES), default=d.profile,
+                   help="answer errors with this provider's documented codes and bodies (default %(default)s)")
+    p.add_argument("--rpm-limit", type=int, default=0, metavar="N",
+                   help="answer 429 beyond N requests in any 60-s window (default: no limit)")
+    p.add_argument("--tpm-limit", type=int, default=0, metavar="N",
+                   help="answer 429 beyond N tokens in any 60-s window (default: no limit)")
+    p.add_argument("--ratelimit-headers", action="store_true",
+                   help="replies carry x-ratelimit-{limit,remaining,reset}-{requests,tokens} of those windows")
+    p.add_argument("--max-inflight", type=int, default=0, metavar="N",
+                   help="beyond N requests in flight, answer the profile's cap signal at once (default: no cap)")
+    p.add_argument("--cap-code", choices=CAP_CODES, default=d.cap_code,
+                   help="'none': the cap answer is OpenAI's rate_limit_exceeded, no provider code "
+                        "(default %(default)s)")
+    p.add_argument("--arrears-after", type=int, default=None, metavar="K",
+                   help="after K answered requests, every answer is the profile's arrears error")
     ap.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
     return ap
 

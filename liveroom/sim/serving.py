@@ -46,12 +46,15 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 @dataclass
 class KeyCheck:
-    """The key an app requires (None: none), the paths left open, and what
-    counts a refusal on a route (the servers' counters include refused requests)."""
+    """The key an app requires (None: none), the paths left open, what counts
+    a refusal on a route (the servers' counters include refused requests), and
+    the 401 bodies for a wrong key and for none (a provider profile's)."""
 
     key: str | None
     open_paths: set[str] = field(default_factory=set)
     refused: dict[Handler, Callable[[web.Request], None]] = field(default_factory=dict)
+    wrong: bytes = UNAUTHORIZED
+    missing: bytes = UNAUTHORIZED
 
 
 KEY_CHECK = web.AppKey("liveroom_sim_key_check", KeyCheck)
@@ -59,26 +62,27 @@ KEY_CHECK = web.AppKey("liveroom_sim_key_check", KeyCheck)
 
 @web.middleware
 async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 with OpenAI's ``invalid_api_key`` error unless the request carries the key."""
+    """401 (by default OpenAI's ``invalid_api_key`` error) unless the request carries the key."""
     check = request.app[KEY_CHECK]
     if (check.key is None or request.path in check.open_paths
             or request.match_info.http_exception is not None):  # an unknown path stays a 404
         return await handler(request)
-    got = request.headers.get("Authorization", "")
-    if hmac.compare_digest(got.encode(), ("Bearer " + check.key).encode()):
+    got = request.headers.get("Authorization")
+    if got is not None and hmac.compare_digest(got.encode(), ("Bearer " + check.key).encode()):
         return await handler(request)
     count = check.refused.get(request.match_info.handler)
     if count is not None:
         count(request)
-    return json_response(UNAUTHORIZED, 401)
+    return json_response(check.wrong if got is not None else check.missing, 401)
 
 
-def require_key(app: web.Application, key: str | None, open_paths: set[str]) -> KeyCheck:
+def require_key(app: web.Application, key: str | None, open_paths: set[str],
+                wrong: bytes = UNAUTHORIZED, missing: bytes = UNAUTHORIZED) -> KeyCheck:
     """Install :func:`check_key` on ``app``; routes added later are checked too.
 
     Without a key no middleware is installed: nothing to check, no cost per request.
     """
-    app[KEY_CHECK] = check = KeyCheck(key, set(open_paths))
+    app[KEY_CHECK] = check = KeyCheck(key, set(open_paths), wrong=wrong, missing=missing)
     if key is not None:
         app.middlewares.append(check_key)
     return check
