@@ -31,6 +31,7 @@ from ..data.inputs import csv_encoding
 from ..locks import run_dir_lock
 from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
+from .cost import add_cost_arguments, dry_run
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
 
 
@@ -135,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "resumed; meanwhile every worker waits and no request is failed (default: %(default)s)")
     p.add_argument("--encoding", default=None,
                    help="text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)")
+    add_cost_arguments(p)
     return p
 
 
@@ -147,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
                          args.prompts, args.out)
+    if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
+        return dry_run(args, plan)
     where.require_key()  # nothing goes to a remote endpoint without a key
     run_dir = Path(args.out)
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,

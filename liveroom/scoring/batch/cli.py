@@ -27,6 +27,7 @@ from ...async_client.providers import (
 from ...async_client.transport import endpoint_host
 from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
 from ...errors import InputError
+from ..cost import add_cost_arguments, dry_run
 from ..plan import ModelParams, Plan, make_plan
 from ..score import add_request_arguments
 from .flows import (
@@ -112,6 +113,8 @@ def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     plan, limits, provider = _prepare_inputs(args)
+    if args.dry_run:  # every input checked: print what prepare would write and its cost, write nothing
+        return dry_run(args, plan, limits)
     run_dir = Path(args.out)
     with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on it
         r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
@@ -232,6 +235,7 @@ def _add_prepare(sub: Any) -> None:
                          "after them prepare leaves it out (default: %(default)s, as bin/score)")
     sp.add_argument("--include-submitted", action="store_true",
                     help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
+    add_cost_arguments(sp, batch=True)
     sp.set_defaults(func=cmd_prepare)
 
 
