@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -225,35 +226,48 @@ def test_table_arithmetic_with_a_calibration_sample():
 
 # ----------------------------------------------------------------------------- usage.json
 
-def test_usage_totals_recompute_equal_the_sum_over_records_across_restarts(tmp_path, sim):
-    pitches, goods = make_inputs(tmp_path)
-    s = sim("--fail-first", "9", "--fail-first-kind", "nonjson")
+def test_usage_totals_recompute_equal_the_sum_over_records_across_a_kill_and_restarts(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 12)
+    s = sim("--fail-first", "9", "--fail-first-kind", "nonjson", "--latency-ms", "30")
     out = tmp_path / "run"
-    assert score(pitches, goods, out, s.url, "--max-reasks", "0").returncode == 1
+    assert score(pitches, goods, out, s.url, "--max-reasks", "0", "--stages", "entry").returncode == 1
     kept = recompute(out, STAGES)
     kept.prices = Prices(2.0, 8.0)
     kept.save(out)  # what the run had used when it stopped
-    n_before = {st: len((out / f"{st}.jsonl").read_text().splitlines()) for st in STAGES}
-    assert score(pitches, goods, out, s.url).returncode == 0  # resumed
 
-    totals = UsageTotals.load(out)  # added up: the saved totals plus the records written since
-    for st in STAGES:
-        for line in (out / f"{st}.jsonl").read_text().splitlines()[n_before[st]:]:
-            totals.add(Record.from_dict(json.loads(line)))
+    env = {**os.environ, "OPENAI_BASE_URL": s.url}
+    env.pop("OPENAI_API_KEY", None)
+    proc = subprocess.Popen([sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
+                             "--out", str(out), "--concurrency", "4"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(records(out)) < 120 and time.time() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # kill -9: nothing saved, maybe a torn last line
+    proc.wait(10)
+    assert score(pitches, goods, out, s.url).returncode == 0  # resumed to the end
+
+    totals = UsageTotals.load(out)
+    totals.catch_up(out, STAGES)  # the saved totals plus exactly the records written since
     recs = records(out)
     by_hand = {"requests_ok": sum(r["status"] == "ok" for r in recs),
                "requests_failed": sum(r["status"] != "ok" for r in recs),
                "prompt_tokens": sum(r["usage"].get("prompt_tokens", 0) for r in recs),
                "completion_tokens": sum(r["usage"].get("completion_tokens", 0) for r in recs)}
-    assert by_hand["requests_ok"] == N * 24 and by_hand["requests_failed"] == 9
+    assert by_hand["requests_ok"] == 12 * 24 and by_hand["requests_failed"] == 9
     again = recompute(out, STAGES)
-    assert totals == again
+    assert totals == again and totals.counted == again.counted
     assert {k: again.to_json()[k] for k in by_hand} == by_hand
     totals.save(out)
     saved = json.loads((out / USAGE).read_text())
     assert set(FIELDS) <= saved.keys()
     assert saved["cost"] == pytest.approx((by_hand["prompt_tokens"] * 2 + by_hand["completion_tokens"] * 8) / 1e6)
     assert check_usage(out, STAGES)["usage_json"] == "agrees"
+
+    lines = (out / "read.jsonl").read_bytes().splitlines(keepends=True)
+    (out / "read.jsonl").write_bytes(b"".join(lines[:-3]))  # a file cut shorter than the totals cover
+    totals.catch_up(out, STAGES)
+    assert totals == recompute(out, STAGES) and totals.prices is not None
 
 
 def test_batch_records_are_priced_at_the_batch_discount():

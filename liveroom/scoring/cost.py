@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from ..async_client.checkpoint import Checkpoint, atomic_write, check_manifest
-from ..async_client.record import Record
+from ..async_client.record import Record, RecordError, loads
 from ..cliargs import non_negative_float, number
 from ..errors import InputError
-from .estimate import estimate, notes, read_records, table, usage_of
+from .estimate import estimate, notes, table, usage_of
 from .plan import Plan
 
 if TYPE_CHECKING:
@@ -158,7 +158,10 @@ def add_cost_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None:
 class UsageTotals:
     """What a run has used, summed over its records; the file ``usage.json``.
 
-    ``batch_*`` are the part of the tokens billed at the batch price.
+    ``batch_*`` are the part of the tokens billed at the batch price;
+    ``counted`` the bytes of each checkpoint file they cover, so that
+    :meth:`catch_up` adds exactly the records written after them (those of a
+    run killed before it saved).
     """
 
     requests_ok: int = 0
@@ -168,6 +171,7 @@ class UsageTotals:
     batch_prompt_tokens: int = 0
     batch_completion_tokens: int = 0
     prices: Prices | None = field(default=None, compare=False)
+    counted: dict[str, int] = field(default_factory=dict, compare=False)
 
     def add(self, record: Record, batch: bool | None = None) -> None:
         """Count one record; ``batch`` None: a record without latency came from a batch."""
@@ -200,7 +204,7 @@ class UsageTotals:
                 "price_input_per_mtok": p.input if p else None, "price_output_per_mtok": p.output if p else None,
                 "batch_prompt_tokens": self.batch_prompt_tokens,
                 "batch_completion_tokens": self.batch_completion_tokens,
-                "batch_discount": p.batch_discount if p else None}
+                "batch_discount": p.batch_discount if p else None, "counted_bytes": dict(self.counted)}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = USAGE) -> UsageTotals:
@@ -208,7 +212,7 @@ class UsageTotals:
             raise InputError(f"{where}: not a usage table")
         counts = {}
         for f in fields(cls):
-            if f.name != "prices":
+            if f.name not in ("prices", "counted"):
                 v = obj.get(f.name, 0)
                 if type(v) is not int or v < 0:
                     raise InputError(f"{where}: {f.name!r} must be a whole number of at least 0, got {v!r}")
@@ -220,13 +224,43 @@ class UsageTotals:
                             str(obj.get("currency") or DEFAULT_CURRENCY),
                             DEFAULT_BATCH_DISCOUNT if discount is None else _price(obj, "batch_discount", where),
                             where)
-        return cls(**counts, prices=prices)
+        counted = obj.get("counted_bytes") or {}
+        if not isinstance(counted, dict) or not all(type(v) is int and v >= 0 for v in counted.values()):
+            raise InputError(f"{where}: 'counted_bytes' must map file names to byte counts")
+        return cls(**counts, prices=prices, counted=counted)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> UsageTotals | None:
         """The totals kept in ``run_dir``; None when it has none yet."""
         raw = _read_usage(run_dir)
         return None if raw is None else cls.from_json(raw, str(Path(run_dir) / USAGE))
+
+    def catch_up(self, run_dir: str | Path, groups: Any) -> None:
+        """Add the records of ``groups`` written after the bytes these totals cover; when a file is
+        shorter than that (its torn last line dropped), count everything again from the records."""
+        checkpoint = Checkpoint(run_dir)
+        paths = {g: checkpoint.path(g) for g in groups}
+        if any((p.stat().st_size if p.exists() else 0) < self.counted.get(g, 0) for g, p in paths.items()):
+            fresh = recompute(run_dir, groups)
+            for f in fields(self):
+                if f.name != "prices":
+                    setattr(self, f.name, getattr(fresh, f.name))
+            return
+        for group, path in paths.items():
+            start = self.counted.get(group, 0)
+            if not path.exists():
+                continue
+            with open(path, "rb") as f:
+                f.seek(start)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # a torn tail is no record
+                    start += len(line)
+                    try:
+                        self.add(loads(line))
+                    except RecordError:
+                        continue  # a damaged line is no record
+            self.counted[group] = start
 
     def save(self, run_dir: str | Path) -> None:
         """Into ``run_dir/usage.json``, whole or not at all."""
@@ -246,10 +280,8 @@ def _read_usage(run_dir: str | Path) -> Any:
 
 def recompute(run_dir: str | Path, groups: Any) -> UsageTotals:
     """The totals of every record of ``groups`` (checkpoint file names) in ``run_dir``."""
-    checkpoint, totals = Checkpoint(run_dir), UsageTotals()
-    for group in groups:
-        for rec in read_records(checkpoint, group):
-            totals.add(rec)
+    totals = UsageTotals()
+    totals.catch_up(run_dir, groups)
     return totals
 
 
@@ -261,8 +293,8 @@ def check_usage(run_dir: str | Path, groups: Any) -> dict[str, Any]:
     out = counted.to_json()
     differs = []
     for k, mine in out.items() if raw is not None else ():
-        if k not in FIELDS and k not in raw:
-            continue  # an extra of ours that another writer may leave out
+        if k == "counted_bytes" or (k not in FIELDS and k not in raw):
+            continue  # bookkeeping, or an extra of ours that another writer may leave out
         theirs = raw.get(k)
         same = (mine == theirs if not isinstance(mine, float) or not isinstance(theirs, (int, float))
                 else abs(mine - theirs) <= 1e-6 * max(1.0, abs(mine)))
