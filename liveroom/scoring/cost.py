@@ -174,7 +174,12 @@ class UsageTotals:
     counted: dict[str, int] = field(default_factory=dict, compare=False)
 
     def add(self, record: Record, batch: bool | None = None) -> None:
-        """Count one record; ``batch`` None: a record without latency came from a batch."""
+        """Count one record; ``batch`` None: a record without latency came from a batch.
+
+        For records not (yet) in the run's files: those in the files are
+        counted by :meth:`catch_up`, which reads only what is new (mixing the
+        two would count a record twice).
+        """
         if record.ok:
             self.requests_ok += 1
         else:
