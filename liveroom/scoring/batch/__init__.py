@@ -11,6 +11,8 @@ stragglers be finished with ``bin/score``; ``bin/collect`` reads either.
     bin/batch status  --run RUN_DIR      # one line per file
     bin/batch fetch   --run RUN_DIR [--wait]   # poll, download, import
     bin/batch import  --run RUN_DIR FILE...    # output/error files obtained by hand
+    bin/batch import  --run RUN_DIR --id-scheme reference --pitches P.csv --goods G.json FILE...
+                                         # the reference's own output files, one per stage
     bin/batch cancel  --run RUN_DIR      # cancel the batches still running
 
 Layout under ``RUN_DIR/batch/``:
@@ -37,10 +39,13 @@ Import matches lines by ``custom_id`` in any order, parses replies with the
 stage's parser, as direct mode does, and appends one record per request:
 ``ok``, ``invalid`` (an unusable reply, re-asked by the next ``prepare``) or
 ``error`` (the provider's error). Requests already ok are skipped, duplicate
-lines and unknown ids are reported, never imported twice.
+lines and unknown ids are reported, never imported twice. With ``--id-scheme
+reference`` the ids are the reference's (``s{stage}_v{version}_i{row}_c{persona}``),
+rows mapped through the run's pitches file.
 
 The rooms: :mod:`.state` (state.json, typed shards, the lock), :mod:`.prepare`
-(request files), :mod:`.importer` (provider lines -> records), :mod:`.flows`
+(request files), :mod:`.importer` (provider lines -> records), :mod:`.reference`
+(the reference's ids -> this run's), :mod:`.flows`
 (submit, status, fetch, cancel, import: results, no printing) and :mod:`.cli`
 (flags, words, exit status).
 """

@@ -45,6 +45,7 @@ from .flows import (
     submit,
 )
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
+from .reference import import_reference_by_hand, reference_hint
 from .state import load_state
 
 _SAID = {
@@ -182,9 +183,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    r = import_by_hand(Path(args.run), [Path(f) for f in args.files], api_key(), args.accept_model)
+    files = [Path(f) for f in args.files]
+    if args.id_scheme == "reference":
+        r = import_reference_by_hand(Path(args.run), files, api_key(), args.pitches, args.goods, args.accept_model)
+    else:
+        r = import_by_hand(Path(args.run), files, api_key(), args.accept_model)
     for line in r.report.lines():
         _err(line)
+    if args.id_scheme == "run" and (hint := reference_hint(r.report)):
+        _err(f"batch: {hint}")
     if r.finished:
         _err(f"batch: every request of {', '.join(r.finished)} is now accounted for; marked finished")
     return 1 if r.report.failed or r.report.unknown or r.report.malformed else 0
@@ -297,6 +304,13 @@ def _add_import_and_cancel(sub: Any) -> None:
     sp.add_argument("--run", required=True, metavar="RUN_DIR", help="the run directory of bin/batch prepare")
     sp.add_argument("files", nargs="+", metavar="FILE", help="provider output or error files (JSONL)")
     _add_accept_model(sp)
+    sp.add_argument("--id-scheme", choices=("run", "reference"), default="run",
+                    help="the files' custom_ids: this run's own (default), or the reference's "
+                         "s{stage}_v{version}_i{row}_c{persona}, one file per stage (needs --pitches)")
+    sp.add_argument("--pitches", metavar="CSV",
+                    help="with --id-scheme reference: the run's pitches file, whose 0-based rows the ids number")
+    sp.add_argument("--goods", metavar="JSON",
+                    help="with --id-scheme reference: the run's showcase file (the item count of buy replies)")
     sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("cancel", help="cancel the batches still running")
