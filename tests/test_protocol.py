@@ -19,6 +19,7 @@ import pytest
 
 from conftest import pitch_row, write_goods, write_pitches
 from liveroom.async_client.checkpoint import ManifestMismatch, check_manifest
+from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
 from liveroom.data.personas import DEFAULT_PERSONAS, LEGACY_PERSONAS, personas_json
 from liveroom.errors import InputError
@@ -277,3 +278,17 @@ def test_bin_score_asks_the_set_named_and_resumes_it_without_the_flag(tmp_path):
         assert refused.returncode == 2 and "groups.entry" in refused.stderr
     finally:
         sim.stop()
+
+
+def test_bin_batch_prepare_takes_the_same_flag(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    pitches, goods = _inputs(tmp_path)
+    run = tmp_path / "run"
+    argv = ["prepare", "--pitches", pitches, "--goods", goods, "--out", str(run)]
+    assert batch_main([*argv, "--prompts", "legacy"]) == 0
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert "prompts" not in manifest and manifest["groups"] == LEGACY_VERSIONS
+    body = json.loads((run / "batch" / "requests-0001.jsonl").read_text().splitlines()[0])["body"]
+    assert "请忽略主播的知名度" in body["messages"][1]["content"]  # the first entry request, legacy wording
+    assert batch_main(argv) == 0  # resumed without the flag: the run's set
+    assert json.loads((run / "manifest.json").read_text()) == manifest
