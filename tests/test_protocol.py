@@ -39,7 +39,7 @@ def user(stage: str, pitch: Pitch = PITCH) -> str:
 
 
 def system(when: dt.datetime, persona: str = "Z") -> str:
-    return build_request(STAGES["entry"], PITCH.__class__(0, when, "t", "p", "x"), BY_KEY[persona]).messages[0]["content"]
+    return build_request(STAGES["entry"], Pitch(0, when, "t", "p", "x"), BY_KEY[persona]).messages[0]["content"]
 
 
 def examples(text: str) -> list[dict]:
@@ -167,7 +167,7 @@ def test_6_persona_wording_follows_the_table():
 # --------------------------------------------------------------------------- the rest stays
 
 def test_the_transcript_is_cut_at_1024_characters():
-    text = user("read", PITCH.__class__(3, PITCH.start, "t", "p", "甲" * TEXT_LIMIT + "乙", ITEMS))
+    text = user("read", Pitch(3, PITCH.start, "t", "p", "甲" * TEXT_LIMIT + "乙", ITEMS))
     assert "甲" * TEXT_LIMIT in text and "乙" not in text
 
 
