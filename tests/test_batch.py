@@ -603,3 +603,25 @@ def test_flows_return_what_they_did_and_print_nothing(tmp_path, capsys, server, 
     assert flows.cancel(opened, api) == []
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
+
+
+def test_a_remote_endpoint_needs_a_key_and_a_held_run_refuses_every_writing_verb(tmp_path, capsys, env, inputs,
+                                                                               monkeypatch):
+    from liveroom.locks import run_dir_lock
+
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, "https://api.example.com/v1", "--stages", "entry")[0] == 0
+    monkeypatch.delenv("OPENAI_API_KEY")
+    rc, err = batch(capsys, "submit", "--run", str(run))
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "no API key for https://api.example.com/v1: set OPENAI_API_KEY" in err
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    out = tmp_path / "out.jsonl"
+    out.write_text("")
+    with run_dir_lock(run, "bin/score"):
+        for argv in (["submit", "--run", str(run)], ["fetch", "--run", str(run)], ["cancel", "--run", str(run)],
+                     ["import", "--run", str(run), str(out)],
+                     ["prepare", "--pitches", str(inputs[0]), "--goods", str(inputs[1]), "--out", str(run),
+                      "--stages", "entry", "--base-url", "https://api.example.com/v1"]):
+            rc, err = batch(capsys, *argv)
+            assert (rc, err.strip()) == (2, f"batch: error: {run} is in use by pid {os.getpid()} (bin/score)"), argv

@@ -95,3 +95,72 @@ def test_a_record_from_one_answer_has_the_batch_defaults():
     r = Record("entry:1:Z", rec.OK, {"stage": "entry"}, scores={"entry": 3}, reply="{}")
     assert (r.attempts, r.reasks, r.latency_ms, r.error, r.usage) == (1, 0, None, None, {})
     assert r.ok and r.t > 1.6e9
+
+
+def test_a_record_keeps_the_served_model_last_and_an_old_line_reads_without_it():
+    r = Record("entry:1:Z", rec.OK, {"stage": "entry"}, {"entry": 3}, "{}", model="gpt-4o-mini-2024-07-18")
+    line = dumps(r)
+    assert line.endswith(b',"model":"gpt-4o-mini-2024-07-18"}\n') and loads(line) == r
+    old = b'{"id":"a:1:Z","status":"ok","scores":null,"reply":null,"usage":{},"attempts":1,"reasks":0,' \
+          b'"latency_ms":null,"error":null,"t":1.0}\n'
+    assert loads(old).model is None and loads(old).meta == {}
+    assert loads(old.replace(b'"t":1.0', b'"t":1.0,"model":7')).model is None  # not a name: no model
+
+
+def test_a_damaged_line_is_skipped_when_the_caller_keeps_count(tmp_path):
+    good = [dumps(full(f"a:{i}:Z")) for i in range(4)]
+    (tmp_path / "entry.jsonl").write_bytes(good[0] + good[1][:40] + good[2] + b"{broken\n" + good[3])
+    damaged: list[int] = []
+    assert [r.id for r in Checkpoint(tmp_path).records("entry", damaged)] == ["a:0:Z", "a:3:Z"]
+    assert damaged == [2, 3]
+
+
+def test_the_scan_is_right_also_when_a_field_holds_an_object_led_by_id(tmp_path):
+    """A block whose heads do not count up takes the slow, exact path: the same ids."""
+    nested = Record("b:1:Z", rec.OK, {"stage": "buy"}, {"items": [{"id": "x"}]})
+    data = dumps(full("a:1:Z")) + dumps(nested) + dumps(full("c:1:Z", rec.ERROR)) + dumps(full("d:1:Z"))
+    assert data.count(b'{"id":"') == 5
+    (tmp_path / "g.jsonl").write_bytes(data)
+    assert Checkpoint(tmp_path).done("g") == {"a:1:Z", "b:1:Z", "d:1:Z"}
+
+
+def test_an_unchanged_manifest_is_not_written_again(tmp_path):
+    cp = Checkpoint(tmp_path)
+    cp.open({"groups": {"g": "v1"}})
+    cp.close()
+    manifest = tmp_path / "manifest.json"
+    before = (manifest.stat().st_ino, manifest.stat().st_mtime_ns)
+    cp.open({"groups": {"g": "v1"}})
+    cp.close()
+    assert (manifest.stat().st_ino, manifest.stat().st_mtime_ns) == before
+    cp.open({"groups": {"g": "v2"}})
+    cp.close()
+    assert b'"v2"' in manifest.read_bytes()
+
+
+FILL = """
+import resource, sys
+from liveroom.async_client.checkpoint import Checkpoint, WriteFailed
+from liveroom.async_client.record import Record
+cp = Checkpoint(sys.argv[1])
+cp.open({"groups": {"g": "v1"}})
+resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
+try:
+    for i in range(1000):
+        cp.write("g", Record(f"g:{i}:Z", "ok", {"n": i}, reply="x" * (97 + i % 13)))
+except WriteFailed as e:
+    print(i, e)
+"""
+
+
+def test_a_write_past_the_disk_is_cut_back_to_the_last_whole_line(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", FILL, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    n, _, message = p.stdout.partition(" ")
+    data = (tmp_path / "g.jsonl").read_bytes()
+    assert data.endswith(b"\n") and data.count(b"\n") == int(n) and len(data) <= 5000
+    assert f"cannot write {tmp_path}/g.jsonl: File too large" in message
+    assert Checkpoint(tmp_path).done("g") == {f"g:{i}:Z" for i in range(int(n))}

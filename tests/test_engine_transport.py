@@ -7,6 +7,7 @@ loopback and read by the real clients (:class:`ChatClient`, :class:`BatchClient`
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 
 import pytest
@@ -15,7 +16,16 @@ from aiohttp import web
 from liveroom.async_client.batch_api import BatchAPIError, BatchClient
 from liveroom.async_client.chat import ChatClient
 from liveroom.async_client.errors import Fatal, GarbledBody, Rejected, Retryable
-from liveroom.async_client.transport import error_info, error_text, read_completion, retry_after
+from liveroom.async_client.transport import (
+    error_info,
+    error_text,
+    read_completion,
+    redact,
+    retry_after,
+    served_as,
+    target,
+)
+from liveroom.errors import InputError
 
 KEY = "sk-test-abcdefghijklmnop"
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -211,3 +221,115 @@ def test_retry_after_reads_seconds_dates_and_nonsense():
     assert retry_after({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # in the past
     assert retry_after({"Retry-After": "soon"}) is None
     assert retry_after({}) is None
+
+
+@pytest.mark.parametrize("value", ["soon", "NaN", "inf", "-inf", "1e400", "", " ", "Wed, 99 Foo 2015", "3 s"])
+def test_retry_after_that_cannot_be_read_is_the_callers_backoff(value):
+    assert retry_after({"Retry-After": value}) is None
+    assert retry_after({"retry-after-ms": value}) is None
+
+
+@pytest.mark.parametrize("usage", ["n/a", [1, 2], 12, None, {"total_tokens": "many", "prompt_tokens": True}])
+def test_usage_that_is_no_object_of_counts_reads_as_empty(usage):
+    reply = read_completion({**COMPLETION, "usage": usage, "model": ["not", "a", "name"]})
+    assert (reply.text, reply.usage, reply.model) == ('{"x": 1}', {}, "")
+
+
+def test_an_error_body_that_is_not_json_is_its_start_on_one_line():
+    assert error_info(b"<html>\n<body>\n  502 Bad Gateway\n</body></html>") == \
+        ("<html> <body> 502 Bad Gateway </body></html>", "")
+
+
+# ----------------------------------------------------------------------------- secrets and endpoints
+
+
+@pytest.mark.parametrize("text, shown", [
+    ("Authorization: Basic dXNlcjpwYXNz", "Authorization: Basic ***"),
+    ('{"authorization": "Bearer abc.def-ghi"}', '{"authorization": "Bearer ***"}'),
+    ("AUTHORIZATION=tok123456", "AUTHORIZATION=***"),
+    ("header Bearer sk-abcdef0123456789 sent", "header Bearer *** sent"),
+    ("key sk-proj-abcdef0123 leaked", "key sk-*** leaked"),
+    ("from https://alice:pw@host.example/v1", "from https://***@host.example/v1"),
+    ('"url": "http://u:p@h"', '"url": "http://***@h"'),
+    ("好的，我的回答：{\"want_to_enter\": 3}", "好的，我的回答：{\"want_to_enter\": 3}"),
+])
+def test_redact_masks_anything_shaped_like_a_credential(text, shown):
+    assert redact(text) == shown
+
+
+def test_redact_masks_the_exact_secrets_wherever_they_are():
+    assert redact("echo: my-own-token-xyz, again my-own-token-xyz", "my-own-token-xyz", None, "") == \
+        "echo: ***, again ***"
+
+
+def test_credentials_in_the_base_url_become_a_basic_header_and_secrets():
+    t = target("https://alice:p%40ss@proxy.example:8443/v1", None)
+    assert t.base_url == "https://proxy.example:8443/v1"
+    assert t.authorization == "Basic YWxpY2U6cEBzcw=="  # base64 of alice:p@ss
+    assert set(t.secrets) >= {"YWxpY2U6cEBzcw==", "p@ss", "p%40ss"}
+    assert "p@ss" not in repr(t) and not t.local
+    assert target("http://127.0.0.1:8000/v1", "sk-x").authorization == "Bearer sk-x"
+    assert target("http://[::1]:8000/v1", None).local and target("http://localhost/v1", None).local
+
+
+@pytest.mark.parametrize("url, key, words", [
+    ("https://a:b@h/v1", "sk-key", "carries credentials (user:pass@) and OPENAI_API_KEY is set too"),
+    ("https://h/v1?api-version=1", None, "has a query string or fragment"),
+    ("https://h/v1#x", None, "has a query string or fragment"),
+    ("ftp://h/v1", None, "must be an http(s) URL"),
+    ("h/v1", None, "must be an http(s) URL"),
+])
+def test_a_base_url_that_cannot_be_used_is_one_line(url, key, words):
+    with pytest.raises(InputError, match=re.escape(words)) as e:
+        target(url, key)
+    assert "\n" not in str(e.value) and (key is None or key not in str(e.value))
+
+
+def test_a_remote_endpoint_needs_a_key_a_local_one_does_not():
+    target("http://127.0.0.1:8000/v1", None).require_key()
+    target("http://localhost:8000/v1", None).require_key()
+    target("https://a:b@api.example/v1", None).require_key()  # credentials in the URL are one
+    with pytest.raises(InputError, match=r"no API key for https://api\.example/v1: set OPENAI_API_KEY"):
+        target("https://api.example/v1", None).require_key()
+
+
+@pytest.mark.parametrize("served, asked, same", [
+    ("gpt-4o-mini", "gpt-4o-mini", True),
+    ("gpt-4o-mini-2024-07-18", "gpt-4o-mini", True),
+    ("gpt-4-0613", "gpt-4", True),
+    ("claude-3-5-sonnet-20241022", "claude-3-5-sonnet", True),
+    ("gpt-4o", "gpt-4o-mini", False),
+    ("gpt-4o-mini", "gpt-4o", False),
+    ("gpt-4o-mini-high", "gpt-4o-mini", False),
+    ("gpt-4o-2024-08-06", "gpt-4o-mini", False),
+])
+def test_served_as_takes_the_name_or_a_dated_version(served, asked, same):
+    assert served_as(served, asked) is same
+
+
+async def test_url_credentials_are_sent_as_the_header_and_masked_in_replies(aiohttp_server):
+    seen: list[str] = []
+
+    async def echo(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Authorization", ""))
+        return web.json_response({**COMPLETION, "choices": [{"message": {"content": f"got {seen[-1]}"}}]})
+
+    url = (await serve(aiohttp_server, echo)).replace("http://", "http://bob:hunter2@")
+    async with ChatClient(url, None, 5, 1) as client:
+        reply = await client.complete(PAYLOAD)
+    assert seen == ["Basic Ym9iOmh1bnRlcjI="]
+    assert reply.text == "got Basic ***"
+
+
+async def test_a_refused_connection_is_a_connection_failure_and_a_timeout_is_not(aiohttp_server):
+    with pytest.raises(Retryable) as e:
+        await complete(f"http://127.0.0.1:{free_port()}/v1")
+    assert e.value.connection
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.json_response(COMPLETION)
+
+    with pytest.raises(Retryable) as e:
+        await complete(await serve(aiohttp_server, slow), timeout=0.3)
+    assert not e.value.connection

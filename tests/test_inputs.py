@@ -417,3 +417,95 @@ def test_check_showcase_shortens_a_long_list(tmp_path):
     msg = one_line_error(e)
     assert "8" in msg and "index 0" in msg and "index 4" in msg
     assert "index 5" not in msg and "3 more" in msg
+
+
+# --------------------------------------------------------------------------- field counts and encodings
+
+def _with_line(path, n, change):
+    lines = path.read_text(encoding="utf-8").split("\n")
+    lines[n - 1] = change(lines[n - 1])
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def test_a_record_with_a_field_more_than_the_header_names_its_line(tmp_path):
+    path = write_pitches(tmp_path, sample_rows())  # record 1 spans lines 2-3
+    _with_line(path, 5, lambda s: s.replace("周末宠粉夜", "周末,宠粉夜"))
+    with pytest.raises(InputError) as e:
+        load_pitches(path)
+    assert one_line_error(e) == ("pitches.csv line 5: 34 fields, the header has 33 "
+                                 "(an unquoted comma? quote fields that hold commas)")
+
+
+def test_a_record_with_fewer_fields_than_the_header_names_its_line(tmp_path):
+    path = write_pitches(tmp_path, sample_rows())
+    _with_line(path, 6, lambda s: s.rsplit(",", 1)[0])
+    with pytest.raises(InputError) as e:
+        load_pitches(path, need=())
+    assert one_line_error(e) == "pitches.csv line 6: 32 fields, the header has 33"
+
+
+def test_a_first_record_with_an_extra_field_is_not_read_as_an_index(tmp_path):
+    path = write_pitches(tmp_path, sample_rows()[1:])
+    _with_line(path, 2, lambda s: s + ",extra")
+    with pytest.raises(InputError, match="line 2: 34 fields"):
+        load_pitches(path)
+
+
+def test_blank_lines_are_no_records(tmp_path):
+    path = write_pitches(tmp_path, sample_rows())
+    path.write_text(path.read_text(encoding="utf-8") + "\n\n", encoding="utf-8")
+    assert len(load_pitches(path)) == 4
+
+
+def test_a_gbk_file_names_the_line_and_hints_at_the_encoding(tmp_path):
+    path = write_pitches(tmp_path, sample_rows())
+    path.write_bytes(path.read_text(encoding="utf-8").encode("gb18030"))
+    with pytest.raises(InputError) as e:
+        load_pitches(path)
+    msg = one_line_error(e)
+    assert msg.startswith("pitches.csv line 2: not UTF-8 (byte 0x")
+    assert "looks like GB18030/GBK: pass --encoding gb18030 or convert with iconv" in msg
+    df = load_pitches(path, encoding="gb18030")
+    assert df["title"].tolist()[0] == "元旦开年第一播" and df["text"].tolist()[0] == MULTILINE_TEXT
+
+
+def test_a_bad_value_in_a_gbk_file_names_its_line_too(tmp_path):
+    rows = sample_rows()
+    rows[2]["start"] = "2024-13-45 99:99"
+    path = write_pitches(tmp_path, rows)
+    path.write_bytes(path.read_text(encoding="utf-8").encode("gb18030"))
+    with pytest.raises(InputError, match=r"pitches\.csv line 5: start '2024-13-45 99:99'"):
+        load_pitches(path, encoding="gb18030")
+
+
+def test_a_file_in_no_known_encoding_gets_the_plain_hint(tmp_path):
+    path = write_pitches(tmp_path, sample_rows())
+    path.write_bytes(path.read_bytes().replace("国庆狂欢".encode(), b"\xff\xfe\xff\xfe"))
+    with pytest.raises(InputError) as e:
+        load_pitches(path)
+    msg = one_line_error(e)
+    assert "not UTF-8 (byte 0xff)" in msg and "looks like GB18030" not in msg and "iconv" in msg
+
+
+def test_the_encoding_a_command_sets_is_used_and_unknown_ones_are_named(tmp_path):
+    from liveroom.data.inputs import csv_encoding
+
+    path = write_pitches(tmp_path, sample_rows())
+    path.write_bytes(path.read_text(encoding="utf-8").encode("gb18030"))
+    with csv_encoding("gb18030"):
+        assert len(load_pitches(path)) == 4
+    with pytest.raises(InputError, match="not UTF-8"):
+        load_pitches(path)
+    with pytest.raises(InputError, match="--encoding: unknown encoding 'klingon'"):
+        load_pitches(path, encoding="klingon")
+    utf8 = write_pitches(tmp_path, sample_rows(), name="bom.csv", bom=True)
+    assert len(load_pitches(utf8, encoding="UTF8")) == 4  # utf-8 named any way still takes a BOM
+
+
+def test_a_long_item_name_is_cut_to_the_cap(tmp_path):
+    from liveroom.data.inputs import MAX_ITEM_NAME
+
+    showcase = sample_showcase()
+    showcase[SAMPLE_STARTS[3]][0][1] = "箱" * 100_000
+    got = load_showcase(write_goods(tmp_path, showcase))
+    assert MAX_ITEM_NAME == 200 and got[SAMPLE_STARTS[3]][0].name == "箱" * 200
