@@ -6,14 +6,16 @@ reply means, and decides itself which jobs a resumed run still needs.
 
 =============  ==============================================================
 ``engine``     workers, the job/task contract, stats
-``errors``     what a call can end in: Retryable, Rejected, Fatal, UnusableReply
+``errors``     what a call can end in: Retryable, Rejected, Fatal, UnusableReply; RunFailed
 ``record``     the Record type and its one line format (and the done-scan pattern)
-``checkpoint`` the run directory: manifest, append-only JSONL, resume scan
-``transport``  the HTTP layer: error mapping, completion and error-body readers
+``checkpoint`` the run directory: manifest, append-only JSONL (whole lines only), resume scan
+``transport``  the HTTP layer: error mapping, readers, base URL and credentials, redaction
 ``chat``       the chat-completions client; ``batch_api`` the Batch API client
-``limits``     rpm / tpm limits and the shared cool-down; ``policy`` retries
-``providers``  what differs by provider (the default base URL)
+``limits``     rpm / tpm limits, the shared cool-down, outages; ``policy`` retries
+``providers``  what differs by provider (default base URL, batch profiles)
 ``progress``   the progress bar or lines; ``runner`` the event loop
-``http``       old import path of the chat client and errors, re-exported
 =============  ==============================================================
+
+What it promises under faults (no hang, whole records, no secret shown) is
+listed in ``docs/RELIABILITY.md`` with the test of each promise.
 """

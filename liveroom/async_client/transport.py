@@ -47,6 +47,7 @@ class Reply:
 
 _AUTH = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)((?:basic|bearer)\s+)?[^\s\"',;}\]]+")
 _TOKEN = re.compile(r"\b(Bearer\s+|Basic\s+|sk-)[A-Za-z0-9+/=*._~\-]{4,}")
+_HINTS = ("sk-", "bearer", "basic", "authorization", "://")
 _USERINFO = re.compile(r"(://)[^/\s@:\"']*:[^/\s@\"']*@")
 
 
@@ -57,8 +58,11 @@ def redact(text: str, *secrets: str | None) -> str:
     """``text`` with each of ``secrets`` and anything shaped like one masked: an
     ``Authorization`` value, a Bearer or Basic token, an ``sk-`` key, ``user:pass@``."""
     for secret in secrets:
-        if secret and len(secret) >= 4:
+        if secret and len(secret) >= 4 and secret in text:
             text = text.replace(secret, "***")
+    low = text.lower()  # the patterns are looked for only where a cheap search finds a hint of one
+    if not any(hint in low for hint in _HINTS):
+        return text
     text = _AUTH.sub(r"\1\2***", text)
     text = _TOKEN.sub(r"\1***", text)
     return _USERINFO.sub(r"\1***@", text)
