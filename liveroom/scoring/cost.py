@@ -247,17 +247,17 @@ class UsageTotals:
         paths = {g: checkpoint.path(g) for g in groups}
         if any((p.stat().st_size if p.exists() else 0) < self.counted.get(g, 0) for g, p in paths.items()):
             fresh = recompute(run_dir, groups)
-            for f in fields(self):
-                if f.name != "prices":
-                    setattr(self, f.name, getattr(fresh, f.name))
+            for name in (fl.name for fl in fields(self)):
+                if name != "prices":
+                    setattr(self, name, getattr(fresh, name))
             return
         for group, path in paths.items():
             start = self.counted.get(group, 0)
             if not path.exists():
                 continue
-            with open(path, "rb") as f:
-                f.seek(start)
-                for line in f:
+            with open(path, "rb") as stream:
+                stream.seek(start)
+                for line in stream:
                     if not line.endswith(b"\n"):
                         break  # a torn tail is no record
                     start += len(line)
