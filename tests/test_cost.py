@@ -295,7 +295,10 @@ def test_collect_prints_the_totals_and_says_when_usage_json_differs(tmp_path, si
     assert p.returncode == 0, p.stderr
     assert "collect: usage: 48 request(s) ok, 0 failed" in p.stderr
     usage = json.loads((feats / "coverage.json").read_text())["usage"]
-    assert usage["usage_json"] == "absent" and usage["prompt_tokens"] == s.stats()["prompt_tokens"]
+    assert usage["usage_json"] == "agrees" and usage["prompt_tokens"] == s.stats()["prompt_tokens"]  # bin/score's
+    (out / USAGE).unlink()  # a run of before usage.json
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    assert json.loads((feats / "coverage.json").read_text())["usage"]["usage_json"] == "absent"
 
     wrong = recompute(out, STAGES)
     wrong.prompt_tokens += 5

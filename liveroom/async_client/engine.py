@@ -67,6 +67,16 @@ class Task(Protocol):
         """The payload asking again after an unusable reply."""
 
 
+class Admission(Protocol):
+    """A gate the caller sets on sending (a budget), asked for each job as it is about to be sent."""
+
+    def reserve(self, job: Job) -> str | None:
+        """None: ``job`` may be sent (what it may cost is held until :meth:`release`); else why the run stops."""
+
+    def release(self, job: Job, record: Record) -> None:
+        """``job`` is done: ``record`` is written (and passed to ``on_record``)."""
+
+
 @dataclass
 class EngineConfig:
     """How hard the engine pushes and how long it keeps trying."""
@@ -130,6 +140,7 @@ class Engine:
         self.stats = Stats(outage=self.outage)
         self.on_record: Callable[[Record], None] = on_record or (lambda record: None)
         self.on_warning: Callable[[str], None] = on_warning or _warn
+        self.admission: Admission | None = None  # set by the caller: asked before each job is sent
         self.stopped: str | None = None
         self._stop = asyncio.Event()
         self._error: LiveroomError | None = None
@@ -206,6 +217,12 @@ class Engine:
             job = await queue.get()
             if job is None or self._stop.is_set():
                 return
+            refused = self.admission.reserve(job) if self.admission is not None else None
+            if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
+                await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns
+                if not self._stop.is_set():
+                    self.stop(refused)
+                return
             try:
                 record = await self._process(job)
             except _Stopped:
@@ -216,6 +233,8 @@ class Engine:
             else:
                 self.stats.failed += 1
             self.on_record(record)
+            if self.admission is not None:
+                self.admission.release(job, record)
 
     # -- sending ---------------------------------------------------------------------
     def _before_sleep(self, rs: RetryCallState) -> None:

@@ -46,11 +46,16 @@ def outage_note(stats: Stats) -> str:
 
 
 class Progress:
-    """Reports a run's progress as records come in; the counts are read from ``stats_of()``."""
+    """Reports a run's progress as records come in; the counts are read from ``stats_of()``.
+
+    ``extra()``, when given, is the caller's text added to each line (``spent 1.23 CNY``): what the
+    engine does not know of stays out of it.
+    """
 
     def __init__(self, stats_of: Callable[[], Stats], file: TextIO | None = None, every: float = 10.0,
-                 bar: bool | None = None) -> None:
+                 bar: bool | None = None, extra: Callable[[], str] | None = None) -> None:
         self._stats_of = stats_of  # read at each refresh
+        self._extra_of = extra
         file = file or sys.stderr  # looked up now: stderr may have been replaced since import
         self._file = file
         self._every = every
@@ -76,11 +81,17 @@ class Progress:
                 s = self._stats_of()
                 tokens = (s.prompt_tokens + s.completion_tokens) / max(now - s.started, 1e-9)
                 self._bar.set_postfix_str(f"{tokens:.0f} tok/s retries={s.retries} 429={s.throttled} "
-                                          f"invalid={s.invalid} failed={s.failed}{outage_note(s)}", refresh=True)
+                                          f"invalid={s.invalid} failed={s.failed}{outage_note(s)}{self._extra()}",
+                                          refresh=True)
                 self._last = now
         elif now - self._last > self._every:
-            print(f"progress: {status_line(self._stats_of())}", file=self._file, flush=True)
+            print(f"progress: {status_line(self._stats_of())}{self._extra()}", file=self._file, flush=True)
             self._last = now
+
+    def _extra(self) -> str:
+        """``; <the caller's text>``, or nothing."""
+        text = self._extra_of() if self._extra_of is not None else ""
+        return f"; {text}" if text else ""
 
     def write(self, text: str) -> None:
         """A line of its own (a warning), above the bar when there is one."""

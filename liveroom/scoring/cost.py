@@ -7,7 +7,8 @@ tokens, cost) are kept in ``RUN_DIR/usage.json``, written atomically, and can
 always be recomputed from the records, which hold each request's ``usage``
 summed over its re-asks. A record imported from a Batch API output has no
 latency (nothing was timed), which is how its tokens are billed at the batch
-price.
+price. bin/score keeps ``usage.json`` current while it runs and stops at
+``--budget`` (:mod:`.budget`); bin/batch updates it after each import.
 
 The dry run (``bin/score --dry-run``, ``bin/batch prepare --dry-run``) checks
 every input as the real command does, then counts, per stage, the requests
@@ -146,6 +147,11 @@ def add_cost_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None:
                                                     f"{DEFAULT_CURRENCY})")
     g.add_argument("--price-file", metavar="FILE",
                    help="JSON or TOML of model -> prices (e.g. data/prices.example.json); the two flags above win")
+    if not batch:
+        g.add_argument("--budget", type=non_negative_float, metavar="AMOUNT",
+                       help="stop sending before the run's cost (usage.json, every earlier run counted) plus the "
+                            "worst case of the requests in flight would pass AMOUNT; needs the prices; the stop "
+                            "exits 130, as an interrupt does, and a rerun with a higher --budget goes on")
     if batch:
         g.add_argument("--batch-discount", type=number(float, 0, 1, name="share"), default=None,
                        help="the batch price as a share of the prices (default: the price file's, else "
@@ -270,6 +276,16 @@ class UsageTotals:
     def save(self, run_dir: str | Path) -> None:
         """Into ``run_dir/usage.json``, whole or not at all."""
         atomic_write(Path(run_dir) / USAGE, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+
+
+def update_usage(run_dir: str | Path, groups: Any, prices: Prices | None = None) -> UsageTotals:
+    """``usage.json`` brought up to date with the records of ``groups`` and saved (after a batch import);
+    ``prices`` replace the ones it holds, else those stay."""
+    totals = UsageTotals.load(run_dir) or UsageTotals()
+    totals.prices = prices or totals.prices
+    totals.catch_up(run_dir, groups)
+    totals.save(run_dir)
+    return totals
 
 
 def _read_usage(run_dir: str | Path) -> Any:

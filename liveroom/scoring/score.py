@@ -24,35 +24,50 @@ from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.engine import Engine, EngineConfig, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
+from ..async_client.record import Record
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
 from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
 from ..data.inputs import csv_encoding
+from ..errors import InputError
 from ..locks import run_dir_lock
 from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
-from .cost import add_cost_arguments, dry_run
+from .budget import BUDGET_REACHED, Meter, WorstCase, money
+from .cost import add_cost_arguments, dry_run, resolve_prices
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
 
 
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
                   config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
-                  progress_every: float = 10.0, bar: bool | None = None) -> tuple[Stats, str | None]:
+                  progress_every: float = 10.0, bar: bool | None = None,
+                  meter: Meter | None = None) -> tuple[Stats, str | None]:
     """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did).
 
     The checkpoint is scanned before anything is written: with nothing left to
-    do, nothing is (the run may sit on read-only media).
+    do, nothing is (the run may sit on read-only media). ``meter`` keeps
+    ``usage.json``, shows the money spent and, with a budget, admits each job.
     """
     checkpoint = Checkpoint(run_dir)
     jobs, todo = plan_jobs(plan, scan_done(plan, checkpoint))
     if todo == 0:
         return Stats(), None
+    if meter is not None:
+        meter.open()
     checkpoint.open(plan.manifest)
     try:
         async with ChatClient(base_url, api_key, timeout, config.concurrency) as client:
             engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
-            progress = Progress(lambda: engine.stats, every=progress_every, bar=bar)
-            engine.on_record = progress.update
+            progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
+                                extra=meter.text if meter is not None else None)
+
+            def on_record(record: Record) -> None:
+                if meter is not None:
+                    meter.counted(record)  # first: the progress line shows the money with this record
+                progress.update(record)
+
+            engine.on_record = on_record
+            engine.admission = meter if meter is not None and meter.budget is not None else None
             engine.on_warning = lambda text: progress.write(f"score: warning: {text}")
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,8 +84,13 @@ async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped the run is the one to show
             checkpoint.close()
+        with contextlib.suppress(Exception):
+            if meter is not None:
+                meter.save()
         raise
     checkpoint.close()
+    if meter is not None:
+        meter.save()
     return stats, engine.stopped
 
 
@@ -149,6 +169,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
                          args.prompts, args.out)
+    prices = resolve_prices(args, plan.params.model)
+    if args.budget is not None and prices is None:
+        raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
+                         "or --price-file")
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
         return dry_run(args, plan)
     where.require_key()  # nothing goes to a remote endpoint without a key
@@ -158,12 +182,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                           give_up_after=args.give_up_after)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = check_manifest(run_dir, plan.manifest)
+        worst = WorstCase(prices, args.max_reasks) if prices is not None else None
+        meter = Meter(run_dir, plan.manifest["groups"], prices, args.budget, worst)
         stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
-                                          args.tpm, args.timeout, args.progress_every))
+                                          args.tpm, args.timeout, args.progress_every, meter=meter))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
         return 0
-    print(f"score: {status_line(stats).split(' ETA')[0]}; checkpoint {run_dir}", file=sys.stderr)
+    spent = f"; {meter.text()}" if meter.text() else ""
+    print(f"score: {status_line(stats).split(' ETA')[0]}{spent}; checkpoint {run_dir}", file=sys.stderr)
+    if stopped == BUDGET_REACHED and meter.totals.prices is not None:  # a stop like an interrupt's
+        print(f"score: budget reached: spent {money(meter.spent or 0.0)} of {money(args.budget)} "
+              f"{meter.totals.prices.currency}; raise --budget to go on ({stats.total - stats.done} request(s) "
+              "left)", file=sys.stderr)
+        return 130
     if stopped:
         print(f"score: {stopped.lower() if stopped.startswith('SIG') else stopped}: "
               f"{stats.total - stats.done} request(s) left; run the same command again to resume",

@@ -27,7 +27,7 @@ from ...async_client.providers import (
 from ...async_client.transport import endpoint_host
 from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
 from ...errors import InputError
-from ..cost import add_cost_arguments, dry_run
+from ..cost import Prices, add_cost_arguments, dry_run, resolve_prices, update_usage
 from ..plan import ModelParams, Plan, make_plan
 from ..score import add_request_arguments
 from .flows import (
@@ -46,7 +46,7 @@ from .flows import (
 )
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 from .reference import import_reference_by_hand, reference_hint
-from .state import load_state
+from .state import load_state, read_manifest
 
 _SAID = {
     "uploaded": "{name}: uploaded as {file_id}",
@@ -71,6 +71,13 @@ def _say(e: Event) -> None:
     if s is not None:
         shown.update(name=s.name, file_id=s.file_id, batch_id=s.batch_id, status=s.status, line=s.line())
     _err("batch: " + _SAID[e.kind].format(**shown))
+
+
+def _count_usage(run_dir: Path, groups: Any = None, prices: Prices | None = None) -> None:
+    """``usage.json`` brought up to date with the records imported (priced at the batch discount: they have
+    no latency) and with ``prices`` when given (prepare's, so that fetch and import can price what comes)."""
+    with locked(run_dir):
+        update_usage(run_dir, read_manifest(run_dir).get("groups", {}) if groups is None else groups, prices)
 
 
 def _api(args: argparse.Namespace, run: Run) -> Api:
@@ -117,8 +124,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.dry_run:  # every input checked: print what prepare would write and its cost, write nothing
         return dry_run(args, plan, limits)
     run_dir = Path(args.out)
+    prices = resolve_prices(args, plan.params.model)
     with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on it
         r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
+    if prices is not None and r.requests:
+        _count_usage(run_dir, plan.manifest["groups"], prices)
     _err(_prepared_line(r, args.max_reasks))
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
@@ -158,6 +168,7 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     if not r.watched:
         _err("batch: no batch to fetch")
         return 0
+    _count_usage(run.dir)
     if r.report.seen or r.report.files_skipped:
         for line in r.report.lines():
             _err(line)
@@ -188,6 +199,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         r = import_reference_by_hand(Path(args.run), files, api_key(), args.pitches, args.goods, args.accept_model)
     else:
         r = import_by_hand(Path(args.run), files, api_key(), args.accept_model)
+    _count_usage(Path(args.run))
     for line in r.report.lines():
         _err(line)
     if args.id_scheme == "run" and (hint := reference_hint(r.report)):
