@@ -339,7 +339,7 @@ def test_rpm_is_spread_evenly(tmp_path, sim):
     assert elapsed >= 47 * 0.1 - 0.2
 
 
-def test_429_pauses_every_worker(tmp_path, sim):
+def test_a_scattered_429_delays_its_own_request_only(tmp_path, sim):
     pitches, goods = make_inputs(tmp_path, 4)
     s = sim("--fail-first", "1", "--fail-first-kind", "429", "--retry-after", "1.5")
     run = tmp_path / "run"
@@ -347,10 +347,10 @@ def test_429_pauses_every_worker(tmp_path, sim):
     assert p.returncode == 0, p.stderr
     recs = [json.loads(line) for line in (run / "entry.jsonl").read_text().splitlines()]
     t = sorted(r["t"] for r in recs)
-    # the first 429 arrives at once; without a shared pause the other three
-    # workers would answer all 31 other requests in well under a second
+    # the first request gets a 429 at once and waits its Retry-After holding no slot:
+    # the other 31 are answered meanwhile, well under a second
     early = [x for x in t if x - t[0] < 1.0]
-    assert len(early) <= 4, len(early)
+    assert len(early) == 31, len(early)
     assert t[-1] - t[0] >= 1.2
     assert s.stats()["faults"]["429"] == 1
 

@@ -1,9 +1,12 @@
 """One chat-completions call over aiohttp.
 
-What the answer means is decided in :mod:`.transport`: :class:`~.errors.Retryable`
-(408, 409, 429, 5xx, timeouts, dropped connections, garbled bodies) is worth
-another try, :class:`~.errors.Fatal` (401, 403, ``insufficient_quota``) stops
-the run, :class:`~.errors.Rejected` (other 4xx) fails this request only.
+What the answer means is decided in :mod:`.transport`, by the provider's error
+code first (``provider``: its table is read before the others'):
+:class:`~.errors.Retryable` (408, 409, 429, 5xx, timeouts, dropped
+connections, garbled bodies) is worth another try, :class:`~.errors.Fatal`
+(401, 403, no quota, arrears) stops the run, :class:`~.errors.Rejected` (other
+4xx, a content filter) fails this request only. A reply's ``x-ratelimit-*``
+headers come back with it (``Reply.window``).
 
 Credentials in the base URL become the ``Authorization`` header (never sent in
 the URL); every secret is masked out of the reply text and of error messages,
@@ -13,14 +16,14 @@ so nothing the server echoes reaches a record or the terminal.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 import orjson
 
-from .transport import Reply, http_error, read_completion, target, transport_errors
+from .providers import Provider
+from .transport import Reply, http_error, rate_window, read_completion, target, transport_errors
 
 CONNECT_TIMEOUT = 10.0  # seconds to make a connection: a host that never answers is known soon
 
@@ -28,8 +31,10 @@ CONNECT_TIMEOUT = 10.0  # seconds to make a connection: a host that never answer
 class ChatClient:
     """POSTs chat-completion payloads to ``{base_url}/chat/completions``."""
 
-    def __init__(self, base_url: str, api_key: str | None, timeout: float, connections: int) -> None:
+    def __init__(self, base_url: str, api_key: str | None, timeout: float, connections: int,
+                 provider: Provider | None = None) -> None:
         self.target = target(base_url, api_key)
+        self.provider = provider
         self.url = self.target.base_url.rstrip("/") + "/chat/completions"
         self._secrets = self.target.secrets
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, CONNECT_TIMEOUT))
@@ -63,5 +68,6 @@ class ChatClient:
         if status == 200:
             reply = read_completion(body, time.monotonic() - t0)
             text = self.target.redact(reply.text)
-            return reply if text == reply.text else replace(reply, text=text)
-        raise http_error(status, headers, body, self._secrets, self.url)
+            window = rate_window(headers)
+            return reply if text == reply.text and window is None else reply._replace(text=text, window=window)
+        raise http_error(status, headers, body, self._secrets, self.url, provider=self.provider)

@@ -1,11 +1,15 @@
-"""A fixed pool of workers pulling jobs from a bounded queue.
+"""A pool of workers pulling jobs from a bounded queue, under a live concurrency limit.
 
 The queue is fed lazily from an iterator, so memory stays flat however many
-jobs there are. Each job is sent through the rate limits and the retry
-policy; its reply is validated by the task and, when the task raises
-:class:`~.errors.UnusableReply`, asked again with the reason (and at most
-``reask_chars`` of the bad reply); the outcome is appended to the checkpoint
-as one :class:`~.record.Record`, which keeps the model the server named.
+jobs there are. A job starts when :meth:`Engine._admit` lets it in: a slot
+under the :class:`~.concurrency.ConcurrencyLimit` (AIMD between 1 and
+``concurrency``). A job waiting for a retry gives its slot up (``pool``
+workers per slot leave room for them), so a scattered 429 delays that job
+only; every worker waits only when the provider's window is full. Each job is
+sent through the rate limits and the retry policy; its reply is validated by
+the task and, on :class:`~.errors.UnusableReply` (or every token spent on reasoning), asked
+again with the reason (at most ``reask_chars`` of the bad reply, ``reask_max_tokens`` when
+set); the outcome is appended as one :class:`~.record.Record`, which keeps the model that served it.
 
 The engine knows nothing of what it asks: a job is an id, a checkpoint group,
 a request body, meta fields for the record and a token estimate; what a reply
@@ -36,7 +40,8 @@ from tenacity import RetryCallState
 
 from ..errors import LiveroomError
 from .checkpoint import Checkpoint
-from .errors import CallError, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
+from .concurrency import ConcurrencyLimit, Slot
+from .errors import CallError, Filtered, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
 from .limits import Limits, Outage
 from .policy import retry_policy
 from .record import ERROR, INVALID, KEEP_CHARS, OK, Record, cut
@@ -92,6 +97,9 @@ class EngineConfig:
     first_failures: int = 3     # failed connections, with no answer yet, that mean a dead endpoint
     reask_chars: int = 4096     # at most this much of a bad reply is sent back in a re-ask
     keep_chars: int = KEEP_CHARS  # at most this much of a reply is kept in its record
+    adaptive: bool = True       # the limit moves between 1 and concurrency; False: always concurrency
+    reask_max_tokens: int | None = None  # max_tokens of a re-ask; None: the job's own
+    pool: int = 4               # workers per slot of the ceiling: jobs waiting for a retry hold none
 
 
 @dataclass
@@ -105,14 +113,22 @@ class Stats:
     retries: int = 0
     throttled: int = 0          # 429s
     invalid: int = 0            # unusable replies (each re-ask counts)
+    filtered: int = 0           # refused by the provider's content filter (counted in failed too)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     outage: Outage | None = None  # the endpoint's state, for the progress line
+    limit: ConcurrencyLimit | None = None  # the live concurrency limit, for the progress line
 
     @property
     def done(self) -> int:
         return self.ok + self.failed
+
+
+MAX_PAUSE = 600.0  # seconds a full provider window may pause every worker, at most
+#: the reason of an empty reply whose tokens all went to reasoning, sent back in its re-ask
+NO_CONTENT = ("the reply was empty: every token went to reasoning (finish_reason length); "
+              "answer with the JSON only")
 
 
 class _Stopped(Exception):
@@ -137,7 +153,9 @@ class Engine:
                  on_warning: Callable[[str], None] | None = None) -> None:
         self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config
         self.outage = Outage(config.probe_every)
-        self.stats = Stats(outage=self.outage)
+        self.limiter = ConcurrencyLimit(config.concurrency, config.adaptive)
+        self.stats = Stats(outage=self.outage, limit=self.limiter)
+        self._pool = config.concurrency * max(1, config.pool)  # workers: room for jobs waiting to retry
         self.on_record: Callable[[Record], None] = on_record or (lambda record: None)
         self.on_warning: Callable[[str], None] = on_warning or _warn
         self.admission: Admission | None = None  # set by the caller: asked before each job is sent
@@ -168,11 +186,11 @@ class Engine:
 
     async def run(self, jobs: Iterable[Job], total: int) -> Stats:
         """Do ``jobs`` (``total`` of them, for progress) until done, stopped or failed."""
-        self.stats = Stats(total=total, outage=self.outage)
+        self.stats = Stats(total=total, outage=self.outage, limit=self.limiter)
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._guarded(self._produce(jobs, queue), "reading the jobs"))
         workers = self._workers = [asyncio.create_task(self._guarded(self._worker(queue), "a worker"))
-                                   for _ in range(self.config.concurrency)]
+                                   for _ in range(self._pool)]
         all_done: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
@@ -209,24 +227,40 @@ class Engine:
             await queue.put(job)
             if self._stop.is_set():
                 return
-        for _ in range(self.config.concurrency):
+        for _ in range(self._pool):
             await queue.put(None)
 
+    async def _admit(self, slot: Slot) -> None:
+        """Wait until one more job may start: the one place that decides when a job is let in.
+
+        Now: a slot under the live concurrency limit (:mod:`.concurrency`), kept from the
+        worker's last job while the limit allows; the caller's :class:`Admission` (a budget)
+        is asked next, once the job is known.
+        """
+        await slot.take()
+
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
+        slot = Slot(self.limiter)
         while not self._stop.is_set():
+            if not slot.held:  # kept from the last job: nothing to wait for
+                await self._admit(slot)
             job = await queue.get()
             if job is None or self._stop.is_set():
+                slot.release()
                 return
             refused = self.admission.reserve(job) if self.admission is not None else None
             if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
+                slot.release()
                 await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns
                 if not self._stop.is_set():
                     self.stop(refused)
                 return
             try:
-                record = await self._process(job)
+                record = await self._process(job, slot)
             except _Stopped:
+                slot.release()
                 return
+            slot.done()  # kept for the next job unless the limit dropped or a retried job waits
             self.checkpoint.write(job.group, record)
             if record.status == OK:
                 self.stats.ok += 1
@@ -239,19 +273,30 @@ class Engine:
     # -- sending ---------------------------------------------------------------------
     def _before_sleep(self, rs: RetryCallState) -> None:
         self.stats.retries += 1
-        exc = rs.outcome.exception() if rs.outcome else None
-        if isinstance(exc, Retryable) and exc.status == 429:
-            self.stats.throttled += 1
-            # every worker waits, not only this one
-            self.limits.cooldown.trip(rs.upcoming_sleep)
 
-    async def _nap(self, seconds: float) -> None:
-        """A retry's wait, cut short (and the job left) when the run stops."""
+    async def _nap(self, seconds: float, slot: Slot) -> None:
+        """A retry's wait, its slot lent to another job; cut short (and the job left) when the run stops."""
+        slot.park()
         try:
             await asyncio.wait_for(self._stop.wait(), seconds)
         except asyncio.TimeoutError:
+            await slot.resume()
             return
         raise _Stopped
+
+    def _refused(self, stamp: int, e: Retryable) -> None:
+        """What a failure tells the limits: a 429 feeds the concurrency limit; a rate 429 with a Retry-After
+        while 429s are a large share of the answers says the provider's window is full: everyone waits."""
+        if e.status != 429:
+            return self.limiter.other(stamp)
+        self.stats.throttled += 1
+        self.limits.observe(e.window)
+        if not self.limiter.throttled(stamp, e.signal == "cap"):
+            return  # a scattered 429: this job waits, holding no slot
+        if e.retry_after and e.signal == "rate":
+            self.limits.cooldown.trip(min(e.retry_after, MAX_PAUSE))
+        elif not e.retry_after and self.limiter.adaptive:  # the cut limit holds it back: no backoff needed
+            e.retry_after = 0.0
 
     def _unanswered(self, e: Retryable) -> bool:
         """A send that could not connect: True when it is an outage (wait, do not count it)."""
@@ -278,19 +323,25 @@ class Engine:
             me = asyncio.current_task()
             assert me is not None
             self._sending.add(me)
+            stamp = self.limiter.send()
             try:
                 reply = await self.client.complete(payload)
             except Retryable as e:
+                self._refused(stamp, e)
                 if e.connection and self._unanswered(e):
                     continue
                 if not e.connection:
                     self._got_answer()
                 raise
-            except CallError:
-                self._got_answer()
+            except BaseException as e:  # another answer (CallError), or cancelled by the stop
+                self.limiter.other(stamp)
+                if isinstance(e, CallError):
+                    self._got_answer()
                 raise
             finally:
                 self._sending.discard(me)
+            self.limiter.ok(stamp)
+            self.limits.observe(reply.window)
             self._got_answer()
             self.limits.settle(tokens, reply.usage.get("total_tokens"))
             return reply
@@ -299,7 +350,7 @@ class Engine:
         self._answered = True
         self.outage.end()
 
-    async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
+    async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int], slot: Slot) -> Reply:
         """One reply, through limits and retries; ``tries[0]`` counts the attempts.
 
         Most sends succeed at once, so the retry policy is entered only after a
@@ -310,7 +361,7 @@ class Engine:
         except Retryable as e:
             failed: list[Retryable] = [e]
         policy = retry_policy(self.config.max_retries, self.config.backoff_initial,
-                              self.config.backoff_max, self._before_sleep, self._nap)
+                              self.config.backoff_max, self._before_sleep, lambda s: self._nap(s, slot))
         async for attempt in policy:
             with attempt:
                 if failed:
@@ -327,7 +378,13 @@ class Engine:
         self.on_warning(f"the server answered with model {served!r}, not {asked!r} "
                         "(each record keeps the model that answered it)")
 
-    async def _process(self, job: Job) -> Record:
+    def _reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
+        """The task's re-ask, with ``reask_max_tokens`` when set."""
+        payload = self.task.reask(job, payload, text[:self.config.reask_chars], reason)
+        key = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
+        return {**payload, key: self.config.reask_max_tokens} if self.config.reask_max_tokens else payload
+
+    async def _process(self, job: Job, slot: Slot) -> Record:
         t0 = time.monotonic()
         payload, tries, reasks = job.payload, [0], 0
         usage: dict[str, int] = {}
@@ -340,10 +397,11 @@ class Engine:
 
         while True:
             try:
-                reply = await self._send(payload, job.tokens, tries)
+                reply = await self._send(payload, job.tokens, tries, slot)
             except Retryable as e:
                 return record(ERROR, error=f"{e} (gave up after {tries[0]} attempts)")
-            except Rejected as e:
+            except Rejected as e:  # a content filter's starts with content_filter: a rerun leaves it
+                self.stats.filtered += isinstance(e, Filtered)
                 return record(ERROR, error=str(e))
             text, model = reply.text, reply.model or None
             self._check_model(payload, reply.model)
@@ -352,10 +410,12 @@ class Engine:
             self.stats.prompt_tokens += reply.usage.get("prompt_tokens", 0)
             self.stats.completion_tokens += reply.usage.get("completion_tokens", 0)
             try:
+                if not text and reply.finish_reason == "length":
+                    raise UnusableReply(NO_CONTENT)
                 return record(OK, scores=self.task.validate(job, text))
             except UnusableReply as e:
                 self.stats.invalid += 1
                 if reasks >= self.config.max_reasks or self._stop.is_set():
                     return record(INVALID, error=str(e))
                 reasks += 1
-                payload = self.task.reask(job, payload, text[:self.config.reask_chars], str(e))
+                payload = self._reask(job, payload, text, str(e))

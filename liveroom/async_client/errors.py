@@ -6,7 +6,8 @@
     ├── Retryable        worth another try (408, 409, 429, 5xx, timeouts, dropped connections)
     │   └── GarbledBody  a 200 whose body is not a chat completion
     ├── Rejected         the server refused this request only (other 4xx)
-    ├── Fatal            the run cannot go on (401, 403, no quota); one line, exit status 2
+    │   └── Filtered     the provider's content filter refused it (reason ``content_filter``)
+    ├── Fatal            the run cannot go on (401, 403, no quota, arrears); one line, exit status 2
     │   └── Unreachable  the endpoint never answered: DNS, refused, TLS
     └── UnusableReply    the task cannot use the reply's text; the engine asks again
 
@@ -14,7 +15,9 @@
 
 A :class:`Retryable` with ``connection`` set never reached the server (DNS,
 refused, TLS, connect timeout): the engine counts those apart, as an endpoint
-that is down, not as this request's failure.
+that is down, not as this request's failure. Its ``signal`` says what a 429
+told the concurrency limiter: ``cap`` (too many in flight), ``rate`` (a rate
+or load limit, or a 429 without a known code), None (nothing).
 
 The engine decides what to do from the class alone; the task raises
 :class:`UnusableReply` (or a subclass of it) with a short reason that is sent
@@ -23,7 +26,17 @@ back to the model.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 from ..errors import LiveroomError
+
+if TYPE_CHECKING:
+    from .limits import Window
+
+Signal = Literal["cap", "rate"]
+
+#: how the error of a request refused by a content filter starts (the record's reason)
+CONTENT_FILTER = "content_filter"
 
 
 class CallError(Exception):
@@ -34,11 +47,13 @@ class Retryable(CallError):
     """Worth another try, after ``retry_after`` seconds when the server said so."""
 
     def __init__(self, reason: str, retry_after: float | None = None, status: int | None = None,
-                 connection: bool = False) -> None:
+                 connection: bool = False, signal: Signal | None = None, window: Window | None = None) -> None:
         super().__init__(reason)
         self.retry_after = retry_after
         self.status = status
         self.connection = connection  # no connection was made: the endpoint, not the request
+        self.signal = signal          # what a 429 says to the concurrency limiter
+        self.window = window          # the x-ratelimit-* headers of the answer, when it had them
 
 
 class GarbledBody(Retryable):
@@ -51,6 +66,10 @@ class GarbledBody(Retryable):
 
 class Rejected(CallError):
     """The server refused this request (4xx other than the retryable ones)."""
+
+
+class Filtered(Rejected):
+    """The provider's content filter refused this request; ``str(err)`` starts with ``content_filter:``."""
 
 
 class Fatal(CallError, LiveroomError):

@@ -6,15 +6,25 @@
   most one second's worth (so no 60-s window sees more than the limit
   plus one second's tokens), charged with an estimate before a call and
   corrected by the ``usage`` the server returns;
-* a 429 trips the shared :class:`CoolDown`, pausing every worker;
+* the server's own window, from ``x-ratelimit-remaining-*`` and
+  ``x-ratelimit-reset-*`` headers (:class:`Window`, OpenAI's format):
+  :class:`Allowance` lets through what it says is left (requests, estimated
+  tokens) and holds every send back until the reset once it is used up, then
+  lets one request probe until the next answer says more;
+* the shared :class:`CoolDown` pauses every worker: the engine trips it only
+  for a global window (a share of 429s that says the provider's window is
+  full, with its ``Retry-After``), never for one scattered 429;
 * an endpoint that worked and stopped answering is an :class:`Outage`: every
   worker waits for it together while one at a time probes.
+
+``--rpm`` / ``--tpm`` stay caps the user sets; the headers only ever hold back more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 
 from asyncio_throttle import Throttler
 
@@ -76,6 +86,54 @@ class Outage:
             await self._up.wait()
 
 
+@dataclass(frozen=True, slots=True)
+class Window:
+    """What an answer's ``x-ratelimit-*`` headers said; None where a header was absent or unreadable."""
+
+    requests: int | None = None        # x-ratelimit-remaining-requests
+    requests_reset: float | None = None  # x-ratelimit-reset-requests, seconds
+    tokens: int | None = None          # x-ratelimit-remaining-tokens
+    tokens_reset: float | None = None    # x-ratelimit-reset-tokens, seconds
+
+
+class Allowance:
+    """Requests (or tokens) the server said are left until its reset.
+
+    Sends are charged against it; once too little is left, every send waits
+    for the reset, and then one goes alone (a probe) until an answer says how
+    much is left again.
+    """
+
+    __slots__ = ("left", "until", "interval")
+
+    def __init__(self) -> None:
+        self.left: float | None = None  # None: nothing known, nothing held back
+        self.until = 0.0                # monotonic time of the reset
+        self.interval = 1.0             # the last reset said, for the next probe
+
+    def update(self, left: int | None, reset: float | None, now: float) -> None:
+        if left is None:
+            return
+        self.left = float(left)
+        if reset is not None:
+            self.interval = max(0.001, reset)
+        self.until = now + self.interval
+
+    def wait(self, amount: float, now: float) -> float:
+        """Seconds before ``amount`` may go (0: now)."""
+        if self.left is None or self.left >= amount or now >= self.until:
+            return 0.0
+        return self.until - now
+
+    def charge(self, amount: float, now: float) -> None:
+        if self.left is None:
+            return
+        if self.left < amount:  # the reset passed: this one probes, the next waits for its answer
+            self.left, self.until = 0.0, now + self.interval
+        else:
+            self.left -= amount
+
+
 class TokenBucket:
     """Tokens refilled at ``per_minute / 60`` a second, holding ``burst_seconds`` worth."""
 
@@ -119,6 +177,8 @@ class Limits:
             self._throttler = Throttler(rate_limit=1, period=period, retry_interval=min(0.01, period / 20))
         self._lock = asyncio.Lock()  # one poller at a time instead of every worker
         self.tokens = TokenBucket(tpm) if tpm else None
+        self._requests_left: Allowance | None = None  # made when an answer first carries the headers
+        self._tokens_left = Allowance()
 
     async def acquire(self, tokens: float) -> None:
         """Wait for the cool-down, a request slot and ``tokens`` (an estimate)."""
@@ -128,7 +188,32 @@ class Limits:
                 await self._throttler.acquire()
         if self.tokens is not None:
             await self.tokens.take(tokens)
+        if self._requests_left is not None:
+            await self._allowed(self._requests_left, tokens)
         await self.cooldown.wait()
+
+    async def _allowed(self, requests: Allowance, tokens: float) -> None:
+        """Wait until the server's window has a request and ``tokens`` left, then charge them."""
+        while True:
+            now = time.monotonic()
+            wait = max(requests.wait(1, now), self._tokens_left.wait(tokens, now))
+            if wait <= 0:
+                requests.charge(1, now)
+                self._tokens_left.charge(tokens, now)
+                return
+            await asyncio.sleep(min(wait, 1.0))  # an answer may say more is left before then
+
+    def observe(self, window: Window | None) -> None:
+        """What an answer's rate-limit headers said (None: it had none, nothing is held back on them)."""
+        if window is None:
+            if self._requests_left is not None:  # a server that stopped sending them
+                self._requests_left.left = self._tokens_left.left = None
+            return
+        if self._requests_left is None:
+            self._requests_left = Allowance()
+        now = time.monotonic()
+        self._requests_left.update(window.requests, window.requests_reset, now)
+        self._tokens_left.update(window.tokens, window.tokens_reset, now)
 
     def settle(self, estimated: float, used: float | None) -> None:
         """Correct the token charge by what the server counted, when it said."""

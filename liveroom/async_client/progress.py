@@ -1,8 +1,10 @@
 """Progress on stderr: a tqdm bar on a terminal, a plain line every few seconds otherwise.
 
-While the endpoint is unreachable the line says so (``endpoint unreachable
-for 2m10s (last error: ...)``); :meth:`Progress.refresh`, called on a timer,
-keeps it coming when no record does.
+Both show the live concurrency limit (``limit 16/64``: 16 slots now, 64 the
+ceiling; ``fixed 64`` under ``--fixed-concurrency``). While the endpoint is
+unreachable the line says so (``endpoint unreachable for 2m10s (last error:
+...)``); :meth:`Progress.refresh`, called on a timer, keeps it coming when no
+record does.
 """
 
 from __future__ import annotations
@@ -34,7 +36,12 @@ def status_line(stats: Stats) -> str:
     eta = (stats.total - stats.done) / rate if rate > 0 else float("inf")
     return (f"{stats.done}/{stats.total} {rate:.1f} req/s {tokens:.0f} tok/s "
             f"retries {stats.retries} 429s {stats.throttled} invalid {stats.invalid} "
-            f"failed {stats.failed} ETA {_eta(eta)}") + outage_note(stats)
+            f"failed {stats.failed}{limit_note(stats)} ETA {_eta(eta)}") + outage_note(stats)
+
+
+def limit_note(stats: Stats) -> str:
+    """`` limit 16/64`` (the live concurrency limit), or nothing when there is none."""
+    return f" {stats.limit.describe()}" if stats.limit is not None else ""
 
 
 def outage_note(stats: Stats) -> str:
@@ -81,8 +88,8 @@ class Progress:
                 s = self._stats_of()
                 tokens = (s.prompt_tokens + s.completion_tokens) / max(now - s.started, 1e-9)
                 self._bar.set_postfix_str(f"{tokens:.0f} tok/s retries={s.retries} 429={s.throttled} "
-                                          f"invalid={s.invalid} failed={s.failed}{outage_note(s)}{self._extra()}",
-                                          refresh=True)
+                                          f"invalid={s.invalid} failed={s.failed}{limit_note(s)}{outage_note(s)}"
+                                          f"{self._extra()}", refresh=True)
                 self._last = now
         elif now - self._last > self._every:
             print(f"progress: {status_line(self._stats_of())}{self._extra()}", file=self._file, flush=True)

@@ -5,19 +5,27 @@ provider page, an SDK file at a commit, a public issue thread). A value that
 page marks "not documented" or "not confirmed" is not guessed: it is a
 setting (a ``bin/batch`` flag) whose default here is the conservative choice,
 and the comment beside it says so. Fields are grouped by what uses them
-(``Provider.batch`` for ``bin/batch``, ``Provider.errors`` for reading error
-codes), so the rate-limit settings and the full error-code table of the
-provider-limits issue go into the same profiles as further groups.
+(``Provider.batch`` for ``bin/batch``, ``Provider.errors`` for what an error
+code means to the engine: :class:`Rule`, looked up by :func:`rule_for`).
+
+No provider documents rate-limit figures that hold for every account (they go
+by account tier and model, PROVIDERS.md section 3), so a profile holds none:
+the engine learns the limits from the answers (:mod:`.concurrency`) and from
+``x-ratelimit-*`` headers where a server sends them (:mod:`.limits`).
 
 The profile of a run is ``--provider NAME`` or, when not given, the one whose
 host the base URL names (:func:`detect`); any other server is ``generic``,
-which behaves as ``bin/batch`` always has.
+which behaves as ``bin/batch`` always has. Error codes are recognised
+whatever the host, since they do not collide, except ``insufficient_quota``:
+OpenAI's billing error (fatal), DashScope's token throttle (a rate limit),
+decided by the provider (OpenAI's meaning when it is not known).
 """
 
 from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import urlsplit
@@ -65,12 +73,117 @@ class BatchProfile:
         return window
 
 
+#: what the engine does with an error code (docs/PROVIDERS.md's categories, ``cap`` split in two):
+#: ``fatal`` stop the run with one line naming the code and what to do; ``cap`` a concurrency cap:
+#: the limit drops at once; ``rate`` a rate or load limit: this request waits, and the limit drops
+#: only when such answers are a large share of the recent ones; ``filter`` the content filter: this
+#: request fails with reason ``content_filter``; ``request`` this request fails; ``retry`` try again
+Action = Literal["fatal", "cap", "rate", "filter", "request", "retry"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What one error code means; ``says`` ends a fatal line (``{endpoint}`` is filled in).
+
+    ``when`` narrows the rule to messages holding that text (case-insensitive): one code
+    can mean two things, told apart by its message (DashScope's free quota).
+    """
+
+    action: Action
+    says: str = ""
+    when: str = ""
+
+
+Codes = Mapping[str, tuple[Rule, ...]]  # error code (as a string) -> its rules, the first that fits wins
+
+
 @dataclass(frozen=True)
 class ErrorProfile:
-    """What a provider's error codes mean; for now only which codes are its content filter."""
+    """What a provider's error codes mean, and which ``finish_reason`` of a 200 is its content filter."""
 
-    content_filter: frozenset[str] = frozenset()        # error codes (as strings)
+    codes: Codes = field(default_factory=dict)
     filter_finish_reasons: frozenset[str] = frozenset()  # finish_reason of a 200 reply that was filtered
+
+    @property
+    def content_filter(self) -> frozenset[str]:
+        """The codes of the content filter."""
+        return frozenset(c for c, rules in self.codes.items() if any(r.action == "filter" for r in rules))
+
+
+def _rules(action: Action, says: str, *codes: str) -> dict[str, tuple[Rule, ...]]:
+    return {c: (Rule(action, says),) for c in codes}
+
+
+AUTH = "the key was refused: check OPENAI_API_KEY and the endpoint {endpoint}"
+RESUME = ", then run the same command again to resume"
+
+# docs/PROVIDERS.md 1.1 (ZP-code: the Z.ai / bigmodel error-code page); a code's HTTP status is not
+# looked at: 1113 (arrears) comes as a 429, 1301 (filter) as a 400
+ZHIPU_CODES: Codes = {
+    **_rules("fatal", "Zhipu: authentication failed: check OPENAI_API_KEY and the endpoint {endpoint}",
+             "1000", "1001", "1002", "1003", "1004"),
+    **_rules("fatal", "Zhipu: account read/write error: check the account in the console", "1100"),
+    **_rules("fatal", "Zhipu: the account is not active: activate it in the console", "1110"),
+    **_rules("fatal", "Zhipu: the account does not exist: check OPENAI_API_KEY", "1111"),
+    **_rules("fatal", "Zhipu: the account is locked: contact Zhipu", "1112", "1121"),
+    **_rules("fatal", "Zhipu: the account is in arrears: recharge it or buy a resource package" + RESUME, "1113"),
+    # the page says "try again later"; issue 11 makes it fatal: a few minutes later, the same command resumes
+    **_rules("fatal", "Zhipu: the account cannot be reached now: try again later" + RESUME, "1120"),
+    **_rules("fatal", "Zhipu: the model does not exist or does not take this call: check --model", "1211", "1212"),
+    **_rules("fatal", "Zhipu: no permission for this API, or the API is offline or unknown: check the base URL",
+             "1220", "1221", "1222"),
+    **_rules("fatal", "Zhipu: the daily call limit of this API is reached: run again tomorrow", "1304"),
+    **_rules("fatal", "Zhipu: a usage cap of the plan is reached (the message says when it resets)" + RESUME,
+             "1308", "1310"),
+    **_rules("fatal", "Zhipu: the plan expired or does not include this model: renew it or check --model",
+             "1309", "1311"),
+    **_rules("fatal", "Zhipu: requests are restricted under the fair-use policy: ask for unblocking in the console",
+             "1313"),
+    **_rules("request", "", "1200", "1210", "1213", "1214", "1215", "1231", "1261"),
+    **_rules("filter", "", "1300", "1301"),
+    **_rules("cap", "", "1302"),               # too many requests in flight: lower the concurrency
+    **_rules("rate", "", "1303", "1305", "1312"),  # request frequency, traffic limit, model overloaded
+    **_rules("retry", "", "500", "1230", "1234"),
+}
+
+_DS_FREE = Rule("fatal", "DashScope: the free quota is used up: allow paid use in the console" + RESUME,
+                "free allocated quota")
+
+# docs/PROVIDERS.md 1.2 (DS-err, DS-err-start, DS-rate): native and compatible-mode spellings
+DASHSCOPE_CODES: Codes = {
+    **_rules("fatal", "DashScope: the account is in arrears (overdue payment): settle it in the console" + RESUME,
+             "Arrearage"),
+    **_rules("fatal", AUTH, "InvalidApiKey", "invalid_api_key"),
+    **_rules("fatal", "DashScope: access denied (no permission, service not activated or overdue payment): "
+                      "check the account in the console", "AccessDenied", "access_denied"),
+    **_rules("fatal", "DashScope: the model or path does not exist: check --model and the base URL",
+             "ModelNotFound", "NotFound"),
+    **_rules("filter", "", "DataInspectionFailed", "data_inspection_failed"),
+    # one InvalidParameter fails every request: a model that thinks only when streaming
+    "InvalidParameter": (Rule("fatal", "DashScope: this model thinks only when streaming: add "
+                                       "--extra-body '{{\"enable_thinking\": false}}'", "enable_thinking"),
+                         Rule("request")),
+    # the TPM throttle: compatible mode's insufficient_quota is listed beside it (a cap here, unlike OpenAI's)
+    "Throttling.AllocationQuota": (_DS_FREE, Rule("rate")),
+    "insufficient_quota": (_DS_FREE, Rule("rate")),
+    **_rules("rate", "", "Throttling.RateQuota", "Throttling"),
+    **_rules("retry", "", "InternalError", "ServiceUnavailable"),
+}
+
+_BILLING = "the account's quota is used up: check the plan and billing details" + RESUME
+
+# docs/PROVIDERS.md 1.3 (OAI-err and the bodies seen)
+OPENAI_CODES: Codes = {
+    **_rules("fatal", AUTH, "invalid_api_key"),
+    **_rules("fatal", _BILLING, "insufficient_quota", "credit_balance_exhausted", "organization_spend_limit_exceeded",
+             "project_spend_limit_exceeded", "organization_usage_limit_exceeded"),
+    # "Request too large ... (TPM)" comes as rate_limit_exceeded too, and never succeeds when resent
+    "rate_limit_exceeded": (Rule("request", "", "request too large"), Rule("rate")),
+    **_rules("request", "", "context_length_exceeded"),
+}
+
+# docs/PROVIDERS.md 1.5 (llama.cpp server-common.cpp format_error_response)
+LLAMACPP_CODES: Codes = {**_rules("request", "", "exceed_context_size_error")}
 
 
 @dataclass(frozen=True)
@@ -90,6 +203,8 @@ OPENAI = Provider(
     # completion_window Required[Literal["24h"]]; files.retrieve exists (src/openai/resources/files.py);
     # list limit 1-100 (resources/batches.py). docs/PROVIDERS.md section 4.
     BatchProfile(),
+    # finish_reason "content_filter": the SDK's Choice (src/openai/types/chat/chat_completion.py)
+    ErrorProfile(OPENAI_CODES, frozenset({"content_filter"})),
 )
 
 ZHIPU = Provider(
@@ -112,7 +227,7 @@ ZHIPU = Provider(
     ),
     # 1301 unsafe content (seen as HTTP 400, langchain4j#1079), 1300 blocked by policy (ZP-code);
     # finish_reason "sensitive": blocked by the safety review (查询异步结果 page)
-    ErrorProfile(frozenset({"1300", "1301"}), frozenset({"sensitive"})),
+    ErrorProfile(ZHIPU_CODES, frozenset({"sensitive"})),
 )
 
 DASHSCOPE = Provider(
@@ -131,13 +246,20 @@ DASHSCOPE = Provider(
     ),
     # DataInspectionFailed / data_inspection_failed: "Input or output data may contain inappropriate content"
     # (DS-err-2024; compat bodies in camel-ai/owl#432)
-    ErrorProfile(frozenset({"data_inspection_failed", "DataInspectionFailed"})),
+    ErrorProfile(DASHSCOPE_CODES),
 )
 
 # any OpenAI-compatible server: bin/batch as it always was; a --completion-window is passed on unchecked
 GENERIC = Provider("generic", None, (), BatchProfile(window_hours=None))
 
+# local servers (PROVIDERS.md 1.4, 1.5): no Batch API, no host to detect, no default address: the user names it
+VLLM = Provider("vllm", None)
+LLAMACPP = Provider("llamacpp", None, errors=ErrorProfile(LLAMACPP_CODES))
+
+#: the providers of bin/batch (each has a Batch API profile)
 PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC)}
+#: the providers of bin/score: the batch ones and the local servers
+CHAT_PROVIDERS: dict[str, Provider] = {**PROVIDERS, VLLM.name: VLLM, LLAMACPP.name: LLAMACPP}
 
 
 def detect(base_url: str) -> Provider:
@@ -149,26 +271,53 @@ def detect(base_url: str) -> Provider:
     return GENERIC
 
 
-def resolve_provider(name: str | None, base_url: str) -> Provider:
-    """``--provider`` when given, else the one :func:`detect` finds."""
+def resolve_provider(name: str | None, base_url: str, known: Mapping[str, Provider] = PROVIDERS) -> Provider:
+    """``--provider`` when given (one of ``known``), else the one :func:`detect` finds."""
     if name is None:
         return detect(base_url)
-    if name not in PROVIDERS:
-        raise InputError(f"--provider: unknown provider {name!r}; choose from {', '.join(PROVIDERS)}")
-    return PROVIDERS[name]
+    if name not in known:
+        raise InputError(f"--provider: unknown provider {name!r}; choose from {', '.join(known)}")
+    return known[name]
 
 
 def default_base_url(name: str | None) -> str:
     """The base URL a command uses when none is given: the named provider's, else OpenAI's."""
-    p = PROVIDERS.get(name or "")
+    p = CHAT_PROVIDERS.get(name or "")
     return (p.base_url if p is not None else None) or DEFAULT_BASE_URL
 
 
-def add_provider_argument(p: argparse.ArgumentParser, default_text: str | None = None) -> None:
+def add_provider_argument(p: argparse.ArgumentParser, default_text: str | None = None,
+                          known: Mapping[str, Provider] = PROVIDERS, what: str = "batch paths and limits") -> None:
     """``--provider``, the same for every command that has it."""
-    p.add_argument("--provider", choices=tuple(PROVIDERS), default=None,
-                   help="the provider's defaults: base URL, batch paths and limits (default: "
+    p.add_argument("--provider", choices=tuple(known), default=None,
+                   help=f"the provider's defaults: base URL, {what} (default: "
                         + (default_text or "detected from the base URL's host; generic for any other") + ")")
+
+
+# every code of every provider, for a server whose provider is not known: codes do not collide
+# but for insufficient_quota, OpenAI's (fatal) before DashScope's (a rate limit), as it always was
+_ANY: dict[str, tuple[Rule, ...]] = {}
+for _p in (OPENAI, ZHIPU, DASHSCOPE, LLAMACPP):
+    for _code, _rules_of in _p.errors.codes.items():
+        _ANY.setdefault(_code, _rules_of)
+
+
+def rule_for(provider: Provider | None, code: str, message: str = "") -> Rule | None:
+    """What error ``code`` means: in ``provider``'s table first, then in any provider's; None when unknown.
+
+    A dotted code is also looked up by its last part (``InternalError.Algo.DataInspectionFailed``).
+    """
+    if not code:
+        return None
+    own = provider.errors.codes if provider is not None else {}
+    rules = own.get(code) or _ANY.get(code)
+    if rules is None and "." in code:
+        last = code.rsplit(".", 1)[-1]
+        rules = own.get(last) or _ANY.get(last)
+    if rules is None:
+        return None
+    low = message.lower()
+    return next((r for r in rules if not r.when or r.when in low), None)
 
 
 def is_content_filter(code: str | None) -> bool:
@@ -177,12 +326,14 @@ def is_content_filter(code: str | None) -> bool:
     A dotted code is also matched by its last part: DashScope has been seen sending
     ``InternalError.Algo.DataInspectionFailed`` (QwenLM/qwen-code#3145).
     """
-    if not code:
-        return False
-    last = code.rsplit(".", 1)[-1]
-    return any(c in p.errors.content_filter for p in PROVIDERS.values() for c in (code, last))
+    rule = rule_for(None, code or "")
+    return rule is not None and rule.action == "filter"
+
+
+#: every provider's finish_reason of a filtered 200 reply
+FILTER_FINISH: frozenset[str] = frozenset().union(*(p.errors.filter_finish_reasons for p in PROVIDERS.values()))
 
 
 def filtered_finish(reason: str | None) -> bool:
     """Whether a 200 reply's ``finish_reason`` says its content was filtered."""
-    return bool(reason) and any(reason in p.errors.filter_finish_reasons for p in PROVIDERS.values())
+    return bool(reason) and reason in FILTER_FINISH

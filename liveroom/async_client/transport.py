@@ -1,10 +1,17 @@
 """The HTTP layer both clients share: what an answer means, in one place each.
 
 * :func:`transport_errors`: timeouts and dropped connections -> :class:`Retryable`;
-* :func:`http_error`: a non-2xx status -> :class:`Fatal`, :class:`Retryable` or
-  :class:`Rejected`, with the server's ``Retry-After``;
+* :func:`http_error`: a non-2xx answer -> :class:`Fatal`, :class:`Retryable`,
+  :class:`Rejected` or :class:`Filtered`, decided by the provider's error code
+  first (:func:`~.providers.rule_for`: Zhipu's 1113 arrives as a 429 and is
+  fatal), by the status when the code is not known; with the server's
+  ``Retry-After`` and what a 429 says to the concurrency limiter;
 * :func:`error_info`: (message, code) of an OpenAI-style error body;
-* :func:`read_completion`: a chat completion body -> :class:`Reply`;
+* :func:`read_completion`: a chat completion body -> :class:`Reply`; a filtered
+  reply (``finish_reason`` ``content_filter``, ``sensitive``) is :class:`Filtered`,
+  ``content: null`` with ``finish_reason: "length"`` (max_tokens spent reasoning)
+  an empty reply the engine asks again, never a transport retry;
+* :func:`rate_window`: the ``x-ratelimit-*`` headers -> :class:`~.limits.Window`;
 * :func:`target`: a base URL and key -> where requests go and their
   ``Authorization`` (credentials in the URL become a Basic header);
 * :func:`served_as`: whether the model a server names is the one asked for.
@@ -25,24 +32,28 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 import orjson
 
 from ..errors import InputError
-from .errors import Fatal, GarbledBody, Rejected, Retryable
+from .errors import CONTENT_FILTER, Fatal, Filtered, GarbledBody, Rejected, Retryable, Signal
+from .limits import Window
+from .providers import FILTER_FINISH, Provider, rule_for
 
 
-@dataclass(frozen=True)
-class Reply:
-    """A usable chat completion: the text, the server's token counts, its model name."""
+class Reply(NamedTuple):
+    """A usable chat completion: the text, the server's token counts, its model name
+    (a named tuple: one is made per reply, and a tuple is made fastest)."""
 
     text: str
     usage: dict[str, int]
     model: str
     latency: float = 0.0  # seconds from send to the whole body
+    finish_reason: str = ""
+    window: Window | None = None  # the answer's x-ratelimit-* headers, when it had them
 
 
 _AUTH = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)((?:basic|bearer)\s+)?[^\s\"',;}\]]+")
@@ -204,6 +215,41 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
         return None
 
 
+_DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?(?:ms|h|m|s))+")
+_PART = re.compile(r"([0-9]+(?:\.[0-9]*)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def reset_seconds(text: str | None) -> float | None:
+    """Seconds of an ``x-ratelimit-reset-*`` value: ``20ms``, ``1s``, ``1.5s``, ``6m0s``, ``1h0m0s``
+    or a bare number of seconds; None for anything else."""
+    if not text:
+        return None
+    text = text.strip()
+    if (plain := _seconds(text)) is not None:
+        return plain
+    if not _DURATION.fullmatch(text):
+        return None
+    return sum(float(n) * _UNIT[unit] for n, unit in _PART.findall(text))
+
+
+def _count(text: str | None) -> int | None:
+    try:
+        return max(0, int(text)) if text is not None else None
+    except ValueError:
+        return None
+
+
+def rate_window(headers: Mapping[str, str]) -> Window | None:
+    """The ``x-ratelimit-remaining-*`` / ``x-ratelimit-reset-*`` headers (OpenAI's format,
+    docs/PROVIDERS.md section 3); None when the answer has neither remaining count."""
+    requests, tokens = headers.get("x-ratelimit-remaining-requests"), headers.get("x-ratelimit-remaining-tokens")
+    if requests is None and tokens is None:
+        return None
+    return Window(_count(requests), reset_seconds(headers.get("x-ratelimit-reset-requests")),
+                  _count(tokens), reset_seconds(headers.get("x-ratelimit-reset-tokens")))
+
+
 def error_info(body: bytes | str | Mapping[str, Any] | Any) -> tuple[str, str]:
     """(message, code) of an error body, tolerant of anything.
 
@@ -237,24 +283,39 @@ def error_text(body: bytes | str | Mapping[str, Any] | Any) -> str:
 
 
 def http_error(status: int, headers: Mapping[str, str], body: bytes, key: Secrets, url: str,
-               what: str = "") -> Fatal | Retryable | Rejected:
+               what: str = "", provider: Provider | None = None) -> Fatal | Retryable | Rejected:
     """The error a non-2xx answer stands for, its message free of the key.
 
-    401/403 and ``insufficient_quota`` are :class:`Fatal`; 408, 409, 429 and
-    5xx :class:`Retryable` (with the server's ``Retry-After``); the rest
-    :class:`Rejected`.
+    The error code decides when ``provider``'s table (or any provider's) knows
+    it: ``fatal`` codes are :class:`Fatal` naming what to do, ``filter`` ones
+    :class:`Filtered`, ``request`` ones :class:`Rejected`, ``cap`` / ``rate`` /
+    ``retry`` ones :class:`Retryable`. Else the status: 401/403 are
+    :class:`Fatal`; 408, 409, 429 and 5xx :class:`Retryable` (with the
+    server's ``Retry-After``; a 429 a ``rate`` signal); the rest :class:`Rejected`.
     """
     message, code = error_info(body)
     message = " ".join(message.split())[:500]  # one line, however much the server said
     text = _masked((f"{what}: " if what else "") + f"HTTP {status}" + (f" {code}" if code else "")
                    + (f": {message}" if message else ""), key)
-    if status in (401, 403):
-        return Fatal(f"{text} (check OPENAI_API_KEY and the endpoint {endpoint_host(url)})")
-    if code == "insufficient_quota":
-        return Fatal(f"{text} (the account's quota is used up)")
-    if status in (408, 409, 429) or status >= 500:
-        return Retryable(text, retry_after(headers), status)
-    return Rejected(text)
+    rule = rule_for(provider, code, message)
+    action = rule.action if rule is not None else None
+    if status in (401, 403) or action == "fatal":
+        says = rule.says if rule is not None and rule.action == "fatal" else ""
+        says = says or "check OPENAI_API_KEY and the endpoint {endpoint}"
+        return Fatal(f"{text} ({says.format(endpoint=endpoint_host(url))})")
+    if action == "filter":
+        return Filtered(f"{CONTENT_FILTER}: {text}")
+    if action == "request":
+        return Rejected(text)
+    if action is None and not (status in (408, 409, 429) or status >= 500):
+        return Rejected(text)
+    signal: Signal | None = None
+    if action == "cap" or action == "rate":
+        signal = action
+    elif action is None and status == 429:  # a 429 without a code we know: a rate limit, or random
+        signal = "rate"
+    return Retryable(text, retry_after(headers), status, signal=signal,
+                     window=rate_window(headers) if status == 429 else None)
 
 
 def read_completion(body: bytes | str | Mapping[str, Any], latency: float = 0.0) -> Reply:
@@ -262,7 +323,15 @@ def read_completion(body: bytes | str | Mapping[str, Any], latency: float = 0.0)
     saying what is missing: a 200 that is no completion is worth asking again."""
     try:
         data = orjson.loads(body) if isinstance(body, (bytes, bytearray, str)) else body
-        text = data["choices"][0]["message"]["content"]
+        choice = data["choices"][0]
+        text = choice["message"]["content"]
+        finish = choice.get("finish_reason", "")
+        if finish != "stop":  # the usual reply needs no closer look
+            finish = finish if type(finish) is str else ""
+            if finish in FILTER_FINISH:
+                raise Filtered(f"{CONTENT_FILTER}: finish_reason {finish}")
+            if text is None and finish == "length":  # every token went to reasoning: an empty reply, asked again
+                text = ""
         if not isinstance(text, str):
             raise TypeError("content is not a string")
         usage = data.get("usage")
@@ -271,4 +340,4 @@ def read_completion(body: bytes | str | Mapping[str, Any], latency: float = 0.0)
         model = model if isinstance(model, str) else ""
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise GarbledBody(f"unreadable response body ({e})", f"{type(e).__name__}: {e}") from None
-    return Reply(text, usage, model, latency)
+    return Reply(text, usage, model, latency, finish)

@@ -5,6 +5,13 @@ with single quotes. :func:`extract_json` accepts all of these (``ast.literal_eva
 for the latter: never ``eval``) and raises :class:`ReplyError` with a short
 reason, fit to be sent back to the model in a re-ask.
 
+Reasoning models put their thoughts in the content (docs/PROVIDERS.md section
+5): a leading ``<think>...</think>`` block (GLM-Z1, vLLM or llama.cpp without
+a reasoning parser), only its ``...</think>`` end (DeepSeek-R1, whose opening
+tag is in the template), GLM-4.5V's ``<|begin_of_box|>`` markers. They are
+dropped first (:func:`strip_reasoning`), so a JSON-looking draft inside them
+is never taken for the answer.
+
 It takes linear time whatever the reply's shape (a looping model's 20,000
 ``{`` must not stall the event loop): a reply over :data:`MAX_REPLY_CHARS` is
 refused before any parsing, the bracketed spans are found in at most
@@ -121,8 +128,32 @@ def _candidates(text: str) -> Iterator[str]:
         yield text[start:end]
 
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+_BOXES = ("<|begin_of_box|>", "<|end_of_box|>")
+
+
+def strip_reasoning(text: str) -> str:
+    """``text`` without a leading ``<think>...</think>`` block (or a bare ``...</think>`` prefix)
+    and without GLM-4.5V's box markers; a ``<think>`` never closed leaves nothing."""
+    if THINK_CLOSE in text:
+        head = text.lstrip()
+        if head.startswith(THINK_OPEN) or THINK_OPEN not in text:  # the block, or its end alone (DeepSeek)
+            text = text[text.index(THINK_CLOSE) + len(THINK_CLOSE):]
+    elif text.lstrip().startswith(THINK_OPEN):
+        return ""  # the reply was all reasoning, cut by max_tokens
+    if "<|" in text:
+        for marker in _BOXES:
+            text = text.replace(marker, "")
+    return text
+
+
 def extract_json(text: str) -> dict | list:
-    """The first JSON object or list in ``text``."""
+    """The first JSON object or list in ``text``, reasoning dropped first (:func:`strip_reasoning`)."""
+    if "<" in text:  # one cheap scan: most replies hold no tag at all
+        reasoned = strip_reasoning(text)
+        if not reasoned.strip() and text.strip():
+            raise ReplyError("the reply holds only reasoning (<think> ...), no answer after it")
+        text = reasoned
     if len(text) > MAX_REPLY_CHARS:
         raise ReplyError(f"reply too long ({len(text)} characters, at most {MAX_REPLY_CHARS})")
     text = text.strip()

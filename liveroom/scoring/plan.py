@@ -6,14 +6,18 @@ questions the run directory already holds (a done table of one byte per
 question: a set of 1M request ids would cost 100 MB of strings). The
 checkpoint hands over the raw ids of its ok records; reading them as
 ``stage:index:persona`` (:func:`~liveroom.prompts.stages.request_id`) is done
-here, so the engine never parses an id.
+here, so the engine never parses an id. A question the provider's content
+filter refused (an error record whose reason starts ``content_filter:``) is
+done too: asking again gets the same refusal; ``Plan.retry_filtered``
+(``--retry-filtered``) asks it again.
 """
 
 from __future__ import annotations
 
+import mmap
 import re
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,8 @@ import orjson
 
 from ..async_client.checkpoint import MANIFEST, Checkpoint, sha256_file
 from ..async_client.engine import Job
+from ..async_client.errors import CONTENT_FILTER
+from ..async_client.record import ERROR, RecordError, loads
 from ..async_client.transport import endpoint_host
 from ..data.inputs import check_showcase, load_pitches, load_showcase
 from ..data.personas import Persona, load_personas, personas_json
@@ -41,6 +47,8 @@ class ModelParams:
     temperature: float = 0.2
     max_tokens: int = 1000
     response_format: str = "json_object"
+    #: provider fields merged into every body (``--extra-body``), e.g. ``{"enable_thinking": false}``
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The chat-completions body of one question."""
@@ -51,7 +59,31 @@ class ModelParams:
         elif self.response_format == "json_schema":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": f"{stage}_reply", "strict": True, "schema": schema}}
+        if self.extra_body:
+            body.update(self.extra_body)
         return body
+
+    def manifest(self) -> dict[str, Any]:
+        """The parameters as the run manifest keeps them (``extra_body`` only when there is one,
+        so the manifests of runs made before it stay valid)."""
+        return {"temperature": self.temperature, "max_tokens": self.max_tokens,
+                "response_format": self.response_format,
+                **({"extra_body": dict(self.extra_body)} if self.extra_body else {})}
+
+
+def extra_body(text: str | None) -> dict[str, Any]:
+    """``--extra-body``: a JSON object of fields to merge into every request body."""
+    if not text:
+        return {}
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        raise InputError(f"--extra-body must be a JSON object such as '{{\"enable_thinking\": false}}': {e}") from None
+    if not isinstance(value, dict):
+        raise InputError(f"--extra-body must be a JSON object, got {type(value).__name__}")
+    if "messages" in value:
+        raise InputError("--extra-body cannot set 'messages' (the questions are the run's)")
+    return value
 
 
 class StageTask:
@@ -82,6 +114,7 @@ class Plan:
     personas: tuple[Persona, ...]
     params: ModelParams
     manifest: dict[str, Any]
+    retry_filtered: bool = False  # ask again what a content filter refused (else it counts as done)
 
 
 def parse_stages(text: str, prompts: str = DEFAULT_PROMPTS) -> tuple[Stage, ...]:
@@ -146,8 +179,7 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
         "format": 1,
         "model": params.model,
         "endpoint": endpoint_host(base_url),
-        "params": {"temperature": params.temperature, "max_tokens": params.max_tokens,
-                   "response_format": params.response_format},
+        "params": params.manifest(),
         # named for every set but the first, so that the manifests of runs made before sets stay valid
         **({"prompts": prompt_set} if prompt_set != UNNAMED_PROMPTS else {}),
         "groups": {s.name: s.version for s in chosen},
@@ -164,7 +196,42 @@ def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
         for s in plan.stages:
             for ids in checkpoint.ok_ids(s.name):
                 done.add(s.name, ids)
+            if not plan.retry_filtered:
+                done.add(s.name, filtered_ids(checkpoint.path(s.name)))
     return done
+
+
+_FILTERED = b'"error":"' + CONTENT_FILTER.encode()  # as orjson writes a record's reason: no space
+
+
+def filtered_ids(path: Path) -> list[bytes]:
+    """Ids of the whole error records of ``path`` whose reason is the content filter.
+
+    Fast when there are none (one search of the mapped file); each line that
+    holds the reason is read whole, so a damaged line or a reply quoting it never counts.
+    """
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return []
+    with f:
+        if path.stat().st_size == 0:
+            return []
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            ids: list[bytes] = []
+            at = m.find(_FILTERED)
+            while at >= 0:
+                start, end = m.rfind(b"\n", 0, at) + 1, m.find(b"\n", at)
+                if end < 0:
+                    break  # the last line, torn: no record
+                try:
+                    rec = loads(m[start:end])
+                except RecordError:
+                    rec = None
+                if rec is not None and rec.status == ERROR and (rec.error or "").startswith(CONTENT_FILTER):
+                    ids.append(rec.id.encode())
+                at = m.find(_FILTERED, end)
+            return ids
 
 
 def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:

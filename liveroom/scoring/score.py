@@ -4,8 +4,10 @@ Wires the stages (:mod:`liveroom.prompts.stages`) to the generic engine: validat
 all input (and that a remote endpoint has a key) before anything is sent,
 takes the run directory's one-writer lock, checks or writes the run manifest,
 skips what the checkpoint already holds (a run with nothing left writes
-nothing), and runs the engine with progress, limits, retries and clean
-shutdown on SIGINT/SIGTERM.
+nothing; what a content filter refused counts as held unless
+``--retry-filtered``), and runs the engine with progress, limits, retries and
+clean shutdown on SIGINT/SIGTERM. ``--provider`` (else the base URL's host)
+says whose error codes are read first and gives the default base URL.
 """
 
 from __future__ import annotations
@@ -24,10 +26,26 @@ from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.engine import Engine, EngineConfig, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
+from ..async_client.providers import (
+    CHAT_PROVIDERS,
+    LLAMACPP,
+    VLLM,
+    Provider,
+    add_provider_argument,
+    default_base_url,
+    resolve_provider,
+)
 from ..async_client.record import Record
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
-from ..cliargs import add_base_url_argument, non_negative_int, positive_float, positive_int, resolve_endpoint
+from ..cliargs import (
+    BASE_URL_ENV,
+    add_base_url_argument,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    resolve_endpoint,
+)
 from ..data.inputs import csv_encoding
 from ..errors import InputError
 from ..locks import run_dir_lock
@@ -35,13 +53,25 @@ from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
 from .cost import add_cost_arguments, dry_run, resolve_prices
-from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, Plan, StageTask, make_plan, plan_jobs, scan_done
+from .plan import (
+    DEFAULT_MODEL,
+    RESPONSE_FORMATS,
+    ModelParams,
+    Plan,
+    StageTask,
+    extra_body,
+    make_plan,
+    plan_jobs,
+    scan_done,
+)
+
+LOCAL_SERVERS = (VLLM.name, LLAMACPP.name)  # no address of their own: the user names it
 
 
 async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
                   config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
                   progress_every: float = 10.0, bar: bool | None = None,
-                  meter: Meter | None = None) -> tuple[Stats, str | None]:
+                  provider: Provider | None = None, meter: Meter | None = None) -> tuple[Stats, str | None]:
     """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did).
 
     The checkpoint is scanned before anything is written: with nothing left to
@@ -56,7 +86,7 @@ async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
         meter.open()
     checkpoint.open(plan.manifest)
     try:
-        async with ChatClient(base_url, api_key, timeout, config.concurrency) as client:
+        async with ChatClient(base_url, api_key, timeout, config.concurrency, provider) as client:
             engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
                                 extra=meter.text if meter is not None else None)
@@ -136,13 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_request_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
-    p.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight (default: %(default)s)")
+    p.add_argument("--concurrency", type=positive_int, default=64,
+                   help="the most requests in flight: the live limit moves between 1 and this, lowered when "
+                        "the provider says it is over its cap, raised while replies come back clean "
+                        "(default: %(default)s)")
+    p.add_argument("--fixed-concurrency", action="store_true",
+                   help="keep --concurrency requests in flight whatever the provider answers")
+    add_provider_argument(p, known=CHAT_PROVIDERS, what="whose error codes are read first")
+    p.add_argument("--extra-body", metavar="JSON", type=extra_body, default={},
+                   help="provider fields merged into every request body and kept in the manifest, e.g. "
+                        "'{\"enable_thinking\": false}' (DashScope), '{\"thinking\": {\"type\": \"disabled\"}}' (GLM)")
+    p.add_argument("--retry-filtered", action="store_true",
+                   help="ask again what the provider's content filter refused (else a rerun leaves it)")
     p.add_argument("--rpm", type=positive_float, help="requests per minute limit, spread evenly")
     p.add_argument("--tpm", type=positive_float, help="tokens per minute limit (estimated, corrected by usage)")
     p.add_argument("--max-retries", type=non_negative_int, default=6,
                    help="transport retries per request (default: %(default)s)")
     p.add_argument("--max-reasks", type=non_negative_int, default=2,
                    help="re-asks after an unusable reply (default: %(default)s)")
+    p.add_argument("--reask-max-tokens", type=positive_int, default=None, metavar="N",
+                   help="max_tokens of a re-ask (e.g. more room for a reasoning model that spent "
+                        "--max-tokens thinking; default: --max-tokens)")
     p.add_argument("--timeout", type=positive_float, default=120.0,
                    help="seconds per HTTP request (default: %(default)s)")
     p.add_argument("--backoff", type=float, default=1.0,
@@ -163,12 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """bin/score; the exit status is the epilog's."""
     args = build_parser().parse_args(argv)
-    endpoint = resolve_endpoint(args.base_url)
+    if args.provider in LOCAL_SERVERS and not (args.base_url or os.environ.get(BASE_URL_ENV)):
+        raise InputError(f"--provider {args.provider}: name the server with --base-url or {BASE_URL_ENV}")
+    endpoint = resolve_endpoint(args.base_url, default_base_url(args.provider))
+    provider = resolve_provider(args.provider, endpoint.base_url, CHAT_PROVIDERS)
     where = target(endpoint.base_url, endpoint.api_key)  # a URL that cannot be used: one line
-    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
+    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
                          args.prompts, args.out)
+    plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(args, plan.params.model)
     if args.budget is not None and prices is None:
         raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
@@ -179,13 +227,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_dir = Path(args.out)
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,
                           max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace,
-                          give_up_after=args.give_up_after)
+                          give_up_after=args.give_up_after, adaptive=not args.fixed_concurrency,
+                          reask_max_tokens=args.reask_max_tokens)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = check_manifest(run_dir, plan.manifest)
-        worst = WorstCase(prices, args.max_reasks) if prices is not None else None
+        worst = WorstCase(prices, args.max_reasks, args.reask_max_tokens) if prices is not None else None
         meter = Meter(run_dir, plan.manifest["groups"], prices, args.budget, worst)
         stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
-                                          args.tpm, args.timeout, args.progress_every, meter=meter))
+                                          args.tpm, args.timeout, args.progress_every, provider=provider,
+                                          meter=meter))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
         return 0
@@ -202,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 143 if stopped == "SIGTERM" else 130
     if stats.failed:
+        filtered = (f"; {stats.filtered} of them refused by the provider's content filter (reason content_filter), "
+                    "which a rerun leaves unless --retry-filtered") if stats.filtered else ""
         print(f"score: {stats.failed} request(s) failed (reasons in {run_dir}/*.jsonl); "
-              "run the same command again to retry them", file=sys.stderr)
+              f"run the same command again to retry them{filtered}", file=sys.stderr)
         return 1
     return 0
