@@ -1,15 +1,11 @@
 """A pool of workers pulling jobs from a bounded queue, under a live concurrency limit.
 
-The queue is fed lazily from an iterator, so memory stays flat however many
-jobs there are. A job starts when :meth:`Engine._admit` lets it in: a slot
-under the :class:`~.concurrency.ConcurrencyLimit` (AIMD between 1 and
-``concurrency``). A job waiting for a retry gives its slot up (``pool``
-workers per slot leave room for them), so a scattered 429 delays that job
-only; every worker waits only when the provider's window is full. Each job is
-sent through the rate limits and the retry policy; its reply is validated by
-the task and, on :class:`~.errors.UnusableReply` (or every token spent on reasoning), asked
-again with the reason (at most ``reask_chars`` of the bad reply, ``reask_max_tokens`` when
-set); the outcome is appended as one :class:`~.record.Record`, which keeps the model that served it.
+The queue is fed lazily from an iterator, so memory stays flat. A job starts when
+:meth:`Engine._admit` lets it in (a slot under the AIMD :class:`~.concurrency.ConcurrencyLimit`);
+waiting for a retry it lends its slot (``pool`` workers per slot leave room), so a scattered 429
+delays that job only. Each job is sent through the rate limits and the retry policy; its reply is
+validated by the task and, on :class:`~.errors.UnusableReply`, asked again with the reason (at most
+``reask_chars`` of the bad reply); the outcome is appended as one :class:`~.record.Record`.
 
 The engine knows nothing of what it asks: a job is an id, a checkpoint group,
 a request body, meta fields for the record and a token estimate; what a reply
@@ -41,7 +37,7 @@ from tenacity import RetryCallState
 from ..errors import LiveroomError
 from .checkpoint import Checkpoint
 from .concurrency import ConcurrencyLimit, Slot
-from .errors import CallError, Filtered, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
+from .errors import CallError, Filtered, NoContent, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
 from .limits import Limits, Outage
 from .policy import retry_policy
 from .record import ERROR, INVALID, KEEP_CHARS, OK, Record, cut
@@ -123,12 +119,6 @@ class Stats:
     @property
     def done(self) -> int:
         return self.ok + self.failed
-
-
-MAX_PAUSE = 600.0  # seconds a full provider window may pause every worker, at most
-#: the reason of an empty reply whose tokens all went to reasoning, sent back in its re-ask
-NO_CONTENT = ("the reply was empty: every token went to reasoning (finish_reason length); "
-              "answer with the JSON only")
 
 
 class _Stopped(Exception):
@@ -233,9 +223,8 @@ class Engine:
     async def _admit(self, slot: Slot) -> None:
         """Wait until one more job may start: the one place that decides when a job is let in.
 
-        Now: a slot under the live concurrency limit (:mod:`.concurrency`), kept from the
-        worker's last job while the limit allows; the caller's :class:`Admission` (a budget)
-        is asked next, once the job is known.
+        A slot under the live concurrency limit (kept from the worker's last job while the limit
+        allows); the caller's :class:`Admission` (a budget) is asked next, once the job is known.
         """
         await slot.take()
 
@@ -285,18 +274,11 @@ class Engine:
         raise _Stopped
 
     def _refused(self, stamp: int, e: Retryable) -> None:
-        """What a failure tells the limits: a 429 feeds the concurrency limit; a rate 429 with a Retry-After
-        while 429s are a large share of the answers says the provider's window is full: everyone waits."""
+        """What a failure tells the limits: a 429 feeds the concurrency limit, then the rate limits."""
         if e.status != 429:
             return self.limiter.other(stamp)
         self.stats.throttled += 1
-        self.limits.observe(e.window)
-        if not self.limiter.throttled(stamp, e.signal == "cap"):
-            return  # a scattered 429: this job waits, holding no slot
-        if e.retry_after and e.signal == "rate":
-            self.limits.cooldown.trip(min(e.retry_after, MAX_PAUSE))
-        elif not e.retry_after and self.limiter.adaptive:  # the cut limit holds it back: no backoff needed
-            e.retry_after = 0.0
+        self.limits.refused(e, self.limiter.throttled(stamp, e.signal == "cap"), self.limiter.adaptive)
 
     def _unanswered(self, e: Retryable) -> bool:
         """A send that could not connect: True when it is an outage (wait, do not count it)."""
@@ -378,12 +360,6 @@ class Engine:
         self.on_warning(f"the server answered with model {served!r}, not {asked!r} "
                         "(each record keeps the model that answered it)")
 
-    def _reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
-        """The task's re-ask, with ``reask_max_tokens`` when set."""
-        payload = self.task.reask(job, payload, text[:self.config.reask_chars], reason)
-        key = "max_completion_tokens" if "max_completion_tokens" in payload else "max_tokens"
-        return {**payload, key: self.config.reask_max_tokens} if self.config.reask_max_tokens else payload
-
     async def _process(self, job: Job, slot: Slot) -> Record:
         t0 = time.monotonic()
         payload, tries, reasks = job.payload, [0], 0
@@ -411,11 +387,13 @@ class Engine:
             self.stats.completion_tokens += reply.usage.get("completion_tokens", 0)
             try:
                 if not text and reply.finish_reason == "length":
-                    raise UnusableReply(NO_CONTENT)
+                    raise NoContent()
                 return record(OK, scores=self.task.validate(job, text))
             except UnusableReply as e:
                 self.stats.invalid += 1
                 if reasks >= self.config.max_reasks or self._stop.is_set():
                     return record(INVALID, error=str(e))
                 reasks += 1
-                payload = self._reask(job, payload, text, str(e))
+                payload = self.task.reask(job, payload, text[:self.config.reask_chars], str(e))
+                if self.config.reask_max_tokens:  # more room for a re-ask (a reasoning model's)
+                    payload = {**payload, "max_tokens": self.config.reask_max_tokens}

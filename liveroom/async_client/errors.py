@@ -10,6 +10,7 @@
     ├── Fatal            the run cannot go on (401, 403, no quota, arrears); one line, exit status 2
     │   └── Unreachable  the endpoint never answered: DNS, refused, TLS
     └── UnusableReply    the task cannot use the reply's text; the engine asks again
+        └── NoContent    every token went to reasoning: an empty reply
 
     RunFailed            not a call's outcome: something broke (a bug, a callback); the run stopped
 
@@ -86,3 +87,11 @@ class RunFailed(LiveroomError):
 
 class UnusableReply(CallError, ValueError):
     """A reply the task cannot use; ``str(err)`` is a short reason fit for a re-ask."""
+
+
+class NoContent(UnusableReply):
+    """An empty reply whose tokens all went to reasoning (``content: null``, ``finish_reason: "length"``)."""
+
+    def __init__(self) -> None:
+        super().__init__("the reply was empty: every token went to reasoning (finish_reason length); "
+                         "answer with the JSON only")

@@ -28,6 +28,10 @@ from dataclasses import dataclass
 
 from asyncio_throttle import Throttler
 
+from .errors import Retryable
+
+MAX_PAUSE = 600.0  # seconds a full provider window may pause every worker, at most
+
 
 class CoolDown:
     """A moment before which no worker sends; any worker may push it later."""
@@ -202,6 +206,21 @@ class Limits:
                 self._tokens_left.charge(tokens, now)
                 return
             await asyncio.sleep(min(wait, 1.0))  # an answer may say more is left before then
+
+    def refused(self, e: Retryable, over: bool, adaptive: bool) -> None:
+        """A 429 (``over``: the concurrency limit took it for the provider being over its limit).
+
+        Over, with a ``Retry-After``, a rate limit says the provider's window is full: every worker
+        waits that long (a scattered 429 delays its own job only). Over without one, the cut
+        limit already holds the job back: it goes again when a slot frees, with no backoff.
+        """
+        self.observe(e.window)
+        if not over:
+            return
+        if e.retry_after and e.signal == "rate":
+            self.cooldown.trip(min(e.retry_after, MAX_PAUSE))
+        elif not e.retry_after and adaptive:
+            e.retry_after = 0.0
 
     def observe(self, window: Window | None) -> None:
         """What an answer's rate-limit headers said (None: it had none, nothing is held back on them)."""
