@@ -4,9 +4,9 @@ Every measurement runs the real commands as separate processes (the server in
 its own process, started with ``--port 0``), repeats each point (``--repeats``,
 default 3) and reports the median; ratios are computed within the same run.
 
-    python bench/bench_engine.py all [--write-docs]      # every table (about 25 minutes)
+    python bench/bench_engine.py all [--write-docs]      # every table (about 40 minutes)
     python bench/bench_engine.py --quick all             # small sizes, one repeat: a smoke test
-    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit [...]
+    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit|limits [...]
 
 Tables:
 
@@ -33,6 +33,10 @@ Tables:
 * ``ratelimit``: ``--rpm``/``--tpm`` runs of 70 s; the busiest second and
   the busiest 60-s window seen by the server (requests) and in the records
   (tokens used).
+* ``limits``: the limits real providers enforce (an in-flight cap with and
+  without a provider code, scattered 429s, a server-side rpm window, arrears),
+  the live concurrency limit against ``--fixed-concurrency`` in the same run
+  (:mod:`bench_limits`).
 
 Every load is bounded in count and in time (each child has a timeout and is
 killed past it); servers bind 127.0.0.1 only. Work files go to
@@ -747,8 +751,15 @@ def write_docs(text: str) -> None:
     DOC.write_text("".join(lines[:start]) + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
 
 
+def bench_limits(o: argparse.Namespace, rep: Report) -> dict:
+    """Provider limits: in-flight caps, scattered 429s, a rate window, arrears (bench/bench_limits.py)."""
+    from bench_limits import bench_limits as run
+
+    return run(o, rep)
+
+
 COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_oldway,
-            "resume": bench_resume, "memory": bench_memory, "ratelimit": bench_ratelimit}
+            "resume": bench_resume, "memory": bench_memory, "ratelimit": bench_ratelimit, "limits": bench_limits}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
