@@ -739,16 +739,38 @@ def machine_line(load_before: str) -> str:
             f"same run.")
 
 
-def write_docs(text: str) -> None:
+def subsections(text: str) -> dict[str, str]:
+    """The ``### `` subsections of a section's text, by heading line, in order (the head under ``""``)."""
+    parts: dict[str, list[str]] = {"": []}
+    key = ""
+    for line in text.splitlines(keepends=True):
+        if line.startswith("### "):
+            key = line.rstrip()
+            parts[key] = []
+        parts[key].append(line)
+    return {k: "".join(v).strip("\n") for k, v in parts.items()}
+
+
+def write_docs(head: str | None, tables: list[str]) -> None:
+    """Put ``tables`` (and ``head``, unless None) under SECTION of the doc: a table replaces the subsection
+    of its heading, others are added at the end; subsections not measured again (or written by hand) and,
+    without ``head``, the section's opening stay as they are."""
     doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     lines = doc.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
     if start is None:
-        DOC.write_text(doc.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n")
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+        start = end = len(lines)
+        lines.append("\n")
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    kept = subsections("".join(lines[start:end]))
+    if head is not None or not kept[""]:
+        kept[""] = (head or SECTION).strip("\n")
+    for part in tables:
+        kept.update({k: v for k, v in subsections(part).items() if k})
     tail = "".join(lines[end:])
-    DOC.write_text("".join(lines[:start]) + text.rstrip("\n") + "\n" + ("\n" + tail if tail else ""))
+    DOC.write_text("".join(lines[:start]).rstrip("\n") + "\n\n" + "\n\n".join(kept.values()) + "\n"
+                   + ("\n" + tail if tail else ""))
 
 
 def bench_limits(o: argparse.Namespace, rep: Report) -> dict:
@@ -813,7 +835,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "python bench/bench_engine.py resume memory --write-docs   # some tables again; the others are kept\n"
                 "python bench/bench_engine.py --write-docs             # this section again from the saved tables\n"
                 "python bench/bench_engine.py --quick all             # smoke test, writes nothing\n```\n")
-        write_docs(head + "\n" + "\n\n".join(parts) + "\n")
+        write_docs(head if "all" in o.table else None, parts)
     return 0
 
 

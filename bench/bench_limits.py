@@ -1,12 +1,12 @@
 """The ``limits`` table of bench/bench_engine.py: bin/score under the limits real providers enforce.
 
-Each scenario of issue 11 runs ``bin/score`` against ``bin/sim-server`` on loopback twice in the
+Each scenario runs ``bin/score`` against ``bin/sim-server`` on loopback twice in the
 same run, the live concurrency limit (the default) and ``--fixed-concurrency`` side by side:
 
 * a cap of 16 in flight at 200 ms, ``--concurrency 64``: Zhipu's ``1302``, then the same cap
   answered with OpenAI's ``rate_limit_exceeded`` (``--cap-code none``);
 * 10% scattered 429s with ``Retry-After: 1`` at 50 +- 25 ms, C = 64, against the same run
-  without faults (2,400 requests as in the issue, and 12,000 where the last retries weigh less),
+  without faults (2,400 requests, and 12,000 where the last retries weigh less),
   and at 200 ms, where client and simulator are not short of CPU;
 * a server ``--rpm-limit 600`` (60-s sliding window) at 50 ms, no ``--rpm``: without and with
   the ``x-ratelimit-*`` headers;

@@ -1,4 +1,4 @@
-"""Full speed under provider limits (issue 11): outcomes against real bin/sim-server processes.
+"""Full speed under provider limits: outcomes against real bin/sim-server processes.
 
 Each scenario runs ``bin/score`` as a user does against ``bin/sim-server
 --profile openai|zhipu|dashscope`` on loopback, without ``--provider`` (the

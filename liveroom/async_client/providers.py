@@ -127,7 +127,7 @@ ZHIPU_CODES: Codes = {
     **_rules("fatal", "Zhipu: the account does not exist: check OPENAI_API_KEY", "1111"),
     **_rules("fatal", "Zhipu: the account is locked: contact Zhipu", "1112", "1121"),
     **_rules("fatal", "Zhipu: the account is in arrears: recharge it or buy a resource package" + RESUME, "1113"),
-    # the page says "try again later"; issue 11 makes it fatal: a few minutes later, the same command resumes
+    # the page says "try again later": stopping costs nothing, a few minutes later the same command resumes
     **_rules("fatal", "Zhipu: the account cannot be reached now: try again later" + RESUME, "1120"),
     **_rules("fatal", "Zhipu: the model does not exist or does not take this call: check --model", "1211", "1212"),
     **_rules("fatal", "Zhipu: no permission for this API, or the API is offline or unknown: check the base URL",

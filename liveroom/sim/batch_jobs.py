@@ -65,7 +65,7 @@ SIM_PROFILES: dict[str, SimProfile] = {p.name: p for p in (
                (400, {"error": {"code": "1301", "message": "系统检测到输入或生成内容可能包含不安全或敏感内容，"
                                                            "请您避免输入易产生敏感内容的提示语，感谢您的配合。"}}),
                ms_timestamps=True, no_file=""),
-    # 500 MB for purpose=batch; 6 MB per line and 24h..336h as issue 13 states (not confirmed);
+    # 500 MB for purpose=batch; 6 MB per line and 24h..336h as cautious defaults (not confirmed);
     # data_inspection_failed as seen in camel-ai/owl#432
     SimProfile("dashscope", "/compatible-mode/v1", "/v1/chat/completions", (24, 336), True, 500 * MB, 400,
                6 * MB, (400, {"error": {"code": "data_inspection_failed", "param": None,
