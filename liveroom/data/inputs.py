@@ -35,6 +35,8 @@ from .moment import CalendarYearError, time_features
 MAX_SHOWCASE_ITEMS = 10
 MAX_ITEM_NAME = 200  # characters of a showcase item's name shown to the model; the rest is cut
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, a byte-order mark allowed
+#: the help of every command's ``--encoding``, whose value goes through :func:`check_encoding`
+ENCODING_HELP = "text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)"
 
 #: the encoding :func:`load_pitches` reads in when not told one (see :func:`csv_encoding`)
 _ENCODING: ContextVar[str | None] = ContextVar("pitches_encoding", default=None)

@@ -6,6 +6,7 @@ import argparse
 from typing import Sequence
 
 from ..cliargs import non_negative_int, number, positive_float, positive_int
+from ..data.inputs import ENCODING_HELP, check_encoding
 from .config import PRESETS, TrainConfig
 from .loop import train
 from .loss import KL_SCHEDULES
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
                     help="directory with entry/action/read/state.npy (pitches x 8) and optional index.npy; "
                          "required unless --inputs tabular")
     ap.add_argument("--out", required=True, metavar="MODEL_DIR", help="output directory (created)")
+    ap.add_argument("--encoding", default=None, help=ENCODING_HELP)
     ap.add_argument("--device", help="cpu, cuda or cuda:N (default cpu)")
     ap.add_argument("--epochs", type=positive_int, help=f"maximum epochs (default {d.epochs})")
     ap.add_argument("--batch-size", type=positive_int, default=d.batch_size, help=f"default {d.batch_size}")
@@ -64,7 +66,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         if getattr(args, name) is not None:
             preset[name] = getattr(args, name)
     return TrainConfig(
-        pitches=args.pitches, out=args.out, features=args.features, device=args.device or d.device,
+        pitches=args.pitches, out=args.out, features=args.features, encoding=args.encoding,
+        device=args.device or d.device,
         epochs=args.epochs or d.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
         hidden=args.hidden, dropout=args.dropout, seed=args.seed, inputs=args.inputs, debias=not args.no_debias,
         preset=args.preset, drop_missing=args.drop_missing, **preset)
@@ -74,6 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``bin/train``: train, print the selected epoch's test metrics."""
     ap = parser()
     args = ap.parse_args(argv)
+    check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
     given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)
     summary = train(config_from_args(args), resume=args.resume, overrides=given)
     test = summary["test"]

@@ -35,6 +35,7 @@ class TrainConfig:
     pitches: str
     out: str
     features: str | None = None
+    encoding: str | None = None     # text encoding of the pitches CSV; None: UTF-8, with or without BOM
     device: str = "cpu"
     epochs: int = 150
     batch_size: int = 16

@@ -47,10 +47,13 @@ from .loss import debias_weight, ylogy
 SPLITS = ("train", "val", "test")
 
 
-def read_pitches(path: str | Path, with_targets: bool) -> pd.DataFrame:
-    """The pitches file with its tabular columns (and the targets, for training) checked numeric."""
+def read_pitches(path: str | Path, with_targets: bool, encoding: str | None = None) -> pd.DataFrame:
+    """The pitches file with its tabular columns (and the targets, for training) checked numeric.
+
+    ``encoding`` is the file's text encoding (None: UTF-8, with or without BOM).
+    """
     numeric = (*TABULAR_COLUMNS, *(TARGET_COLUMNS if with_targets else ()))
-    return load_pitches(path, need=(), numeric=numeric)
+    return load_pitches(path, need=(), numeric=numeric, encoding=encoding)
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -201,7 +204,7 @@ def load_training_data(cfg: TrainConfig, device: torch.device) -> Dataset:
 
     Pitches whose features are not all scores are refused, or left out with ``drop_missing``.
     """
-    pitches = read_pitches(cfg.pitches, with_targets=True)
+    pitches = read_pitches(cfg.pitches, with_targets=True, encoding=cfg.encoding)
     features, dropped = None, 0
     if cfg.with_llm:
         if not cfg.features:

@@ -41,8 +41,8 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,
     """Train as configured; returns the summary also written to ``summary.json``.
 
     With ``resume`` the run continues from ``OUT/last.pt``: its config is
-    kept, except the fields named in ``overrides`` (and the input paths),
-    which are taken from ``cfg``.
+    kept, except the fields named in ``overrides`` (and the input paths
+    and the pitches file's encoding), which are taken from ``cfg``.
     """
     log = log or sys.stderr
     out = Path(cfg.out)
@@ -50,7 +50,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,
     # -- settings: a resumed run keeps its own, except what was given
     ck = _last_checkpoint(out) if resume else None
     if ck is not None:
-        keep = ("pitches", "features", *overrides)
+        keep = ("pitches", "features", "encoding", *overrides)
         cfg = TrainConfig.from_dict({**ck["config"], **{k: getattr(cfg, k) for k in keep}})
     device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)

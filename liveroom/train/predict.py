@@ -2,8 +2,9 @@
 
 The pitches file needs only ``index``, ``start``, ``duration`` and
 ``user_cnt`` (time columns are computed from ``start`` when absent; targets
-are not read). The output CSV has ``index`` and the 20 target columns, one row
-per pitch in input order.
+are not read); it is read as UTF-8 unless ``--encoding`` names another
+encoding. The output CSV has ``index`` and the 20 target columns, one row per
+pitch in input order.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..data.inputs import ENCODING_HELP, check_encoding
 from ..data.layout import N_TABULAR, TARGET_COLUMNS
 from ..data.personas import PERSONA_KEYS
 from ..errors import InputError
@@ -43,12 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--features", metavar="FEATURES_DIR",
                     help="entry/action/read/state.npy for these pitches (needed unless the model is tabular-only)")
     ap.add_argument("--out", required=True, metavar="PRED.csv", help="output CSV")
+    ap.add_argument("--encoding", default=None, help=ENCODING_HELP)
     args = ap.parse_args(argv)
+    check_encoding(args.encoding)  # a name Python does not know: one line, before the model is loaded
 
     net, ck = load_model(args.model)
     if ck["personas"] != list(PERSONA_KEYS):
         raise InputError(f"{args.model}: model was trained for personas {', '.join(ck['personas'])}")
-    pitches = read_pitches(args.pitches, with_targets=False)
+    pitches = read_pitches(args.pitches, with_targets=False, encoding=args.encoding)
     features = None
     if len(ck["inputs"]) > N_TABULAR:
         if not args.features:
