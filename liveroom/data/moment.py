@@ -112,6 +112,11 @@ def part_of_day(hour: int) -> str:
     return "深夜"
 
 
+def calendar_date(day: dt.date) -> str:
+    """The date and weekday as both wordings write them: ``2024年3月8日 星期五``."""
+    return f"{day.year}年{day.month}月{day.day}日 {WEEKDAYS[day.weekday()]}"
+
+
 def describe_moment(when: dt.datetime) -> str:
     """One Chinese paragraph placing the persona at the moment ``when``.
 
@@ -119,7 +124,7 @@ def describe_moment(when: dt.datetime) -> str:
     21:00 it also describes tomorrow.
     """
     day = when.date()
-    clock = f"{day.year}年{day.month}月{day.day}日 {WEEKDAYS[day.weekday()]} {when:%H:%M}"
+    clock = f"{calendar_date(day)} {when:%H:%M}"
     if when.hour < 6:
         return f"现在是{clock}，正是凌晨，大多数人还在休息。天亮后的今天是{day_kind(day)}。"
     text = f"现在是{clock}，{part_of_day(when.hour)}。今天是{day_kind(day)}。"
@@ -149,12 +154,11 @@ def plain_moment(when: dt.datetime) -> str:
     what people usually do at that hour.
     """
     day = when.date()
-    clock = f"{day.year}年{day.month}月{day.day}日 {WEEKDAYS[day.weekday()]} {when:%H:%M}"
+    clock = f"{calendar_date(day)} {when:%H:%M}"
     if when.hour < 6:
         return f"现在是{clock}，凌晨。天亮后的今天是{plain_day_kind(day)}。"
     text = f"现在是{clock}。今天是{plain_day_kind(day)}。"
     if when.hour >= 21:
         tomorrow = day + dt.timedelta(days=1)
-        date = f"{tomorrow.year}年{tomorrow.month}月{tomorrow.day}日 {WEEKDAYS[tomorrow.weekday()]}"
-        text += f"明天是{date}，{plain_day_kind(tomorrow)}。"
+        text += f"明天是{calendar_date(tomorrow)}，{plain_day_kind(tomorrow)}。"
     return text
