@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -23,29 +22,13 @@ from pathlib import Path
 
 from ..async_client.chat import ChatClient
 from ..async_client.checkpoint import Checkpoint, check_manifest
-from ..async_client.engine import Engine, EngineConfig, Stats
+from ..async_client.engine import Engine, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
-from ..async_client.providers import (
-    CHAT_PROVIDERS,
-    LLAMACPP,
-    VLLM,
-    Provider,
-    add_provider_argument,
-    default_base_url,
-    resolve_provider,
-)
 from ..async_client.record import Record
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
-from ..cliargs import (
-    BASE_URL_ENV,
-    add_base_url_argument,
-    non_negative_int,
-    positive_float,
-    positive_int,
-    resolve_endpoint,
-)
+from ..cliargs import positive_float
 from ..data.inputs import csv_encoding
 from ..errors import InputError
 from ..locks import run_dir_lock
@@ -53,26 +36,14 @@ from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
 from .cost import add_cost_arguments, dry_run, resolve_prices
-from .plan import (
-    DEFAULT_MODEL,
-    RESPONSE_FORMATS,
-    ModelParams,
-    Plan,
-    StageTask,
-    extra_body,
-    make_plan,
-    plan_jobs,
-    scan_done,
-)
-
-LOCAL_SERVERS = (VLLM.name, LLAMACPP.name)  # no address of their own: the user names it
+from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
+from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
 
 
-async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
-                  config: EngineConfig, rpm: float | None, tpm: float | None, timeout: float,
-                  progress_every: float = 10.0, bar: bool | None = None,
-                  provider: Provider | None = None, meter: Meter | None = None) -> tuple[Stats, str | None]:
-    """Run what ``plan`` still lacks in ``run_dir``; the counts and why it stopped early (if it did).
+async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every: float = 10.0,
+                  bar: bool | None = None, meter: Meter | None = None) -> tuple[Stats, str | None]:
+    """Run what ``plan`` still lacks in ``run_dir`` as ``chat`` says; the counts and why it stopped
+    early (if it did).
 
     The checkpoint is scanned before anything is written: with nothing left to
     do, nothing is (the run may sit on read-only media). ``meter`` keeps
@@ -86,8 +57,9 @@ async def execute(plan: Plan, run_dir: Path, base_url: str, api_key: str | None,
         meter.open()
     checkpoint.open(plan.manifest)
     try:
-        async with ChatClient(base_url, api_key, timeout, config.concurrency, provider) as client:
-            engine = Engine(client, Limits(rpm, tpm), checkpoint, StageTask(), config)
+        async with ChatClient(chat.base_url, chat.api_key, chat.timeout, chat.engine.concurrency,
+                              chat.provider) as client:
+            engine = Engine(client, Limits(chat.rpm, chat.tpm), checkpoint, StageTask(), chat.engine)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
                                 extra=meter.text if meter is not None else None)
 
@@ -142,13 +114,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"prompt set: the wording the model is shown (default: the set RUN_DIR was made with, "
                         f"{DEFAULT_PROMPTS} for a new run; docs/PROTOCOL.md)")
     p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
-    p.add_argument("--model", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL),
-                   help="model name (default: $LIVEROOM_MODEL or %(default)s)")
-    add_base_url_argument(p)
-    p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
-                   help="response_format sent to the server (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=1000, help="(default: %(default)s)")
+    add_model_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,31 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_request_arguments(p)
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
-    p.add_argument("--concurrency", type=positive_int, default=64,
-                   help="the most requests in flight: the live limit moves between 1 and this, lowered when "
-                        "the provider says it is over its cap, raised while replies come back clean "
-                        "(default: %(default)s)")
-    p.add_argument("--fixed-concurrency", action="store_true",
-                   help="keep --concurrency requests in flight whatever the provider answers")
-    add_provider_argument(p, known=CHAT_PROVIDERS, what="whose error codes are read first")
-    p.add_argument("--extra-body", metavar="JSON", type=extra_body, default={},
-                   help="provider fields merged into every request body and kept in the manifest, e.g. "
-                        "'{\"enable_thinking\": false}' (DashScope), '{\"thinking\": {\"type\": \"disabled\"}}' (GLM)")
+    add_engine_arguments(p)
     p.add_argument("--retry-filtered", action="store_true",
                    help="ask again what the provider's content filter refused (else a rerun leaves it)")
-    p.add_argument("--rpm", type=positive_float, help="requests per minute limit, spread evenly")
-    p.add_argument("--tpm", type=positive_float, help="tokens per minute limit (estimated, corrected by usage)")
-    p.add_argument("--max-retries", type=non_negative_int, default=6,
-                   help="transport retries per request (default: %(default)s)")
-    p.add_argument("--max-reasks", type=non_negative_int, default=2,
-                   help="re-asks after an unusable reply (default: %(default)s)")
-    p.add_argument("--reask-max-tokens", type=positive_int, default=None, metavar="N",
-                   help="max_tokens of a re-ask (e.g. more room for a reasoning model that spent "
-                        "--max-tokens thinking; default: --max-tokens)")
-    p.add_argument("--timeout", type=positive_float, default=120.0,
-                   help="seconds per HTTP request (default: %(default)s)")
-    p.add_argument("--backoff", type=float, default=1.0,
-                   help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
     p.add_argument("--grace", type=float, default=5.0,
                    help="seconds in-flight requests may finish after SIGINT/SIGTERM; a second signal stops at once (default: %(default)s)")
     p.add_argument("--progress-every", type=float, default=10.0,
@@ -207,14 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """bin/score; the exit status is the epilog's."""
     args = build_parser().parse_args(argv)
-    if args.provider in LOCAL_SERVERS and not (args.base_url or os.environ.get(BASE_URL_ENV)):
-        raise InputError(f"--provider {args.provider}: name the server with --base-url or {BASE_URL_ENV}")
-    endpoint = resolve_endpoint(args.base_url, default_base_url(args.provider))
-    provider = resolve_provider(args.provider, endpoint.base_url, CHAT_PROVIDERS)
-    where = target(endpoint.base_url, endpoint.api_key)  # a URL that cannot be used: one line
-    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
+    chat = chat_settings(args, args.model, grace=args.grace, give_up_after=args.give_up_after)
+    where = target(chat.base_url, chat.api_key)  # a URL that cannot be used: one line
     with csv_encoding(args.encoding):
-        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, endpoint.base_url,
+        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
                          args.prompts, args.out)
     plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(args, plan.params.model)
@@ -225,17 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return dry_run(args, plan)
     where.require_key()  # nothing goes to a remote endpoint without a key
     run_dir = Path(args.out)
-    config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries,
-                          max_reasks=args.max_reasks, backoff_initial=args.backoff, grace=args.grace,
-                          give_up_after=args.give_up_after, adaptive=not args.fixed_concurrency,
-                          reask_max_tokens=args.reask_max_tokens)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = check_manifest(run_dir, plan.manifest)
         worst = WorstCase(prices, args.max_reasks, args.reask_max_tokens) if prices is not None else None
         meter = Meter(run_dir, plan.manifest["groups"], prices, args.budget, worst)
-        stats, stopped = run_loop(execute(plan, run_dir, endpoint.base_url, endpoint.api_key, config, args.rpm,
-                                          args.tpm, args.timeout, args.progress_every, provider=provider,
-                                          meter=meter))
+        stats, stopped = run_loop(execute(plan, run_dir, chat, args.progress_every, meter=meter))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
         return 0

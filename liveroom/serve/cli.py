@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,14 +11,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..async_client.engine import EngineConfig
 from ..async_client.runner import run_loop
 from ..async_client.transport import endpoint_host
-from ..cliargs import add_base_url_argument, non_negative_int, number, positive_float, positive_int, resolve_endpoint
+from ..cliargs import port_number
 from ..errors import LiveroomError
-from ..scoring.plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams
+from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
 from .app import make_app
-from .service import Forecaster, Settings
+from .service import Forecaster
 
 CACHE = "forecast-cache"  # under MODEL_DIR unless --cache names another
 
@@ -39,27 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", metavar="RUN_DIR",
                    help=f"run directory keeping every answer (default: MODEL_DIR/{CACHE})")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    p.add_argument("--port", type=number(int, 0, 65535, name="port"), default=8080,
+    p.add_argument("--port", type=port_number, default=8080,
                    help="port to bind; 0 picks a free one (default %(default)s)")
-    add_base_url_argument(p)
-    p.add_argument("--llm", default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL), metavar="NAME",
-                   help="chat model asked (default: $LIVEROOM_MODEL or %(default)s)")
-    p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
-                   help="response_format sent to the server (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.2, help="(default: %(default)s)")
-    p.add_argument("--max-tokens", type=positive_int, default=1000, help="(default: %(default)s)")
-    p.add_argument("--concurrency", type=positive_int, default=64,
-                   help="requests in flight over all forecasts (default: %(default)s)")
-    p.add_argument("--rpm", type=positive_float, help="requests per minute over all forecasts, spread evenly")
-    p.add_argument("--tpm", type=positive_float, help="tokens per minute over all forecasts")
-    p.add_argument("--max-retries", type=non_negative_int, default=6,
-                   help="transport retries per request (default: %(default)s)")
-    p.add_argument("--max-reasks", type=non_negative_int, default=2,
-                   help="re-asks after an unusable reply (default: %(default)s)")
-    p.add_argument("--timeout", type=positive_float, default=120.0,
-                   help="seconds per HTTP request (default: %(default)s)")
-    p.add_argument("--backoff", type=positive_float, default=1.0,
-                   help="first retry wait in seconds, doubling up to 60 (default: %(default)s)")
+    add_model_arguments(p, "--llm")
+    add_engine_arguments(p, over=" over all forecasts", limit="each forecast's live limit")
     return p
 
 
@@ -87,17 +68,11 @@ async def serve_until_signal(app: web.Application, host: str, port: int) -> None
 def main(argv: Sequence[str] | None = None) -> int:
     """bin/serve: 0 after SIGINT/SIGTERM; 2 (one line) when the model or cache cannot be used."""
     args = build_parser().parse_args(argv)
-    endpoint = resolve_endpoint(args.base_url)
-    settings = Settings(
-        endpoint.base_url, endpoint.api_key,
-        ModelParams(args.llm, args.temperature, args.max_tokens, args.response_format),
-        EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries, max_reasks=args.max_reasks,
-                     backoff_initial=args.backoff),
-        args.rpm, args.tpm, args.timeout)
+    settings = chat_settings(args, args.llm)
     cache = Path(args.cache) if args.cache else Path(args.model) / CACHE
     service = Forecaster(args.model, cache, settings)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
     print(f"serve: model {args.model} ({service.model_brief()['inputs']}); questions to "
-          f"{endpoint_host(endpoint.base_url)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
+          f"{endpoint_host(settings.base_url)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
     run_loop(serve_until_signal(make_app(service), args.host, args.port))
     return 0

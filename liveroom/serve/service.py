@@ -1,9 +1,10 @@
 """One engine set-up, one set of limits and one answer cache for every forecast in flight.
 
 Each forecast runs the questions it still lacks through an
-:class:`~liveroom.async_client.engine.Engine` of its own, but all of them
-share the chat client (its connection pool), a gate of ``--concurrency``
-requests in flight, the :class:`~liveroom.async_client.limits.Limits`
+:class:`~liveroom.async_client.engine.Engine` of its own (with its own live
+concurrency limit, fixed under ``--fixed-concurrency``), but all of them
+share the chat client (its connection pool and ``--provider``'s error codes),
+a gate of ``--concurrency`` requests in flight, the :class:`~liveroom.async_client.limits.Limits`
 (``--rpm``, ``--tpm``, the cool-down after a 429) and the cache: a run
 directory (manifest + one JSONL per stage, as bin/score writes it) read once
 at start and appended to with every answer. A question already answered is
@@ -17,13 +18,13 @@ import asyncio
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..async_client.chat import ChatClient
 from ..async_client.checkpoint import Checkpoint, check_manifest
-from ..async_client.engine import Client, Engine, EngineConfig, Job
+from ..async_client.engine import Client, Engine, Job
 from ..async_client.limits import Limits
 from ..async_client.record import Record
 from ..async_client.transport import Reply, endpoint_host, redact
@@ -32,25 +33,13 @@ from ..data.personas import DEFAULT_PERSONAS, PERSONA_KEYS
 from ..errors import InputError, LiveroomError
 from ..locks import locked
 from ..prompts.stages import STAGES
-from ..scoring.plan import ModelParams, StageTask
+from ..scoring.engine_flags import ChatSettings
+from ..scoring.plan import StageTask
 from ..train.checkpoint import load_model
 from ..train.predict import predict
 from .forecast import Pitch, cache_manifest, model_inputs, persona_scores, pitch_jobs, prediction, request_ids
 
 LOCK = "serve.lock"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Where questions go and how hard the engine may push."""
-
-    base_url: str
-    api_key: str | None = field(repr=False)
-    params: ModelParams = ModelParams()
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 120.0
 
 
 class ProviderError(Exception):
@@ -72,7 +61,7 @@ class _Gate:
 class Forecaster:
     """The sales model, the cache of answers and the shared engine parts; use ``async with``."""
 
-    def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: Settings) -> None:
+    def __init__(self, model_dir: str | Path, cache_dir: str | Path, settings: ChatSettings) -> None:
         self.model_dir, self.cache_dir, self.settings = Path(model_dir), Path(cache_dir), settings
         self.net, self.ck = load_model(self.model_dir)
         if self.ck["personas"] != list(PERSONA_KEYS):
@@ -104,7 +93,7 @@ class Forecaster:
                 if rec.ok:
                     self.answers[rec.id] = rec.scores
         chat = await self._stack.enter_async_context(
-            ChatClient(s.base_url, s.api_key, s.timeout, s.engine.concurrency))
+            ChatClient(s.base_url, s.api_key, s.timeout, s.engine.concurrency, s.provider))
         self._client = _Gate(chat, s.engine.concurrency)
         self._limits = Limits(s.rpm, s.tpm)
         return self
@@ -199,7 +188,9 @@ class Forecaster:
             "personas": list(self.ck["personas"]),
             "persona_names": {p.key: p.name for p in self.personas},
             "test": s.get("test", {}), "val": s.get("val", {}),
-            "questions": {"endpoint": endpoint_host(self.settings.base_url), "model": p.model,
+            "questions": {"endpoint": endpoint_host(self.settings.base_url),
+                          "provider": self.settings.provider.name if self.settings.provider else None,
+                          "model": p.model,
                           "temperature": p.temperature, "max_tokens": p.max_tokens,
                           "response_format": p.response_format,
                           "stages": {st.name: st.version for st in self.stages},
