@@ -1,4 +1,4 @@
-"""Bad input stays bad input (issue row F8 and what was seen beside it).
+"""Bad input stays bad input (fault F8 and what was seen beside it).
 
 A record with a field more or fewer than the header, a file in another
 encoding, an item name of 100,000 characters: one line naming the line (with
@@ -65,6 +65,10 @@ def test_a_gbk_file_says_so_with_the_line_and_encoding_reads_it(tmp_path):
         assert c.returncode == 0 and "entry: 16/16 cells" in c.stderr, c.stderr
         p = score(gbk, goods, tmp_path / "run", srv.url, "--encoding", "no-such-codec")
         assert "--encoding: unknown encoding 'no-such-codec'" in one_line_error(p)
+        # the flag is named before the run directory is looked at
+        c = collect(gbk, tmp_path / "no-run", tmp_path / "f2", "--encoding", "no-such-codec")
+        assert one_line_error(c) == "collect: error: --encoding: unknown encoding 'no-such-codec' (e.g. utf-8, gb18030)"
+        assert not (tmp_path / "f2").exists()
     finally:
         srv.stop()
 

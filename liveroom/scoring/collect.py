@@ -30,7 +30,7 @@ import numpy as np
 import orjson
 
 from ..async_client.checkpoint import MANIFEST, Checkpoint, write_error
-from ..data.inputs import load_pitches
+from ..data.inputs import ENCODING_HELP, check_encoding, load_pitches
 from ..data.layout import LLM_FEATURES
 from ..errors import InputError, LiveroomError
 from ..prompts.stages import STAGES, request_id
@@ -134,9 +134,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", required=True, metavar="FEATURES_DIR", help="where the .npy files and coverage.json go")
     p.add_argument("--allow-missing", action="store_true",
                    help="write and exit 0 even when cells are missing (NaN) or checkpoint lines are damaged")
-    p.add_argument("--encoding", default=None,
-                   help="text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)")
+    p.add_argument("--encoding", default=None, help=ENCODING_HELP)
     args = p.parse_args(argv)
+    check_encoding(args.encoding)  # before the run directory: a wrong flag is named first
     index, mats, report = collect(args.pitches, args.run, args.encoding)
     write_features(args.out, index, mats, report)
     damaged = [f"{name} line {n}" for name, lines in report.get("damaged", {}).items() for n in lines]
