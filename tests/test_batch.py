@@ -616,12 +616,27 @@ def test_a_remote_endpoint_needs_a_key_and_a_held_run_refuses_every_writing_verb
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "no API key for https://api.example.com/v1: set OPENAI_API_KEY" in err
     monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    out = tmp_path / "out.jsonl"
-    out.write_text("")
+    body = {"model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": '{"want_to_enter": 3, "reason": "好"}'}}]}
+    out, ref = tmp_path / "out.jsonl", tmp_path / "reference.jsonl"
+    own = sorted(prepared_ids(run))
+    assert "entry:200:Z" in own and "entry:200:city_old" in own
+    # a reply each, in either scheme: entry:200:city_old as the run names it, entry:200:Z (row 0, persona 0)
+    # as the reference does
+    for path, cid in ((out, "entry:200:city_old"), (ref, "sentry_v3_i0_c0")):
+        path.write_text(json.dumps({"custom_id": cid, "response": {"status_code": 200, "body": body}}) + "\n")
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     with run_dir_lock(run, "bin/score"):
         for argv in (["submit", "--run", str(run)], ["fetch", "--run", str(run)], ["cancel", "--run", str(run)],
                      ["import", "--run", str(run), str(out)],
+                     ["import", "--run", str(run), "--id-scheme", "reference", "--pitches", str(inputs[0]),
+                      "--goods", str(inputs[1]), str(ref)],
                      ["prepare", "--pitches", str(inputs[0]), "--goods", str(inputs[1]), "--out", str(run),
                       "--stages", "entry", "--base-url", "https://api.example.com/v1"]):
             rc, err = batch(capsys, *argv)
             assert (rc, err.strip()) == (2, f"batch: error: {run} is in use by pid {os.getpid()} (bin/score)"), argv
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before  # nothing
+    assert batch(capsys, "import", "--run", str(run), str(out))[0] == 0  # and once free, each file goes in
+    assert batch(capsys, "import", "--run", str(run), "--id-scheme", "reference", "--pitches", str(inputs[0]),
+                 "--goods", str(inputs[1]), str(ref))[0] == 0
+    assert sorted(r["id"] for r in records(run)) == ["entry:200:Z", "entry:200:city_old"]

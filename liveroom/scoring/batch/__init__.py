@@ -43,7 +43,7 @@ lines and unknown ids are reported, never imported twice. With ``--id-scheme
 reference`` the ids are the reference's (``s{stage}_v{version}_i{row}_c{persona}``),
 rows mapped through the run's pitches file.
 
-The rooms: :mod:`.state` (state.json, typed shards, the lock), :mod:`.prepare`
+The rooms: :mod:`.state` (state.json, typed shards, the run directory's lock), :mod:`.prepare`
 (request files), :mod:`.importer` (provider lines -> records), :mod:`.reference`
 (the reference's ids -> this run's), :mod:`.flows`
 (submit, status, fetch, cancel, import: results, no printing) and :mod:`.cli`

@@ -39,14 +39,13 @@ from .flows import (
     cancel,
     fetch,
     import_by_hand,
-    locked,
     open_run,
     status,
     submit,
 )
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
 from .reference import import_reference_by_hand, reference_hint
-from .state import load_state, read_manifest
+from .state import load_state, locked, read_manifest
 
 _SAID = {
     "uploaded": "{name}: uploaded as {file_id}",
@@ -125,8 +124,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         return dry_run(args, plan, limits)
     run_dir = Path(args.out)
     prices = resolve_prices(args, plan.params.model)
-    with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on it
-        r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
+    r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
     if prices is not None and r.requests:
         _count_usage(run_dir, plan.manifest["groups"], prices)
     _err(_prepared_line(r, args.max_reasks))

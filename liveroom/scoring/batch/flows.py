@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Sequence
@@ -23,7 +22,6 @@ from ...async_client.providers import DEFAULT_BASE_URL, GENERIC, FileStatus, Pro
 from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
-from ...locks import run_dir_lock
 from .importer import ImportReport, finish_covered, import_files
 from .state import (
     BatchState,
@@ -32,16 +30,11 @@ from .state import (
     done_ids,
     ended,
     load_state,
+    locked,
     read_manifest,
     save_state,
     shard_ids,
 )
-
-
-def locked(run_dir: Path) -> AbstractContextManager[None]:
-    """The run directory's one-writer lock, the one bin/score takes: ``RUN_DIR is in use by pid N (...)``."""
-    return run_dir_lock(run_dir, "bin/batch")
-
 
 TOO_LARGE = (413, 435)  # an upload over the size limit (Zhipu: 435, docs/PROVIDERS.md section 1.1)
 

@@ -64,10 +64,9 @@ def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: b
             max_reasks: int = EngineConfig.max_reasks, provider: str | None = None) -> PrepareResult:
     """Write the request files of every request not yet ok (nor on its way) and name them in the state."""
     run_dir = Path(run_dir)
-    plan.manifest = check_manifest(run_dir, plan.manifest)
-    load_state(run_dir)  # unreadable state: refused before anything is written
-    with locked(run_dir):
-        state = load_state(run_dir)
+    with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on the run
+        plan.manifest = check_manifest(run_dir, plan.manifest)
+        state = load_state(run_dir)  # unreadable: refused before anything is written
         kept = [s for s in state.shards if s.submitted]
         dropped = [s for s in state.shards if not s.submitted]
         d = batch_dir(run_dir)

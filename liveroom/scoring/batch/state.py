@@ -21,14 +21,13 @@ from typing import Any
 
 import orjson
 
-from ... import locks
 from ...async_client.checkpoint import MANIFEST, Checkpoint, atomic_write
 from ...async_client.record import Record, RecordError, loads
 from ...errors import InputError, LiveroomError
+from ...locks import run_dir_lock
 
 BATCH_DIR = "batch"
 STATE = "state.json"
-LOCK = ".lock"
 FORMAT = 1
 TERMINAL = ("completed", "failed", "expired", "cancelled")  # a batch in one of these has ended
 
@@ -201,10 +200,8 @@ def save_state(run_dir: Path, state: BatchState) -> None:
 
 
 def locked(run_dir: Path) -> AbstractContextManager[None]:
-    """One ``bin/batch`` at a time per run directory."""
-    d = batch_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    return locks.locked(d / LOCK, "bin/batch", what=run_dir)
+    """The run directory's one-writer lock, the one bin/score takes: ``RUN_DIR is in use by pid N (...)``."""
+    return run_dir_lock(run_dir, "bin/batch")
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
