@@ -39,9 +39,12 @@ Import matches lines by ``custom_id`` in any order, parses replies with the
 stage's parser, as direct mode does, and appends one record per request:
 ``ok``, ``invalid`` (an unusable reply, re-asked by the next ``prepare``) or
 ``error`` (the provider's error). Requests already ok are skipped, duplicate
-lines and unknown ids are reported, never imported twice. With ``--id-scheme
-reference`` the ids are the reference's (``s{stage}_v{version}_i{row}_c{persona}``),
-rows mapped through the run's pitches file.
+lines and unknown ids are reported, never imported twice. A file counts as
+imported for the lines taken from it: one whose lines of another model were
+refused is read again by an import with ``--accept-model``, which takes those
+and nothing taken before. With ``--id-scheme reference`` the ids are the
+reference's (``s{stage}_v{version}_i{row}_c{persona}``), rows mapped through the
+run's pitches file.
 
 The rooms: :mod:`.state` (state.json, typed shards, the run directory's lock), :mod:`.prepare`
 (request files), :mod:`.importer` (provider lines -> records), :mod:`.reference`

@@ -44,7 +44,7 @@ from .flows import (
     submit,
 )
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
-from .reference import import_reference_by_hand, reference_hint
+from .reference import reference_hint, reference_scheme
 from .state import load_state, locked, read_manifest
 
 _SAID = {
@@ -193,10 +193,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files]
-    if args.id_scheme == "reference":
-        r = import_reference_by_hand(Path(args.run), files, api_key(), args.pitches, args.goods, args.accept_model)
-    else:
-        r = import_by_hand(Path(args.run), files, api_key(), args.accept_model)
+    scheme = reference_scheme(args.pitches, args.goods) if args.id_scheme == "reference" else None
+    r = import_by_hand(Path(args.run), files, api_key(), args.accept_model, scheme)
     _count_usage(Path(args.run))
     for line in r.report.lines():
         _err(line)

@@ -22,7 +22,7 @@ from ...async_client.providers import DEFAULT_BASE_URL, GENERIC, FileStatus, Pro
 from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
-from .importer import ImportReport, finish_covered, import_files
+from .importer import Ids, ImportReport, finish_covered, import_files
 from .state import (
     BatchState,
     Shard,
@@ -352,17 +352,22 @@ class ImportResult:
     finished: list[str]  # files whose every request is now accounted for
 
 
-def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None,
-                   accept: Sequence[str] = ()) -> ImportResult:
-    """Import provider files obtained by hand; files then fully accounted for are marked finished."""
+def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None, accept: Sequence[str] = (),
+                   scheme: Callable[[dict[str, Any]], Ids] | None = None) -> ImportResult:
+    """Import provider files obtained by hand; files then fully accounted for are marked finished.
+
+    ``scheme`` makes, from the run's manifest, how the files' custom_ids name the run's requests
+    (default: the run's own ids; :func:`~.reference.reference_scheme` for the reference's).
+    """
     run_dir = Path(run_dir)
-    read_manifest(run_dir)
+    manifest = read_manifest(run_dir)
     for f in files:
         if not f.is_file():
             raise InputError(f"{f}: no such file")
     with locked(run_dir):
         state = load_state(run_dir)
-        report = import_files(run_dir, state, files, key, accept=accept)
+        ids = scheme(manifest) if scheme is not None else None
+        report = import_files(run_dir, state, files, key, accept=accept, ids=ids)
         names = finish_covered(run_dir, state, report.seen)
         save_state(run_dir, state)
     return ImportResult(report, names)

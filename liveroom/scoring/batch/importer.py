@@ -15,19 +15,24 @@ or a ``finish_reason`` saying the reply was filtered makes it start
 ``content_filter:``.
 
 Requests already ok are skipped; duplicate lines, unknown ids and unreadable
-lines are counted and shown, never imported twice; a file imported once
-(by its hash) is skipped. A reply whose ``model`` is neither the run's model
-nor a dated version of it (``gpt-4o-mini-2024-07-18`` for ``gpt-4o-mini``)
-is not imported unless that model is accepted (``--accept-model``); each
-record keeps the model that answered. The key and anything shaped like a
-credential are masked out of replies and errors.
+lines are counted and shown, never imported twice. A reply whose ``model`` is
+neither the run's model nor a dated version of it (``gpt-4o-mini-2024-07-18``
+for ``gpt-4o-mini``) is not imported unless that model is accepted
+(``--accept-model``); each record keeps the model that answered. The key and
+anything shaped like a credential are masked out of replies and errors.
+
+A file counts as imported (by its hash) for the lines taken from it: once
+nothing more can come of it, it is skipped; while lines of another model wait
+for ``--accept-model``, the next import reads it again and takes those, never a
+line taken before (the state keeps the ids it gave); a file nothing was taken
+from (every line refused, unreadable or unknown) is read whole again.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import orjson
 
@@ -54,6 +59,7 @@ class ImportReport:
     unknown: int = 0
     malformed: int = 0
     wrong_model: int = 0  # lines answered by another model, not imported
+    taken_before: int = 0  # lines an earlier import took from the same file, skipped
     files_skipped: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -73,7 +79,9 @@ class ImportReport:
                f"{self.already_ok} already ok, {self.duplicates} duplicate line(s), "
                f"{self.unknown} unknown id(s), {self.malformed} unreadable line(s)"
                + (f", {self.wrong_model} line(s) of another model not imported (pass --accept-model NAME "
-                  "to import them)" if self.wrong_model else "")]
+                  "to import them)" if self.wrong_model else "")
+               + (f", {self.taken_before} line(s) imported before from the same file, skipped"
+                  if self.taken_before else "")]
         for name in self.files_skipped:
             out.append(f"{prog}: {name}: already imported, skipped")
         for kind, shown in self.examples.items():
@@ -173,29 +181,91 @@ def line_record(obj: dict[str, Any], meta: dict[str, Any], key: Secrets | Expect
 
 # ----------------------------------------------------------------- files -> checkpoint
 
+@dataclass(frozen=True)
+class Line:
+    """One reply line of a file that names a request of the run: where it is, its id as the file
+    spells it, the line itself (its ``custom_id`` the run's) and the record fields of the request."""
+
+    where: str
+    shown: str
+    obj: dict[str, Any]
+    meta: dict[str, Any]
+
+
+class Ids(Protocol):
+    """How the custom_ids of a file name the run's requests."""
+
+    @property
+    def prefix(self) -> str:
+        """Put before a file's hash in the state: the same file read under another scheme is another import."""
+        ...
+
+    def lines(self, path: Path, report: ImportReport) -> Iterable[Line]:
+        """The reply lines of ``path`` that name a request of the run; the others counted in ``report``."""
+        ...
+
+
+def json_lines(path: Path, report: ImportReport) -> Iterator[tuple[int, dict[str, Any], str]]:
+    """(line number, object, custom_id) of every line that has a custom_id; the others counted unreadable."""
+    with open(path, "rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            parsed = _custom_id(line)
+            if parsed is None:
+                report.malformed += 1
+                report.example("unreadable lines", f"{path.name} line {n}")
+                continue
+            yield n, *parsed
+
+
+@dataclass(frozen=True)
+class RunIds:
+    """The run's own ids, as prepare wrote them: id -> the record fields of the request."""
+
+    meta: dict[str, dict[str, Any]]
+    prefix: str = ""
+
+    def lines(self, path: Path, report: ImportReport) -> Iterator[Line]:
+        for n, obj, cid in json_lines(path, report):
+            where = f"{path.name} line {n}"
+            if cid not in self.meta:
+                report.unknown += 1
+                report.example("unknown ids", f"{cid!r} ({where})")
+                continue
+            yield Line(where, cid, obj, self.meta[cid])
+
+
 def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: Secrets,
-                 report: ImportReport | None = None, accept: Sequence[str] = ()) -> ImportReport:
+                 report: ImportReport | None = None, accept: Sequence[str] = (),
+                 ids: Ids | None = None) -> ImportReport:
     """Import provider files into the checkpoint; the caller saves ``state``.
 
     ``key`` is masked out of what is written; replies of a model other than the
-    run's (or one in ``accept``) are counted, not imported.
+    run's (or one in ``accept``) are counted, not imported. ``ids`` says how the
+    files name the run's requests (default: by the run's own ids). What each file
+    gave is remembered in ``state`` (:meth:`~.state.BatchState.took`): a file is
+    skipped once nothing more can come of it, and a line taken once is never taken
+    again from the same file.
     """
     run_dir = Path(run_dir)
     report = report or ImportReport()
     manifest = read_manifest(run_dir)
     expect = Expect(manifest.get("model"), tuple(accept), key)
-    meta = load_meta(run_dir, state)
+    scheme = ids or RunIds(load_meta(run_dir, state))
     chosen: dict[str, Record] = {}  # parsed first: one record per id, ok preferred
-    new_files: dict[str, str] = {}
+    read: dict[str, tuple[str, set[str], bool]] = {}  # file key -> name, ids read, a line of another model
     for path in map(Path, files):
-        digest = _digest(path)
-        if digest in state.imported or digest in new_files:
+        file_key = scheme.prefix + _digest(path)
+        if file_key in state.imported or file_key in read:
             report.files_skipped.append(path.name)
             continue
-        new_files[digest] = path.name
-        _read_file(path, meta, expect, chosen, report)
+        refused = report.wrong_model
+        got = _read_file(path, scheme, expect, state.taken(file_key), chosen, report)
+        read[file_key] = (path.name, got, report.wrong_model > refused)
     _write_records(run_dir, manifest, chosen, report)
-    state.imported.update(new_files)
+    for file_key, (name, got, other_model) in read.items():
+        state.took(file_key, name, got & report.seen, complete=not other_model)
     return report
 
 
@@ -216,30 +286,25 @@ def _custom_id(line: bytes) -> tuple[dict[str, Any], str] | None:
     return (obj, cid) if isinstance(cid, str) else None
 
 
-def _read_file(path: Path, meta: dict[str, dict[str, Any]], expect: Expect,
-               chosen: dict[str, Record], report: ImportReport) -> None:
-    """Every line of one file into ``chosen``; unreadable lines and unknown ids counted."""
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            parsed = _custom_id(line)
-            if parsed is None:
-                report.malformed += 1
-                report.example("unreadable lines", f"{path.name} line {n}")
-                continue
-            obj, cid = parsed
-            if cid not in meta:
-                report.unknown += 1
-                report.example("unknown ids", f"{cid!r} ({path.name} line {n})")
-                continue
-            try:
-                rec = line_record(obj, meta[cid], expect)
-            except WrongModel as e:
-                report.wrong_model += 1
-                report.example("other model", f"{cid}: {e} ({path.name} line {n}; the run is for {expect.model})")
-                continue
-            _choose(chosen, rec, report, f"{path.name} line {n}")
+def _read_file(path: Path, ids: Ids, expect: Expect, taken: set[str], chosen: dict[str, Record],
+               report: ImportReport) -> set[str]:
+    """Every line of one file into ``chosen`` but those of ``taken`` (taken from it before); the ids read."""
+    got: set[str] = set()
+    for line in ids.lines(path, report):
+        cid = line.obj["custom_id"]
+        if cid in taken:  # accounted for by that import
+            report.taken_before += 1
+            report.seen.add(cid)
+            continue
+        try:
+            rec = line_record(line.obj, line.meta, expect)
+        except WrongModel as e:
+            report.wrong_model += 1
+            report.example("other model", f"{line.shown}: {e} ({line.where}; the run is for {expect.model})")
+            continue
+        got.add(cid)
+        _choose(chosen, rec, report, line.where)
+    return got
 
 
 def _choose(chosen: dict[str, Record], rec: Record, report: ImportReport, where: str) -> None:

@@ -25,27 +25,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
-import orjson
+from typing import Any, Callable
 
 from ...async_client.checkpoint import sha256_file
-from ...async_client.record import Record
 from ...data.inputs import load_pitches, load_showcase
 from ...errors import InputError
 from ...prompts.stages import STAGES, request_id
-from .flows import ImportResult
-from .importer import (
-    Expect,
-    ImportReport,
-    WrongModel,
-    _choose,
-    _digest,
-    _write_records,
-    finish_covered,
-    line_record,
-)
-from .state import BatchState, load_state, locked, read_manifest, save_state
+from .importer import ImportReport, Line, json_lines
 
 REFERENCE_ID = re.compile(r"s(?P<stage>[A-Za-z]+)_v(?P<version>.+)_i(?P<row>[0-9]+)_c(?P<persona>[0-9]+)")
 
@@ -105,21 +91,19 @@ def run_rows(manifest: dict[str, Any], pitches: Path, goods: Path | None) -> Run
     return RunRows(pitches, [int(i) for i in df["index"]], [str(p["key"]) for p in manifest["personas"]], n_items)
 
 
-def _lines(path: Path, report: ImportReport) -> list[tuple[int, dict[str, Any], tuple[str, int, int]]]:
-    """(line number, object, parsed id) of every reply line in the reference's scheme; the rest counted."""
-    out = []
-    with open(path, "rb") as f:
-        for n, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = orjson.loads(raw)
-                cid = obj["custom_id"]
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                report.malformed += 1
-                report.example("unreadable lines", f"{path.name} line {n}")
-                continue
-            ref = reference_id(cid) if isinstance(cid, str) else None
+@dataclass(frozen=True)
+class ReferenceIds:
+    """The reference's ids, read as the run's (an :class:`~.importer.Ids`)."""
+
+    rows: RunRows
+    prefix: str = "reference:"  # a plain import of the same file (all ids unknown) is not this one
+
+    def lines(self, path: Path, report: ImportReport) -> list[Line]:
+        """Every reply line of ``path`` under the run's id; the file refused whole when a row is past
+        the pitches file's."""
+        found = []
+        for n, obj, cid in json_lines(path, report):
+            ref = reference_id(cid)
             if ref is None:
                 report.unknown += 1
                 report.example("unknown ids", f"{cid!r} ({path.name} line {n}: not s{{stage}}_v{{version}}_i{{row}}_c{{persona}})")
@@ -127,72 +111,33 @@ def _lines(path: Path, report: ImportReport) -> list[tuple[int, dict[str, Any], 
                 report.malformed += 1
                 report.example("request lines, not replies", f"{path.name} line {n}")
             else:
-                out.append((n, obj, ref))
-    return out
-
-
-def import_reference_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: str | None,
-                           pitches: Path, goods: Path | None, accept: Sequence[str] = ()) -> ImportReport:
-    """Import the reference's output files into the checkpoint; the caller saves ``state``."""
-    manifest = read_manifest(run_dir)
-    rows = run_rows(manifest, pitches, goods)
-    expect = Expect(manifest.get("model"), tuple(accept), key)
-    report = ImportReport()
-    chosen: dict[str, Record] = {}
-    new_files: dict[str, str] = {}
-    for path in map(Path, files):
-        # a key of its own: a plain import of the same file (all ids unknown) does not count as this one
-        digest = "reference:" + _digest(path)
-        if digest in state.imported or digest in new_files:
-            report.files_skipped.append(path.name)
-            continue
-        refused = report.wrong_model
-        lines = _lines(path, report)
-        last = max((ref[1] for _, _, ref in lines), default=-1)
+                found.append((n, obj, ref))
+        last, rows = max((ref[1] for _, _, ref in found), default=-1), self.rows
         if last >= len(rows.index):
-            raise InputError(f"{path.name}: row {last} is past the last row of {pitches.name} ({len(rows.index)} "
+            raise InputError(f"{path.name}: row {last} is past the last row of {rows.pitches.name} ({len(rows.index)} "
                              f"pitches, rows 0-{len(rows.index) - 1}): the file was made for another pitches file; "
                              "nothing imported")
-        for n, obj, (stage, row, persona) in lines:
+        out = []
+        for n, obj, (stage, row, persona) in found:
             meta = rows.meta(stage, row, persona)
             if isinstance(meta, str):
                 report.unknown += 1
                 report.example("unknown ids", f"{obj['custom_id']!r} ({path.name} line {n}: {meta})")
                 continue
             ours = {**obj, "custom_id": request_id(stage, meta["index"], meta["persona"])}
-            try:
-                rec = line_record(ours, {**meta, "reference_id": obj["custom_id"]}, expect)
-            except WrongModel as e:
-                report.wrong_model += 1
-                report.example("other model", f"{obj['custom_id']}: {e} ({path.name} line {n}; "
-                                              f"the run is for {expect.model})")
-                continue
-            _choose(chosen, rec, report, f"{path.name} line {n}")
-        if report.wrong_model == refused:  # else it is read again with --accept-model
-            new_files[digest] = path.name
-    _write_records(run_dir, manifest, chosen, report)
-    state.imported.update(new_files)
-    return report
+            out.append(Line(f"{path.name} line {n}", obj["custom_id"], ours,
+                            {**meta, "reference_id": obj["custom_id"]}))
+        return out
 
 
-def import_reference_by_hand(run_dir: Path, files: Sequence[Path], key: str | None, pitches: Path | None,
-                             goods: Path | None, accept: Sequence[str] = ()) -> ImportResult:
-    """:func:`~.flows.import_by_hand` for files in the reference's id scheme."""
+def reference_scheme(pitches: Path | None, goods: Path | None) -> Callable[[dict[str, Any]], ReferenceIds]:
+    """``--id-scheme reference`` for :func:`~.flows.import_by_hand`: the flags checked now, the files
+    against the run's manifest when it is called."""
     if pitches is None:
         raise InputError("--id-scheme reference needs --pitches CSV: the run's pitches file, whose 0-based rows "
                          "the ids number")
-    run_dir = Path(run_dir)
-    read_manifest(run_dir)
-    for f in files:
-        if not f.is_file():
-            raise InputError(f"{f}: no such file")
-    with locked(run_dir):
-        state = load_state(run_dir)
-        report = import_reference_files(run_dir, state, files, key, Path(pitches),
-                                        Path(goods) if goods is not None else None, accept)
-        names = finish_covered(run_dir, state, report.seen)
-        save_state(run_dir, state)
-    return ImportResult(report, names)
+    pitches_path, goods_path = Path(pitches), Path(goods) if goods is not None else None
+    return lambda manifest: ReferenceIds(run_rows(manifest, pitches_path, goods_path))
 
 
 def reference_hint(report: ImportReport) -> str | None:

@@ -28,6 +28,7 @@ from ...locks import run_dir_lock
 
 BATCH_DIR = "batch"
 STATE = "state.json"
+PARTLY = "partly_imported"  # the key of BatchState.partly in state.json
 FORMAT = 1
 TERMINAL = ("completed", "failed", "expired", "cancelled")  # a batch in one of these has ended
 
@@ -154,28 +155,55 @@ def _errors(batch: dict[str, Any]) -> list[dict[str, Any]]:
 
 @dataclass
 class BatchState:
-    """``state.json``: the shards, the provider files already imported, the provider profile."""
+    """``state.json``: the shards, the provider files imported, the provider profile.
+
+    A provider file is known by its sha256 (prefixed by the id scheme it was read
+    under). Once nothing more can come of it, it is in ``imported``; while lines
+    of it wait for ``--accept-model`` it is in ``partly`` with the ids taken from
+    it, so that a later import takes the rest and nothing twice; a file nothing was
+    taken from is in neither, and is read whole again.
+    """
 
     shards: list[Shard] = field(default_factory=list)
-    imported: dict[str, str] = field(default_factory=dict)  # sha256 of a provider file -> its name
+    imported: dict[str, str] = field(default_factory=dict)  # file key -> its name
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None  # the --provider profile of prepare; None in older states
+    partly: dict[str, dict[str, Any]] = field(default_factory=dict)  # file key -> {name, taken: [ids]}
 
     @classmethod
     def from_json(cls, obj: Any) -> BatchState:
         if not isinstance(obj, dict) or not isinstance(obj.get("shards"), list):
             raise ValueError("no list of shards")
-        rest = {k: v for k, v in obj.items() if k not in ("format", "shards", "imported", "provider")}
+        rest = {k: v for k, v in obj.items() if k not in ("format", "shards", "imported", "provider", PARTLY)}
         provider = obj.get("provider")
         return cls([Shard.from_json(s) for s in obj["shards"]], dict(obj.get("imported") or {}),
-                   obj.get("format", FORMAT), rest, provider if isinstance(provider, str) else None)
+                   obj.get("format", FORMAT), rest, provider if isinstance(provider, str) else None,
+                   dict(obj.get(PARTLY) or {}))
 
     def to_json(self) -> dict[str, Any]:
         out = {"format": self.format, "shards": [s.to_json() for s in self.shards], "imported": self.imported}
         if self.provider is not None:
             out["provider"] = self.provider
+        if self.partly:
+            out[PARTLY] = self.partly
         return {**out, **self.extra}
+
+    def taken(self, key: str) -> set[str]:
+        """The ids taken before from a file known in part."""
+        return set(self.partly.get(key, {}).get("taken", ()))
+
+    def took(self, key: str, name: str, ids: set[str], complete: bool) -> None:
+        """Remember that an import took ``ids`` from a file; ``complete``: no line of it was left for
+        another model, so nothing more can come of it. A file nothing was ever taken from is forgotten."""
+        taken = self.taken(key) | ids
+        self.partly.pop(key, None)
+        if not taken:
+            return
+        if complete:
+            self.imported[key] = name
+        else:
+            self.partly[key] = {"name": name, "taken": sorted(taken)}
 
 
 # ----------------------------------------------------------------- the run directory

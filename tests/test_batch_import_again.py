@@ -1,0 +1,172 @@
+"""``bin/batch import`` run again over the same files: what was refused comes in, nothing comes in twice.
+
+A file counts as imported for the lines taken from it. Lines answered by
+another model wait for ``--accept-model``: the file is read again by the next
+import, which takes those and skips every line taken before; a file nothing
+was taken from (every line refused or unreadable) is not remembered at all.
+The files are real: another run's output fetched from the Batch API
+simulator on loopback (the same requests asked of another model), and this
+run's own output downloaded by hand; ``bin/collect`` reads the result.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+import test_batch
+from test_batch import N_REQUESTS, assert_no_key, batch, collect, get, prepare, records, state
+
+OTHER = "glm-4-flash"  # the model the other run asked; this run is for the default, gpt-4o-mini
+SUBMIT = ("--file-poll", "0.05", "--backoff", "0.01")
+WAIT = ("--wait", "--interval", "0.01", "--backoff", "0.01")
+
+server, env, inputs = test_batch.server, test_batch.env, test_batch.inputs  # the fixtures of test_batch
+
+
+def other_model_run(tmp_path: Path, capsys, inputs, srv) -> tuple[Path, Path]:
+    """A run of the same requests for model OTHER, through its whole batch; it and its output file."""
+    run = tmp_path / "other"
+    assert prepare(capsys, inputs, run, srv.url, "--model", OTHER)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
+    rc, err = batch(capsys, "fetch", "--run", str(run), *WAIT)
+    assert rc in (0, 1), err
+    return run, run / "batch" / "requests-0001.output.jsonl"
+
+
+def downloaded(srv, run: Path) -> tuple[list[str], list[str]]:
+    """The output and error lines of the run's one batch, downloaded by hand once it has completed."""
+    (shard,) = state(run)["shards"]
+    for _ in range(20):
+        b = json.loads(get(srv.url, f"/batches/{shard['batch_id']}"))
+        if b["status"] == "completed":
+            break
+    assert b["status"] == "completed"
+    def lines(key: str) -> list[str]:
+        return get(srv.url, f"/files/{b[key]}/content").decode().splitlines() if b.get(key) else []
+
+    return lines("output_file_id"), lines("error_file_id")
+
+
+def import_(capsys, run: Path, *files_and_flags: str) -> tuple[int, str]:
+    return batch(capsys, "import", "--run", str(run), *files_and_flags)
+
+
+def ids_of(lines: list[str]) -> list[str]:
+    return [json.loads(x)["custom_id"] for x in lines]
+
+
+def test_a_file_refused_whole_is_imported_by_the_rerun_that_accepts_its_model(tmp_path, capsys, server, env,
+                                                                               inputs):
+    srv = server(shuffle=True)
+    other, output = other_model_run(tmp_path, capsys, inputs, srv)
+    want = collect(capsys, inputs[0], other, tmp_path / "other-features")
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+
+    for _ in range(2):  # refused, and refused again: never "already imported"
+        rc, err = import_(capsys, run, str(output))
+        assert rc == 1, err
+        assert "imported 0 ok, 0 invalid, 0 error; 0 already ok" in err
+        assert f"{N_REQUESTS} line(s) of another model not imported (pass --accept-model NAME" in err
+        assert "already imported" not in err and "imported before" not in err
+        assert records(run) == []
+        assert state(run)["imported"] == {} and "partly_imported" not in state(run)
+
+    rc, err = import_(capsys, run, str(output), "--accept-model", OTHER)
+    assert rc == 0, err
+    assert f"imported {N_REQUESTS} ok, 0 invalid, 0 error; 0 already ok" in err and "already imported" not in err
+    recs = records(run)
+    assert len(recs) == len({r["id"] for r in recs}) == N_REQUESTS
+    assert {r["model"] for r in recs} == {OTHER}
+    assert list(state(run)["imported"].values()) == [output.name]
+
+    rc, err = import_(capsys, run, str(output), "--accept-model", OTHER)  # nothing more can come of it
+    assert rc == 0 and f"{output.name}: already imported, skipped" in err
+    assert len(records(run)) == N_REQUESTS
+    got = collect(capsys, inputs[0], run, tmp_path / "features")
+    for f in want:
+        assert not np.isnan(got[f]).any()
+        np.testing.assert_array_equal(got[f], want[f])
+    assert_no_key(run)
+
+
+def test_a_file_partly_of_another_model_gives_the_rest_and_nothing_twice(tmp_path, capsys, server, env, inputs):
+    srv = server(error_every=9, nonjson_every=7, shuffle=True)
+    _, other_output = other_model_run(tmp_path, capsys, inputs, srv)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
+    output, errors = downloaded(srv, run)
+    ours = set(sorted(ids_of(output))[: len(output) // 2]) | set(ids_of(errors))
+    # this run's own lines (ok, unusable and failed) for some requests, the other model's for the rest
+    mixed = ([x for x in output if json.loads(x)["custom_id"] in ours] + errors
+             + [x for x in other_output.read_text().splitlines() if json.loads(x)["custom_id"] not in ours])
+    assert sorted(ids_of(mixed)) == sorted(json.loads(x)["id"] for x in
+                                           (run / "batch" / "requests-0001.meta.jsonl").read_text().splitlines())
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("\n".join(mixed[::-1]) + "\n")
+    n_ours, n_other = len(ours), N_REQUESTS - len(ours)
+
+    rc, err = import_(capsys, run, str(f))
+    assert rc == 1, err
+    assert f"{n_other} line(s) of another model not imported" in err
+    first = records(run)
+    assert sorted(r["id"] for r in first) == sorted(ours)
+    failed = {r["id"] for r in first if r["status"] != "ok"}
+    assert {r["status"] for r in first} == {"ok", "invalid", "error"}
+    (partly,) = state(run)["partly_imported"].values()
+    assert partly == {"name": f.name, "taken": sorted(ours)} and state(run)["imported"] == {}
+
+    rc, err = import_(capsys, run, str(f))  # without the flag: what was taken is not taken again
+    assert rc == 1 and f"{n_ours} line(s) imported before from the same file, skipped" in err
+    assert "imported 0 ok, 0 invalid, 0 error" in err and f"{n_other} line(s) of another model" in err
+    assert records(run) == first
+
+    rc, err = import_(capsys, run, str(f), "--accept-model", OTHER)
+    assert f"{n_ours} line(s) imported before from the same file, skipped" in err
+    assert "another model" not in err
+    recs = records(run)
+    assert all(r in recs for r in first)
+    assert len(recs) == len({r["id"] for r in recs}) == N_REQUESTS  # one record per request: none twice
+    assert {r["model"] for r in recs if r["id"] not in ours} == {OTHER}
+    assert list(state(run)["imported"].values()) == [f.name] and "partly_imported" not in state(run)
+    assert state(run)["shards"][0]["finished"]  # every request of the batch accounted for
+
+    rc, err = import_(capsys, run, str(f), "--accept-model", OTHER)
+    assert f"{f.name}: already imported, skipped" in err and records(run) == recs
+    # each unusable reply was recorded once, so the next prepare re-asks it once
+    invalid = {r["id"]: r for r in recs if r["status"] == "invalid"}
+    assert invalid.keys() & failed
+    rc, err = prepare(capsys, inputs, run, srv.url)
+    assert rc == 0 and f"{len(invalid)} of them re-ask(s)" in err
+    asked = {json.loads(x)["custom_id"]: json.loads(x)["body"]["messages"]
+             for x in (run / "batch" / "requests-0002.jsonl").read_text().splitlines()}
+    assert set(asked) == {r["id"] for r in recs if r["status"] != "ok"}
+    assert all(len(asked[i]) == 4 for i in invalid)  # the first ask, one bad reply and its reason
+    assert_no_key(run)
+
+
+def test_a_file_nothing_was_taken_from_is_not_remembered(tmp_path, capsys, server, env, inputs):
+    srv = server()
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--stages", "entry")[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
+    output, _ = downloaded(srv, run)
+    page = tmp_path / "output.jsonl"  # what a failed download can leave: no line of it readable
+    page.write_text("<html>\n<body>502 Bad Gateway</body>\n</html>\n")
+    strangers = tmp_path / "strangers.jsonl"  # replies to requests the run never made
+    strangers.write_text("".join(x.replace('"entry:', '"entry:9') + "\n" for x in output))
+    for _ in range(2):
+        rc, err = import_(capsys, run, str(page), str(strangers))
+        assert rc == 1, err
+        assert f"0 already ok, 0 duplicate line(s), {len(output)} unknown id(s), 3 unreadable line(s)" in err
+        assert "already imported" not in err and records(run) == [] and state(run)["imported"] == {}
+
+    page.write_text("\n".join(output) + "\n")  # downloaded again, whole
+    rc, err = import_(capsys, run, str(page))
+    assert rc == 0 and f"imported {len(output)} ok" in err
+    rc, err = import_(capsys, run, str(page))
+    assert rc == 0 and "output.jsonl: already imported, skipped" in err and len(records(run)) == len(output)
