@@ -7,6 +7,10 @@ was taken from (every line refused or unreadable) is not remembered at all.
 The files are real: another run's output fetched from the Batch API
 simulator on loopback (the same requests asked of another model), and this
 run's own output downloaded by hand; ``bin/collect`` reads the result.
+
+The last test reads the pitches file in another encoding: ``prepare`` (and the
+reference import, whose ids number its rows) take ``--encoding`` as
+``bin/score`` does, and a GB18030 copy gives the UTF-8 file's request lines.
 """
 
 from __future__ import annotations
@@ -170,3 +174,53 @@ def test_a_file_nothing_was_taken_from_is_not_remembered(tmp_path, capsys, serve
     assert rc == 0 and f"imported {len(output)} ok" in err
     rc, err = import_(capsys, run, str(page))
     assert rc == 0 and "output.jsonl: already imported, skipped" in err and len(records(run)) == len(output)
+
+
+# ----------------------------------------------------------------- the pitches file in another encoding
+
+def reference_line(custom_id: str) -> str:
+    """A reply line as the reference's own scripts write it, for the run's model."""
+    body = {"model": "gpt-4o-mini", "choices": [{"index": 0, "finish_reason": "stop", "message": {
+        "role": "assistant", "content": '{"want_to_enter": 4, "reason": "有空"}'}}]}
+    return json.dumps({"custom_id": custom_id, "response": {"status_code": 200, "body": body}}, ensure_ascii=False)
+
+
+def test_prepare_reads_a_gb18030_pitches_file_with_encoding_as_the_utf8_one(tmp_path, capsys, env, inputs):
+    url = "http://127.0.0.1:9/v1"  # prepare sends nothing
+    pitches, goods = inputs
+    gb = tmp_path / "pitches-gb18030.csv"
+    gb.write_bytes(pitches.read_text(encoding="utf-8").encode("gb18030"))
+    assert gb.read_bytes() != pitches.read_bytes()
+    utf8_run, gb_run = tmp_path / "utf8", tmp_path / "gb"
+    assert prepare(capsys, inputs, utf8_run, url)[0] == 0
+    rc, err = prepare(capsys, (gb, goods), gb_run, url, "--encoding", "gb18030")
+    assert rc == 0, err
+    for name in ("requests-0001.jsonl", "requests-0001.meta.jsonl"):
+        want = (utf8_run / "batch" / name).read_bytes()
+        assert (gb_run / "batch" / name).read_bytes() == want and want.count(b"\n") == N_REQUESTS
+    assert "清晨好物分享" in (gb_run / "batch" / "requests-0001.jsonl").read_text(encoding="utf-8")
+    # and its estimate is the UTF-8 file's (any spelling of the name will do)
+    dry = [prepare(capsys, files, tmp_path / "dry", url, "--dry-run", *flags)
+           for files, flags in ((inputs, ()), ((gb, goods), ("--encoding", "GB18030")))]
+    assert dry[0] == dry[1] and dry[0][0] == 0 and "requests  prompt tokens" in dry[0][1]
+    assert not (tmp_path / "dry").exists()
+
+    # without the flag, or with a name Python does not know: one line, nothing written
+    for flags, said in (((), f"batch: error: {gb.name} line 2: not UTF-8 (byte 0x"),
+                        (("--encoding", "no-such-codec"), "batch: error: --encoding: unknown encoding 'no-such-codec'")):
+        rc, err = prepare(capsys, (gb, goods), tmp_path / "refused", url, *flags)
+        assert rc == 2 and len(err.strip().splitlines()) == 1 and err.startswith(said), err
+        assert not (tmp_path / "refused").exists()
+    assert "pass --encoding gb18030" in prepare(capsys, (gb, goods), tmp_path / "refused", url)[1]
+
+    # the reference's files name rows of that same file: --encoding reads it for them too
+    ref = tmp_path / "reference-entry.jsonl"
+    ref.write_text(reference_line("sentry_v3_i0_c0") + "\n", encoding="utf-8")
+    reference = ("import", "--run", str(gb_run), "--id-scheme", "reference", "--pitches", str(gb), "--goods",
+                 str(goods), str(ref))
+    rc, err = batch(capsys, *reference)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and f"{gb.name} line 2: not UTF-8" in err
+    assert records(gb_run) == []
+    rc, err = batch(capsys, *reference, "--encoding", "gb18030")
+    assert rc == 0 and "imported 1 ok" in err, err
+    assert [r["id"] for r in records(gb_run)] == ["entry:200:Z"]

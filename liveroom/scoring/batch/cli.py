@@ -26,6 +26,7 @@ from ...async_client.providers import (
 )
 from ...async_client.transport import endpoint_host
 from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
+from ...data.inputs import ENCODING_HELP, check_encoding, csv_encoding
 from ...errors import InputError
 from ..cost import Prices, add_cost_arguments, dry_run, resolve_prices, update_usage
 from ..plan import ModelParams, Plan, make_plan
@@ -91,6 +92,7 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     The provider is ``--provider``, else the one an earlier prepare of the run recorded, else the one
     the base URL's host names.
     """
+    check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
     name = args.provider or load_state(Path(args.out)).provider
     base_url = resolve_base_url(args.base_url, default_base_url(name))
     u = urlsplit(base_url)
@@ -102,7 +104,9 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     if not endpoint.startswith("/"):
         raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {endpoint!r}")
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts, args.out)
+    with csv_encoding(args.encoding):
+        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
+                         args.out)
     return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,
                              args.max_line_bytes or b.max_line_bytes), provider
 
@@ -193,7 +197,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files]
-    scheme = reference_scheme(args.pitches, args.goods) if args.id_scheme == "reference" else None
+    check_encoding(args.encoding)
+    scheme = reference_scheme(args.pitches, args.goods, args.encoding) if args.id_scheme == "reference" else None
     r = import_by_hand(Path(args.run), files, api_key(), args.accept_model, scheme)
     _count_usage(Path(args.run))
     for line in r.report.lines():
@@ -250,6 +255,7 @@ def _add_prepare(sub: Any) -> None:
                          "after them prepare leaves it out (default: %(default)s, as bin/score)")
     sp.add_argument("--include-submitted", action="store_true",
                     help="also prepare requests of submitted batches not fetched yet (they may be paid twice)")
+    sp.add_argument("--encoding", default=None, help=ENCODING_HELP)
     add_cost_arguments(sp, batch=True)
     sp.set_defaults(func=cmd_prepare)
 
@@ -319,6 +325,7 @@ def _add_import_and_cancel(sub: Any) -> None:
                     help="with --id-scheme reference: the run's pitches file, whose 0-based rows the ids number")
     sp.add_argument("--goods", metavar="JSON",
                     help="with --id-scheme reference: the run's showcase file (the item count of buy replies)")
+    sp.add_argument("--encoding", default=None, help="with --id-scheme reference: " + ENCODING_HELP)
     sp.set_defaults(func=cmd_import)
 
     sp = sub.add_parser("cancel", help="cancel the batches still running")

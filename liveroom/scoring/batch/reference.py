@@ -79,10 +79,11 @@ def _same_input(path: Path, manifest: dict[str, Any], name: str, flag: str) -> N
                          "rows would be read as other pitches")
 
 
-def run_rows(manifest: dict[str, Any], pitches: Path, goods: Path | None) -> RunRows:
-    """The run's rows, personas and item counts, the files checked against the manifest."""
+def run_rows(manifest: dict[str, Any], pitches: Path, goods: Path | None, encoding: str | None = None) -> RunRows:
+    """The run's rows, personas and item counts, the files checked against the manifest (the pitches
+    file read in ``encoding``, default UTF-8)."""
     _same_input(pitches, manifest, "pitches", "--pitches")
-    df = load_pitches(pitches)
+    df = load_pitches(pitches, encoding=encoding)
     n_items = None
     if goods is not None:
         _same_input(goods, manifest, "goods", "--goods")
@@ -130,14 +131,15 @@ class ReferenceIds:
         return out
 
 
-def reference_scheme(pitches: Path | None, goods: Path | None) -> Callable[[dict[str, Any]], ReferenceIds]:
+def reference_scheme(pitches: Path | None, goods: Path | None,
+                     encoding: str | None = None) -> Callable[[dict[str, Any]], ReferenceIds]:
     """``--id-scheme reference`` for :func:`~.flows.import_by_hand`: the flags checked now, the files
     against the run's manifest when it is called."""
     if pitches is None:
         raise InputError("--id-scheme reference needs --pitches CSV: the run's pitches file, whose 0-based rows "
                          "the ids number")
     pitches_path, goods_path = Path(pitches), Path(goods) if goods is not None else None
-    return lambda manifest: ReferenceIds(run_rows(manifest, pitches_path, goods_path))
+    return lambda manifest: ReferenceIds(run_rows(manifest, pitches_path, goods_path, encoding))
 
 
 def reference_hint(report: ImportReport) -> str | None:
