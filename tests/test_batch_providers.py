@@ -15,6 +15,7 @@ import json
 import numpy as np
 import pytest
 
+import test_batch
 from liveroom.async_client.batch_api import BatchClient
 from liveroom.async_client.providers import (
     DASHSCOPE,
@@ -43,7 +44,7 @@ from test_batch import (
     assert_no_key,
     batch,
     collect,
-    make_inputs,
+    prepare,
     records,
     score,
     state,
@@ -53,34 +54,7 @@ FAST = ("--backoff", "0.01")
 WAIT = ("--wait", "--interval", "0.01", *FAST)
 
 
-@pytest.fixture
-def server():
-    started: list[Server] = []
-
-    def start(**kw) -> Server:
-        started.append(Server(BatchConfig(sim=SimConfig(api_key=KEY), **kw)))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    return make_inputs(tmp_path)
-
-
-def prepare(capsys, inputs, run, url, *flags) -> tuple[int, str]:
-    return batch(capsys, "prepare", "--pitches", str(inputs[0]), "--goods", str(inputs[1]), "--out", str(run),
-                 "--base-url", url, *flags)
+server, env, inputs = test_batch.server, test_batch.env, test_batch.inputs  # the fixtures of test_batch
 
 
 def request_lines(run, name: str) -> list[dict]:
