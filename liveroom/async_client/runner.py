@@ -1,4 +1,4 @@
-"""Running a command's event loop."""
+"""Running a command's event loop: bin/score's, bin/serve's and the simulators'."""
 
 from __future__ import annotations
 

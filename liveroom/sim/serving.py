@@ -10,7 +10,6 @@ the same way. :func:`serve` runs an app on a host and port for a block;
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import signal
 from contextlib import asynccontextmanager
@@ -20,19 +19,13 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from ..async_client.runner import run_loop
 from ..errors import LiveroomError
 from .completion import error_object
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 UNAUTHORIZED = orjson.dumps(error_object("Incorrect API key provided", "invalid_request_error", "invalid_api_key"))
-
-# The simulator holds hundreds of requests in flight, as the client does: the
-# default gen-0 threshold of 700 made the collector walk them every few
-# requests. Frozen start-up objects and 50x rarer young collections, as in
-# the scoring client's loop (the simulator keeps its own copy: it does not
-# import the engine it is there to test).
-GC_THRESHOLD0 = 35_000
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -125,18 +118,8 @@ async def _serve_until_signal(app: web.Application, host: str, port: int) -> Non
 
 
 def serve_command(app: web.Application, host: str, port: int) -> None:
-    """Print ``listening on URL`` and serve until SIGINT or SIGTERM, on uvloop
-    where it is installed (it halves the simulator's CPU per request)."""
-    thresholds = gc.get_threshold()
-    gc.freeze()
-    gc.set_threshold(max(thresholds[0], GC_THRESHOLD0), *thresholds[1:])
-    try:
-        try:
-            import uvloop
-        except ImportError:
-            asyncio.run(_serve_until_signal(app, host, port))
-        else:
-            uvloop.run(_serve_until_signal(app, host, port))
-    finally:
-        gc.set_threshold(*thresholds)
-        gc.unfreeze()
+    """Print ``listening on URL`` and serve until SIGINT or SIGTERM, on the client's event loop
+    (:func:`~liveroom.async_client.runner.run_loop`: uvloop where it is installed, which halves the
+    simulator's CPU per request, and the collector tuned for hundreds of requests in flight; the
+    runner holds none of the engine's logic that the simulator is there to test)."""
+    run_loop(_serve_until_signal(app, host, port))
