@@ -1,4 +1,4 @@
-"""One writer per run directory (issue rows F1, F2): real processes on one RUN_DIR.
+"""One writer per run directory (faults F1, F2): real processes on one RUN_DIR.
 
 bin/score and every bin/batch verb that writes take ``RUN_DIR/.lock``; a
 second writer is refused at once with ``RUN_DIR is in use by pid N (LABEL)``,
@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -22,9 +23,24 @@ from liveroom.locks import RUN_DIR_LOCK
 from test_reliability_kit import Server, batch, completion, make_inputs, ok_ids, one_line_error, score, start_score
 
 
-async def slow(request: web.Request, body: dict) -> web.StreamResponse:
-    await asyncio.sleep(0.05)
-    return web.json_response(completion())
+class Held:
+    """Answers the first ``free`` requests, then holds every other one until :meth:`release`: the first
+    writer is still at work whatever the second one's start-up costs on a busy machine."""
+
+    def __init__(self, free: int = 4) -> None:
+        self.free = free
+        self.released = threading.Event()
+
+    def release(self) -> None:
+        self.released.set()
+
+    async def __call__(self, request: web.Request, body: dict) -> web.StreamResponse:
+        if self.free > 0:
+            self.free -= 1
+        else:
+            while not self.released.is_set():
+                await asyncio.sleep(0.01)
+        return web.json_response(completion())
 
 
 def wait_for_records(run: Path, proc: subprocess.Popen[str], at_least: int = 1, within: float = 60) -> None:
@@ -39,7 +55,8 @@ def wait_for_records(run: Path, proc: subprocess.Popen[str], at_least: int = 1, 
 def test_two_scores_at_once_one_is_refused_and_nothing_is_asked_twice(tmp_path):
     """F1: two bin/score on one RUN_DIR (two terminals, a retried cron job)."""
     pitches, goods = make_inputs(tmp_path, 6)
-    srv = Server(slow)
+    held = Held()
+    srv = Server(held)
     run = tmp_path / "run"
     try:
         first = start_score(pitches, goods, run, srv.url, "--stages", "entry,read", "--concurrency", "4")
@@ -48,6 +65,7 @@ def test_two_scores_at_once_one_is_refused_and_nothing_is_asked_twice(tmp_path):
         line = one_line_error(second)
         assert line == f"score: error: {run} is in use by pid {first.pid} (bin/score)", line
         sent_by_second = srv.requests
+        held.release()
         err = first.communicate(timeout=120)[1]
         assert first.returncode == 0, err
         ids = ok_ids(run)
@@ -65,7 +83,8 @@ def test_two_scores_at_once_one_is_refused_and_nothing_is_asked_twice(tmp_path):
 def test_batch_verbs_are_refused_while_score_runs(tmp_path):
     """F2: bin/batch import (and prepare) on a RUN_DIR that bin/score is writing."""
     pitches, goods = make_inputs(tmp_path, 6)
-    srv = Server(slow)
+    held = Held()
+    srv = Server(held)
     run = tmp_path / "run"
     try:
         proc = start_score(pitches, goods, run, srv.url, "--stages", "entry,read", "--concurrency", "2")
@@ -79,6 +98,7 @@ def test_batch_verbs_are_refused_while_score_runs(tmp_path):
         assert one_line_error(p) == f"batch: error: {run} is in use by pid {proc.pid} (bin/score)"
         assert not (run / "batch").exists() or not list((run / "batch").glob("requests-*.jsonl"))
         proc.send_signal(signal.SIGTERM)
+        held.release()  # the requests out come back within the grace period
         proc.communicate(timeout=60)
         assert proc.returncode == 143
         ids = ok_ids(run)
