@@ -115,6 +115,14 @@ def test_a_local_server_provider_needs_its_address_on_serve_too(tmp_path):
                                                        "--base-url or OPENAI_BASE_URL", p.stderr
 
 
+def test_serve_refuses_a_remote_endpoint_without_a_key_before_serving(tmp_path):
+    p = command("serve", "--model", str(tmp_path), "--base-url", "https://llm.example.com/v1", "--port", "0")
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.strip() == "serve: error: no API key for https://llm.example.com/v1: set OPENAI_API_KEY (a server that " \
+                               "needs none: set it to any value, e.g. OPENAI_API_KEY=none)", p.stderr
+    assert "listening" not in p.stdout
+
+
 # ----------------------------------------------------------------- bin/serve's flags reach its requests
 
 

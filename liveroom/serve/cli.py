@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..async_client.runner import run_loop
-from ..async_client.transport import endpoint_host
+from ..async_client.transport import endpoint_host, target
 from ..cliargs import port_number
 from ..errors import LiveroomError
 from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
@@ -69,6 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """bin/serve: 0 after SIGINT/SIGTERM; 2 (one line) when the model or cache cannot be used."""
     args = build_parser().parse_args(argv)
     settings = chat_settings(args, args.llm)
+    target(settings.base_url, settings.api_key).require_key()  # a remote endpoint without a key: before serving
     cache = Path(args.cache) if args.cache else Path(args.model) / CACHE
     service = Forecaster(args.model, cache, settings)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
