@@ -224,3 +224,20 @@ def test_prepare_reads_a_gb18030_pitches_file_with_encoding_as_the_utf8_one(tmp_
     rc, err = batch(capsys, *reference, "--encoding", "gb18030")
     assert rc == 0 and "imported 1 ok" in err, err
     assert [r["id"] for r in records(gb_run)] == ["entry:200:Z"]
+
+
+def test_prepare_merges_extra_body_into_every_line_and_the_manifest(tmp_path, capsys, server, env, inputs):
+    """``--extra-body`` as bin/score takes it (e.g. GLM's thinking switch): in each line's body, and kept."""
+    srv = server()
+    run = tmp_path / "run"
+    rc, err = prepare(capsys, inputs, run, srv.url, "--extra-body", '{"thinking": {"type": "disabled"}}')
+    assert rc == 0, err
+    lines = [json.loads(line) for s in state(run)["shards"] for line in (run / "batch" / s["name"]).read_text().splitlines()]
+    assert len(lines) == N_REQUESTS and all(r["body"]["thinking"] == {"type": "disabled"} for r in lines)
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["params"]["extra_body"] == {"thinking": {"type": "disabled"}}
+    # another body is another run: refused, nothing rewritten
+    before = {p.name: p.read_bytes() for p in (run / "batch").iterdir() if p.is_file()}
+    rc, err = prepare(capsys, inputs, run, srv.url)
+    assert rc == 2 and "extra_body" in err, err
+    assert {p.name: p.read_bytes() for p in (run / "batch").iterdir() if p.is_file()} == before

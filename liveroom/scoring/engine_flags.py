@@ -71,6 +71,9 @@ def add_model_arguments(p: argparse.ArgumentParser, flag: str = "--model") -> No
                    help="response_format sent to the server (default: %(default)s)")
     p.add_argument("--temperature", type=non_negative_float, default=0.2, help="(default: %(default)s)")
     p.add_argument("--max-tokens", type=positive_int, default=1000, help="(default: %(default)s)")
+    p.add_argument("--extra-body", metavar="JSON", type=json_object, default={},
+                   help="provider fields merged into every request body and kept in the manifest, e.g. "
+                        "'{\"enable_thinking\": false}' (DashScope), '{\"thinking\": {\"type\": \"disabled\"}}' (GLM)")
 
 
 def add_engine_arguments(p: argparse.ArgumentParser, over: str = "", limit: str = "the live limit") -> None:
@@ -82,9 +85,6 @@ def add_engine_arguments(p: argparse.ArgumentParser, over: str = "", limit: str 
     p.add_argument("--fixed-concurrency", action="store_true",
                    help=f"keep {limit} at --concurrency whatever the provider answers")
     add_provider_argument(p, known=CHAT_PROVIDERS, what="whose error codes are read first")
-    p.add_argument("--extra-body", metavar="JSON", type=json_object, default={},
-                   help="provider fields merged into every request body and kept in the manifest, e.g. "
-                        "'{\"enable_thinking\": false}' (DashScope), '{\"thinking\": {\"type\": \"disabled\"}}' (GLM)")
     p.add_argument("--rpm", type=positive_float, help=f"requests per minute limit{over}, spread evenly")
     p.add_argument("--tpm", type=positive_float, help=f"tokens per minute limit{over} (estimated, corrected by usage)")
     p.add_argument("--max-retries", type=non_negative_int, default=EngineConfig.max_retries,

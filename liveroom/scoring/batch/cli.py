@@ -103,7 +103,7 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     endpoint = args.endpoint or b.endpoint
     if not endpoint.startswith("/"):
         raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {endpoint!r}")
-    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format)
+    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
                          args.out)
