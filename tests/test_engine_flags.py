@@ -178,6 +178,22 @@ def test_serve_keeps_asking_over_the_cap_only_with_fixed_concurrency(servers, mo
     assert fixed > 2 * adaptive, (adaptive, fixed)  # the same cap, asked over and over
 
 
+def test_forecasts_share_one_live_limit_so_later_ones_start_from_what_was_learned(servers, model_dir, tmp_path):
+    sim = servers("sim-server", "--profile", "zhipu", "--max-inflight", "4", "--latency-ms", "100")
+    serve = servers("serve", *serve_flags(sim, model_dir, tmp_path / "cache", "--concurrency", "24",
+                                          "--max-retries", "12", "--backoff", "0.01"), key=KEY)
+    capped = []
+    for first in (0, 5):  # five new pitches at once, twice
+        before = sim_stats(sim)["capped"]
+        status, got = call(serve.url + "/v1/forecast:batch", {"pitches": [make_pitch(first + i) for i in range(5)]})
+        assert status == 200 and got["requests_sent"] >= 120, got
+        capped.append(sim_stats(sim)["capped"] - before)
+    status, health = call(serve.url + "/healthz")
+    current, ceiling = map(int, health["concurrency"].removeprefix("limit ").split("/"))
+    assert ceiling == 24 and current <= 6, health  # one limit, and it found the cap
+    assert capped[1] < capped[0] / 2, capped  # the second batch did not learn the cap again
+
+
 def test_serve_reads_error_codes_as_the_provider_means_them(servers, model_dir, tmp_path):
     # DashScope's token throttle answers 429 insufficient_quota, OpenAI's code for an empty account
     sim = servers("sim-server", "--profile", "dashscope", "--tpm-limit", "1", "--latency-ms", "100")

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from liveroom.async_client.chat import ChatClient
 from liveroom.async_client.checkpoint import Checkpoint
+from liveroom.async_client.concurrency import ConcurrencyLimit
 from liveroom.async_client.engine import Engine, EngineConfig, Job, Stats
 from liveroom.async_client.errors import RunFailed, Unreachable, UnusableReply
 from liveroom.async_client.limits import Limits, Outage
@@ -201,3 +202,37 @@ async def test_the_served_model_is_kept_and_a_different_one_warned_about_once(ai
     assert {r["model"] for r in recs} == {"gpt-4o", "gpt-4o-mini-2024-07-18"}
     assert warned == ["the server answered with model 'gpt-4o', not 'gpt-4o-mini' "
                       "(each record keeps the model that answered it)"]
+
+
+async def test_a_run_cancelled_from_outside_gives_a_shared_limit_back_every_slot(aiohttp_server, tmp_path):
+    """A service's forecasts share one live limit: a forecast cancelled mid-flight (its caller went
+    away) must leave no slot held and no request counted out, or the limit shrinks for everyone."""
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.2)
+        return web.json_response(completion())
+
+    url = await serve(aiohttp_server, slow)
+    shared = ConcurrencyLimit(4)
+    checkpoint = Checkpoint(tmp_path)
+    checkpoint.open({"groups": {"g": "v1"}})
+    try:
+        async with ChatClient(url, None, 5, 8) as client:
+            config = EngineConfig(**{"concurrency": 4, **FAST})
+            first = Engine(client, Limits(), checkpoint, JsonTask(), config, limiter=shared)
+            running = asyncio.create_task(first.run((job(i) for i in range(100)), 100))
+            for _ in range(200):
+                if shared.sending == 4:
+                    break
+                await asyncio.sleep(0.005)
+            assert shared.active == shared.sending == 4  # every slot held, a request out in each
+            running.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await running
+            await asyncio.sleep(0)
+            assert shared.active == 0 and shared.sending == 0
+            # the next engine on the same limit gets all of it
+            second = Engine(client, Limits(), checkpoint, JsonTask(), config, limiter=shared)
+            stats = await asyncio.wait_for(second.run((job(i) for i in range(100, 108)), 8), 10)
+            assert stats.ok == 8 and second.limiter is shared and shared.active == 0
+    finally:
+        checkpoint.close()

@@ -140,10 +140,11 @@ class Engine:
 
     def __init__(self, client: Client, limits: Limits, checkpoint: Checkpoint, task: Task,
                  config: EngineConfig, on_record: Callable[[Record], None] | None = None,
-                 on_warning: Callable[[str], None] | None = None) -> None:
+                 on_warning: Callable[[str], None] | None = None, limiter: ConcurrencyLimit | None = None) -> None:
         self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config
         self.outage = Outage(config.probe_every)
-        self.limiter = ConcurrencyLimit(config.concurrency, config.adaptive)
+        # the live limit; ``limiter`` shares one between engines (a service's forecasts, each its own engine)
+        self.limiter = limiter or ConcurrencyLimit(config.concurrency, config.adaptive)
         self.stats = Stats(outage=self.outage, limit=self.limiter)
         self._pool = config.concurrency * max(1, config.pool)  # workers: room for jobs waiting to retry
         self.on_record: Callable[[Record], None] = on_record or (lambda record: None)
@@ -230,16 +231,21 @@ class Engine:
 
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
         slot = Slot(self.limiter)
+        try:
+            await self._work(queue, slot)
+        finally:  # cancelled too: a shared limit must not lose the slot
+            slot.release()
+
+    async def _work(self, queue: asyncio.Queue[Job | None], slot: Slot) -> None:
         while not self._stop.is_set():
             if not slot.held:  # kept from the last job: nothing to wait for
                 await self._admit(slot)
             job = await queue.get()
             if job is None or self._stop.is_set():
-                slot.release()
                 return
             refused = self.admission.reserve(job) if self.admission is not None else None
             if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
-                slot.release()
+                slot.release()  # before the sleep: the slot is not this worker's any more
                 await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns
                 if not self._stop.is_set():
                     self.stop(refused)
@@ -247,7 +253,6 @@ class Engine:
             try:
                 record = await self._process(job, slot)
             except _Stopped:
-                slot.release()
                 return
             slot.done()  # kept for the next job unless the limit dropped or a retried job waits
             self.checkpoint.write(job.group, record)

@@ -1,10 +1,11 @@
 """One engine set-up, one set of limits and one answer cache for every forecast in flight.
 
 Each forecast runs the questions it still lacks through an
-:class:`~liveroom.async_client.engine.Engine` of its own (with its own live
-concurrency limit, fixed under ``--fixed-concurrency``), but all of them
+:class:`~liveroom.async_client.engine.Engine` of its own, but all of them
 share the chat client (its connection pool and ``--provider``'s error codes),
-a gate of ``--concurrency`` requests in flight, the :class:`~liveroom.async_client.limits.Limits`
+one live concurrency limit of at most ``--concurrency`` requests in flight
+(what one forecast learns of the provider's cap, the next one starts from;
+fixed under ``--fixed-concurrency``), the :class:`~liveroom.async_client.limits.Limits`
 (``--rpm``, ``--tpm``, the cool-down after a 429) and the cache: a run
 directory (manifest + one JSONL per stage, as bin/score writes it) read once
 at start and appended to with every answer. A question already answered is
@@ -24,10 +25,11 @@ from typing import Any
 
 from ..async_client.chat import ChatClient
 from ..async_client.checkpoint import Checkpoint, check_manifest
+from ..async_client.concurrency import ConcurrencyLimit
 from ..async_client.engine import Client, Engine, Job
 from ..async_client.limits import Limits
 from ..async_client.record import Record
-from ..async_client.transport import Reply, endpoint_host, redact
+from ..async_client.transport import endpoint_host, redact
 from ..data.layout import N_TABULAR, input_names
 from ..data.personas import DEFAULT_PERSONAS, PERSONA_KEYS
 from ..errors import InputError, LiveroomError
@@ -44,18 +46,6 @@ LOCK = "serve.lock"
 
 class ProviderError(Exception):
     """Some question got no usable answer from the provider; the message says which and why."""
-
-
-class _Gate:
-    """A client that lets at most ``n`` requests through at once, whoever sends them."""
-
-    def __init__(self, client: Client, n: int) -> None:
-        self._client, self._slots = client, asyncio.Semaphore(n)
-        self.url = client.url
-
-    async def complete(self, payload: dict[str, Any]) -> Reply:
-        async with self._slots:
-            return await self._client.complete(payload)
 
 
 class Forecaster:
@@ -81,6 +71,7 @@ class Forecaster:
         self._stack = contextlib.AsyncExitStack()
         self._client: Client | None = None
         self._limits: Limits | None = None
+        self._limiter: ConcurrencyLimit | None = None  # the live concurrency limit over all forecasts
         self._started = time.monotonic()
 
     async def __aenter__(self) -> Forecaster:
@@ -92,10 +83,10 @@ class Forecaster:
             for rec in self.checkpoint.records(stage.name):
                 if rec.ok:
                     self.answers[rec.id] = rec.scores
-        chat = await self._stack.enter_async_context(
+        self._client = await self._stack.enter_async_context(
             ChatClient(s.base_url, s.api_key, s.timeout, s.engine.concurrency, s.provider))
-        self._client = _Gate(chat, s.engine.concurrency)
         self._limits = Limits(s.rpm, s.tpm)
+        self._limiter = ConcurrencyLimit(s.engine.concurrency, s.engine.adaptive)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -134,12 +125,14 @@ class Forecaster:
         """Send ``jobs`` through a fresh engine over the shared parts; the HTTP requests it sent."""
         if not jobs:
             return 0
-        assert self._client is not None and self._limits is not None, "use Forecaster with async with"
+        assert self._client is not None and self._limits is not None and self._limiter is not None, \
+            "use Forecaster with async with"
         loop = asyncio.get_running_loop()
         mine = {j.id: loop.create_future() for j in jobs}
         self._pending.update(mine)
         config = replace(self.settings.engine, concurrency=min(self.settings.engine.concurrency, len(jobs)))
-        engine = Engine(self._client, self._limits, self.checkpoint, StageTask(), config, on_record=self._record)
+        engine = Engine(self._client, self._limits, self.checkpoint, StageTask(), config, on_record=self._record,
+                        limiter=self._limiter)
         try:
             await engine.run(iter(jobs), len(jobs))
         except LiveroomError as e:  # bad key, no quota, no endpoint: every question left fails with that reason
@@ -200,5 +193,6 @@ class Forecaster:
 
     def health(self) -> dict[str, Any]:
         """GET /healthz: up, and what it has done."""
-        return {"status": "ok", "answers": len(self.answers), "in_flight": len(self._pending),
+        limit = self._limiter.describe() if self._limiter is not None else None
+        return {"status": "ok", "answers": len(self.answers), "in_flight": len(self._pending), "concurrency": limit,
                 "uptime_s": round(time.monotonic() - self._started, 1), **self.counts}
