@@ -1,4 +1,5 @@
-"""Shared fixtures: small input files in the reference format, built per test.
+"""Shared fixtures: small input files in the reference format, built per test, and
+bin/sim-server processes (:class:`Sim`, the ``sim`` fixture).
 
 The column list and the sample rows are written out here by hand (not taken
 from the package) so that tests check the package against the format, not
@@ -11,11 +12,18 @@ import csv
 import datetime as dt
 import json
 import math
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import chinese_calendar
 import pytest
+
+SIM_SERVER = Path(__file__).resolve().parent.parent / "bin" / "sim-server"
 
 #: persona keys in the reference's fixed order
 PERSONA_ORDER: tuple[str, ...] = (
@@ -145,3 +153,44 @@ def pitches_csv(tmp_path: Path) -> Path:
 def goods_json(tmp_path: Path) -> Path:
     """The showcase JSON matching :func:`pitches_csv`."""
     return write_goods(tmp_path, sample_showcase())
+
+
+class Sim:
+    """A bin/sim-server subprocess, on a free port unless the flags name one."""
+
+    def __init__(self, *flags: str):
+        if "--port" not in flags:
+            flags = ("--port", "0", *flags)
+        self.proc = subprocess.Popen([sys.executable, str(SIM_SERVER), *flags],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), line + self.proc.stderr.read()
+        self.url = line.split()[-1]
+
+    def stats(self) -> dict:
+        """What the server's ``/stats`` counts (every request it got)."""
+        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/stats") as r:
+            return json.load(r)
+
+    @property
+    def port(self) -> str:
+        return self.url.rsplit(":", 1)[1].split("/")[0]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def sim() -> Iterator[Callable[..., Sim]]:
+    """Start bin/sim-server processes (``sim(*flags)``); each is stopped after the test."""
+    servers: list[Sim] = []
+
+    def start(*flags: str) -> Sim:
+        servers.append(Sim(*flags))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.stop()

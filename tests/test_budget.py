@@ -40,25 +40,11 @@ from test_batch import KEY, Server, get
 from test_batch import batch as batch_cmd
 from test_batch import make_inputs as batch_inputs
 from test_batch import state as batch_state
-from test_cost import BIN, Sim, make_inputs, records, score
+from test_cost import BIN, make_inputs, records, score
 
 PRICES = ("--price-input", "2000", "--price-output", "8000")
 P = Prices(2000.0, 8000.0)
 MAX_TOKENS = 100  # the simulator's replies here take 18 to 77 tokens
-
-
-@pytest.fixture
-def sim():
-    """bin/sim-server processes, stopped at the end."""
-    servers: list[Sim] = []
-
-    def start(*flags: str) -> Sim:
-        servers.append(Sim(*flags))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 @pytest.fixture

@@ -12,11 +12,9 @@ import hashlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,39 +51,6 @@ def make_inputs(tmp_path: Path, n: int = N) -> tuple[Path, Path]:
         rows.append(pitch_row(100 + i, start, title=f"宠粉专场第{i}场", prod=f"好物{i}号", text="今天限时优惠，全场包邮" * (i + 1)))
         goods[start] = [[j, f"商品{i}-{j}", float(20 * (i + 1) * (j + 1))] for j in range(1 + i % 3)]
     return write_pitches(tmp_path, rows), write_goods(tmp_path, goods)
-
-
-class Sim:
-    """A bin/sim-server subprocess."""
-
-    def __init__(self, *flags: str):
-        self.proc = subprocess.Popen([sys.executable, str(BIN / "sim-server"), "--port", "0", *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on "), line + self.proc.stderr.read()
-        self.url = line.split()[-1]
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/stats") as r:
-            return json.load(r)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def sim():
-    servers: list[Sim] = []
-
-    def start(*flags: str) -> Sim:
-        servers.append(Sim(*flags))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def run(cmd: str, *args: str, url: str) -> subprocess.CompletedProcess:

@@ -20,7 +20,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,23 +31,9 @@ from liveroom.async_client.errors import Fatal, Filtered, Rejected, Retryable
 from liveroom.async_client.providers import DASHSCOPE, OPENAI, ZHIPU, rule_for
 from liveroom.async_client.transport import http_error, rate_window, read_completion, reset_seconds, retry_after
 from test_reliability_kit import Server, completion, env_for, one_line_error, records
-from test_score import BIN, Sim, make_inputs, score
+from test_score import BIN, make_inputs, score
 
 PROFILES = ("openai", "zhipu", "dashscope")
-
-
-@pytest.fixture
-def sim() -> Iterator[Callable[..., Sim]]:
-    """Start bin/sim-server processes (``sim(*flags)``); each is stopped after the test."""
-    servers: list[Sim] = []
-
-    def start(*flags: str) -> Sim:
-        servers.append(Sim(*flags))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 LIMIT = re.compile(r"limit (\d+)/(\d+)")
 
 

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -40,45 +39,6 @@ def make_inputs(tmp_path: Path, n: int) -> tuple[Path, Path]:
         rows.append(pitch_row(100 + i, start, title=f"宠粉专场第{i}场", prod=f"好物{i}号", text=TEXTS[i % 4]))
         goods[start] = [[j, f"商品{i}-{j}", float(20 * (i % 7 + 1) * (j + 1) ** 2)] for j in range(1 + i % 4)]
     return write_pitches(tmp_path, rows), write_goods(tmp_path, goods)
-
-
-class Sim:
-    """A bin/sim-server subprocess."""
-
-    def __init__(self, *flags: str):
-        if "--port" not in flags:
-            flags = ("--port", "0", *flags)
-        self.proc = subprocess.Popen([sys.executable, str(BIN / "sim-server"), *flags],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on "), line + self.proc.stderr.read()
-        self.url = line.split()[-1]
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/stats") as r:
-            return json.load(r)
-
-    @property
-    def port(self) -> str:
-        return self.url.rsplit(":", 1)[1].split("/")[0]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(10)
-
-
-@pytest.fixture
-def sim():
-    servers: list[Sim] = []
-
-    def start(*flags: str) -> Sim:
-        servers.append(Sim(*flags))
-        return servers[-1]
-
-    yield start
-    for s in servers:
-        s.stop()
 
 
 def score(pitches: Path, goods: Path, out: Path, url: str, *flags: str, key: str | None = None,
