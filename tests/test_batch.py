@@ -94,6 +94,7 @@ class Server:
 
 @pytest.fixture
 def server():
+    """Start Batch API servers (``server(**BatchConfig fields)``) in threads; each is stopped after the test."""
     started: list[Server] = []
 
     def start(**kw) -> Server:

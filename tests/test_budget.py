@@ -28,15 +28,14 @@ from pathlib import Path
 
 import pytest
 
+import test_batch
 from liveroom.async_client.engine import Job
 from liveroom.async_client.record import Record
 from liveroom.prompts.stages import STAGES
 from liveroom.scoring.budget import REASK_WORDS, WorstCase
 from liveroom.scoring.cost import FIELDS, USAGE, Prices, check_usage
 from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan, plan_jobs, scan_done
-from liveroom.sim.batch_jobs import BatchConfig
-from liveroom.sim.config import SimConfig
-from test_batch import KEY, Server, get
+from test_batch import KEY, get
 from test_batch import batch as batch_cmd
 from test_batch import make_inputs as batch_inputs
 from test_batch import state as batch_state
@@ -47,18 +46,7 @@ P = Prices(2000.0, 8000.0)
 MAX_TOKENS = 100  # the simulator's replies here take 18 to 77 tokens
 
 
-@pytest.fixture
-def server():
-    """The Batch API server of test_batch, in a thread."""
-    started: list[Server] = []
-
-    def start(**kw) -> Server:
-        started.append(Server(BatchConfig(sim=SimConfig(api_key=KEY), **kw)))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.stop()
+server = test_batch.server  # the Batch API server fixture of test_batch
 
 
 def by_hand(recs: list[dict]) -> dict[str, int]:
