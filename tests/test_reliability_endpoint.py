@@ -17,6 +17,7 @@ import time
 from aiohttp import web
 
 from test_reliability_kit import (
+    STAGES,
     Server,
     completion,
     env_for,
@@ -27,8 +28,6 @@ from test_reliability_kit import (
     score,
     score_cmd,
 )
-
-STAGES = ("--stages", "entry,read")
 
 
 def test_a_first_run_without_key_or_endpoint_is_one_line_before_anything_is_sent(tmp_path):

@@ -15,6 +15,7 @@ import time
 from aiohttp import web
 
 from test_reliability_kit import (
+    STAGES,
     Server,
     collect,
     completion,
@@ -26,8 +27,6 @@ from test_reliability_kit import (
     score,
     start_score,
 )
-
-STAGES = ("--stages", "entry,read")
 
 
 def test_a_full_disk_stops_the_run_with_one_line_and_every_record_whole(tmp_path):

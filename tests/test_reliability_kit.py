@@ -29,6 +29,8 @@ BIN = ROOT / "bin"
 MODEL = "gpt-4o-mini"  # the default model a run asks for
 #: a reply both the entry and the read stage can use (``--stages entry,read``)
 GOOD = '{"want_to_enter": 3, "impact": 3, "reason": "还行"}'
+#: the stages a run asks when every reply is :data:`GOOD`
+STAGES = ("--stages", "entry,read")
 
 Handler = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.record import Record, dumps
 from test_reliability_kit import (
+    STAGES,
     Server,
     collect,
     completion,
@@ -39,7 +40,6 @@ from test_reliability_kit import (
     score_cmd,
 )
 
-STAGES = ("--stages", "entry,read")
 needs_namespaces = pytest.mark.skipif(not have_namespaces(), reason="no private mount namespaces (unshare -rm)")
 
 #: fills the disk holding argv[1] until it is full, holds it full a moment, frees it, again and again
