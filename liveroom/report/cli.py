@@ -11,6 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..data.inputs import ENCODING_HELP, check_encoding
 from ..data.personas import PERSONA_KEYS
 from . import plots
 from .gather import ModelResult, RunResult, load_model_result, load_run_result
@@ -32,6 +33,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--run", metavar="RUN_DIR", help="checkpoint directory of bin/score or bin/batch")
     ap.add_argument("--pitches", metavar="P.csv", help="the pitches the models were trained on (default: the file "
                     "named in each model's config); with --run, also counts the requests never finished")
+    ap.add_argument("--encoding", default=None, help=ENCODING_HELP + "; without it, a model's own pitches file "
+                    "(no --pitches) is read in the encoding the model was trained with")
     ap.add_argument("--features", metavar="FEATURES_DIR",
                     help="the features the models were trained on (default: the directory in each model's config)")
     ap.add_argument("--out", required=True, metavar="REPORT.html", help="the HTML file to write (PNGs go beside it)")
@@ -68,13 +71,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``bin/report``: read the model(s) and the run, then write the HTML page and its PNGs."""
     ap = parser()
     args = ap.parse_args(argv)
+    check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
     if not args.model and not args.run:
         ap.error("give --model MODEL_DIR, --run RUN_DIR, or both")
     if args.name and len(args.name) != len(args.model):
         ap.error(f"--name given {len(args.name)} time(s) for {len(args.model)} --model(s); give one per model")
     names = args.name or [None] * len(args.model)
-    models = [load_model_result(d, name, args.pitches, args.features) for d, name in zip(args.model, names)]
-    run = load_run_result(args.run, args.pitches) if args.run else None
+    models = [load_model_result(d, name, args.pitches, args.features, args.encoding)
+              for d, name in zip(args.model, names)]
+    run = load_run_result(args.run, args.pitches, args.encoding) if args.run else None
     sections = ([model_section(models)] if models else []) + ([run_section(run)] if run else [])
     out = Path(args.out)
     lines = [f"Written {dt.datetime.now():%Y-%m-%d %H:%M} by bin/report from "

@@ -3,7 +3,9 @@
 A model (``bin/train``'s MODEL_DIR): its summary, the per-epoch
 ``metrics.csv``, and its predictions on the test split, recomputed from
 ``best.pt`` and the training data (the pitches file and features it was
-trained on, or those given), split as training split them. A run
+trained on, or those given), split as training split them; the pitches file
+it was trained on is read in the encoding it was trained with, one given in
+the encoding given (default UTF-8). A run
 (``bin/score``'s RUN_DIR): per stage the last word on every request (ok if
 any record of it is ok, as ``bin/collect`` counts), its scores, and the tokens
 of every record, retries included. Everything comes back as numbers; nothing
@@ -149,8 +151,12 @@ def _existing(given: str | None, trained_on: str | None, what: str, model_dir: P
 
 
 def load_model_result(model_dir: str | Path, name: str | None = None, pitches: str | None = None,
-                      features: str | None = None) -> ModelResult:
-    """Summary, curves and test-split predictions of the model in ``model_dir``."""
+                      features: str | None = None, encoding: str | None = None) -> ModelResult:
+    """Summary, curves and test-split predictions of the model in ``model_dir``.
+
+    ``encoding`` is the pitches file's; when None, the model's own file is read
+    in the encoding it was trained with and a given ``pitches`` as UTF-8.
+    """
     d = Path(model_dir)
     if not d.is_dir():
         raise InputError(f"{d}: model directory not found")
@@ -161,7 +167,7 @@ def load_model_result(model_dir: str | Path, name: str | None = None, pitches: s
         raise InputError(f"{d}: model was trained for personas {', '.join(ck['personas'])}")
     cfg = TrainConfig.from_dict(ck["config"])
     pitches_path = _existing(pitches, cfg.pitches, "pitches file", d, "--pitches")
-    df = read_pitches(pitches_path, with_targets=True)
+    df = read_pitches(pitches_path, with_targets=True, encoding=encoding or (None if pitches else cfg.encoding))
     feats = None
     if cfg.with_llm:  # the same pitches as training: refused, or left out with --drop-missing
         features_dir = _existing(features, cfg.features, "features directory", d, "--features")
@@ -250,8 +256,9 @@ def _cost(run_dir: Path) -> tuple[float | None, str]:
     return float(cost), str(obj.get("currency", ""))
 
 
-def load_run_result(run_dir: str | Path, pitches: str | None = None) -> RunResult:
-    """Every stage of the run in ``run_dir``; with ``pitches``, only its pitches, and what is missing."""
+def load_run_result(run_dir: str | Path, pitches: str | None = None, encoding: str | None = None) -> RunResult:
+    """Every stage of the run in ``run_dir``; with ``pitches`` (read in ``encoding``, default UTF-8), only its
+    pitches, and what is missing."""
     d = Path(run_dir)
     if not d.is_dir():
         raise InputError(f"{d}: run directory not found")
@@ -268,7 +275,7 @@ def load_run_result(run_dir: str | Path, pitches: str | None = None) -> RunResul
         raise InputError(f"{d / MANIFEST}: no personas or stages (not written by bin/score)") from None
     index = None
     if pitches:
-        index = {int(i) for i in load_pitches(pitches, need=())["index"]}
+        index = {int(i) for i in load_pitches(pitches, need=(), encoding=encoding)["index"]}
     checkpoint = Checkpoint(d)
     stages = [_stage(checkpoint, g, personas, index) for g in groups]
     cost, currency = _cost(d)
