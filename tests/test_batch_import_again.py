@@ -15,6 +15,7 @@ reference import, whose ids number its rows) take ``--encoding`` as
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -121,8 +122,9 @@ def test_a_file_partly_of_another_model_gives_the_rest_and_nothing_twice(tmp_pat
     assert sorted(r["id"] for r in first) == sorted(ours)
     failed = {r["id"] for r in first if r["status"] != "ok"}
     assert {r["status"] for r in first} == {"ok", "invalid", "error"}
-    (partly,) = state(run)["partly_imported"].values()
-    assert partly == {"name": f.name, "taken": sorted(ours)} and state(run)["imported"] == {}
+    assert list(state(run)["partly_imported"].values()) == [f.name] and state(run)["imported"] == {}
+    (source,) = {r["source"] for r in first}  # each record names the file it came from
+    assert source == hashlib.sha256(f.read_bytes()).hexdigest()
 
     rc, err = import_(capsys, run, str(f))  # without the flag: what was taken is not taken again
     assert rc == 1 and f"{n_ours} line(s) imported before from the same file, skipped" in err
@@ -241,3 +243,36 @@ def test_prepare_merges_extra_body_into_every_line_and_the_manifest(tmp_path, ca
     rc, err = prepare(capsys, inputs, run, srv.url)
     assert rc == 2 and "extra_body" in err, err
     assert {p.name: p.read_bytes() for p in (run / "batch").iterdir() if p.is_file()} == before
+
+
+def test_an_import_that_died_before_saving_its_state_takes_nothing_twice(tmp_path, capsys, server, env, inputs):
+    """The records are written, then state.json: a process killed between the two leaves records the
+    state does not know of. The checkpoint names each record's file, so the rerun skips them."""
+    srv = server(error_every=9, nonjson_every=7, shuffle=True)
+    _, other_output = other_model_run(tmp_path, capsys, inputs, srv)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
+    output, errors = downloaded(srv, run)
+    ours = set(ids_of(output)[: len(output) // 2]) | set(ids_of(errors))
+    mixed = ([x for x in output if json.loads(x)["custom_id"] in ours] + errors
+             + [x for x in other_output.read_text().splitlines() if json.loads(x)["custom_id"] not in ours])
+    f = tmp_path / "mixed.jsonl"
+    f.write_text("\n".join(mixed) + "\n")
+    state_file = run / "batch" / "state.json"
+    before = state_file.read_bytes()
+
+    assert import_(capsys, run, str(f))[0] == 1
+    first = records(run)
+    assert {r["status"] for r in first} == {"ok", "invalid", "error"}
+    state_file.write_bytes(before)  # as if the process had died before saving the state
+
+    rc, err = import_(capsys, run, str(f))
+    assert rc == 1 and f"{len(ours)} line(s) imported before from the same file, skipped" in err, err
+    assert records(run) == first  # no invalid or failed line written again
+    rc, err = import_(capsys, run, str(f), "--accept-model", OTHER)
+    recs = records(run)
+    assert len(recs) == len({r["id"] for r in recs}) == N_REQUESTS, err
+    # the next prepare re-asks each unusable reply once: it counts one invalid record, not two
+    invalid = [r for r in recs if r["status"] == "invalid"]
+    assert invalid and all(r["reasks"] == 0 for r in invalid)

@@ -8,7 +8,7 @@ the checkpoint shows each attempt of a request across batch rounds.
 
 Failed lines come in two shapes, both read: OpenAI's (``response`` with a
 non-200 ``status_code`` and an error ``body``) and ``error: {code, message}``
-without a response (DashScope's, per issue 13; Zhipu documents neither, see
+without a response (DashScope's; Zhipu documents neither, see
 docs/PROVIDERS.md section 4). The provider's code is kept in the record's
 ``error``; a content filter's code (:func:`~liveroom.async_client.providers.is_content_filter`)
 or a ``finish_reason`` saying the reply was filtered makes it start
@@ -24,8 +24,11 @@ anything shaped like a credential are masked out of replies and errors.
 A file counts as imported (by its hash) for the lines taken from it: once
 nothing more can come of it, it is skipped; while lines of another model wait
 for ``--accept-model``, the next import reads it again and takes those, never a
-line taken before (the state keeps the ids it gave); a file nothing was taken
-from (every line refused, unreadable or unknown) is read whole again.
+line taken before; a file nothing was taken from (every line refused,
+unreadable or unknown) is read whole again. Each record names the file it came
+from (``source``), so the checkpoint itself says which lines a file gave: an
+import that dies after writing its records and before saving the state takes
+none of them twice when run again.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from ...async_client.record import ERROR, INVALID, OK, Record, cut
 from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
 from ...errors import InputError
 from ...prompts.stages import STAGES
-from .state import BatchState, done_ids, invalid_records, load_meta, read_manifest, shard_ids
+from .state import SOURCE, BatchState, done_ids, imported_from, invalid_records, load_meta, read_manifest, shard_ids
 
 SHOWN = 5  # examples shown per kind of problem
 CONTENT_FILTER = "content_filter"
@@ -245,8 +248,8 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: S
     run's (or one in ``accept``) are counted, not imported. ``ids`` says how the
     files name the run's requests (default: by the run's own ids). What each file
     gave is remembered in ``state`` (:meth:`~.state.BatchState.took`): a file is
-    skipped once nothing more can come of it, and a line taken once is never taken
-    again from the same file.
+    skipped once nothing more can come of it; a line taken once (its record names
+    the file) is never taken again from the same file.
     """
     run_dir = Path(run_dir)
     report = report or ImportReport()
@@ -255,17 +258,21 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: S
     scheme = ids or RunIds(load_meta(run_dir, state))
     chosen: dict[str, Record] = {}  # parsed first: one record per id, ok preferred
     read: dict[str, tuple[str, set[str], bool]] = {}  # file key -> name, ids read, a line of another model
+    recorded: dict[str, set[str]] | None = None  # file key -> ids of its records: read once, if needed
     for path in map(Path, files):
         file_key = scheme.prefix + _digest(path)
         if file_key in state.imported or file_key in read:
             report.files_skipped.append(path.name)
             continue
+        if recorded is None:
+            recorded = imported_from(run_dir, manifest.get("groups", {}))
         refused = report.wrong_model
-        got = _read_file(path, scheme, expect, state.taken(file_key), chosen, report)
+        got = _read_file(path, file_key, scheme, expect, recorded.get(file_key, set()), chosen, report)
         read[file_key] = (path.name, got, report.wrong_model > refused)
     _write_records(run_dir, manifest, chosen, report)
     for file_key, (name, got, other_model) in read.items():
-        state.took(file_key, name, got & report.seen, complete=not other_model)
+        taken = bool(got & report.seen) or bool(recorded and recorded.get(file_key))
+        state.took(file_key, name, taken, complete=not other_model)
     return report
 
 
@@ -286,9 +293,10 @@ def _custom_id(line: bytes) -> tuple[dict[str, Any], str] | None:
     return (obj, cid) if isinstance(cid, str) else None
 
 
-def _read_file(path: Path, ids: Ids, expect: Expect, taken: set[str], chosen: dict[str, Record],
+def _read_file(path: Path, file_key: str, ids: Ids, expect: Expect, taken: set[str], chosen: dict[str, Record],
                report: ImportReport) -> set[str]:
-    """Every line of one file into ``chosen`` but those of ``taken`` (taken from it before); the ids read."""
+    """Every line of one file into ``chosen`` but those of ``taken`` (taken from it before), each record
+    naming ``file_key`` as its source; the ids read."""
     got: set[str] = set()
     for line in ids.lines(path, report):
         cid = line.obj["custom_id"]
@@ -302,6 +310,7 @@ def _read_file(path: Path, ids: Ids, expect: Expect, taken: set[str], chosen: di
             report.wrong_model += 1
             report.example("other model", f"{line.shown}: {e} ({line.where}; the run is for {expect.model})")
             continue
+        rec.meta = {SOURCE: file_key, **rec.meta}  # first after the status: imported_from reads it there
         got.add(cid)
         _choose(chosen, rec, report, line.where)
     return got

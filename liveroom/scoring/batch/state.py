@@ -36,6 +36,8 @@ _CUSTOM_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"', re.M)
 _REQUIRED = ("name", "meta", "requests", "bytes", "sha256", "endpoint")
 _LATER = ("note", "request_counts", "submitted_at", "output_file_id", "error_file_id", "errors")
 _INVALID = re.compile(rb'\{"id":"(?:[^"\\]|\\.)*","status":"invalid"')
+SOURCE = "source"  # the record field naming the provider file an imported record came from
+_SOURCE = re.compile(rb'\{"id":"((?:[^"\\]|\\.)*)","status":"[a-z_]+","source":"([^"\\]*)"')
 COUNTS = ("total", "completed", "failed")
 ERRORS_KEPT = 20  # a batch's errors kept in the state (a failed validation can list every line)
 
@@ -159,9 +161,11 @@ class BatchState:
 
     A provider file is known by its sha256 (prefixed by the id scheme it was read
     under). Once nothing more can come of it, it is in ``imported``; while lines
-    of it wait for ``--accept-model`` it is in ``partly`` with the ids taken from
-    it, so that a later import takes the rest and nothing twice; a file nothing was
-    taken from is in neither, and is read whole again.
+    of it wait for ``--accept-model`` it is in ``partly``, so that a later import
+    reads it again; a file nothing was taken from is in neither, and is read whole
+    again. Which lines a file gave is not kept here but in the checkpoint: each
+    imported record names its file (:func:`imported_from`), so an import that died
+    before saving the state takes nothing twice when run again.
     """
 
     shards: list[Shard] = field(default_factory=list)
@@ -169,7 +173,7 @@ class BatchState:
     format: int = FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
     provider: str | None = None  # the --provider profile of prepare; None in older states
-    partly: dict[str, dict[str, Any]] = field(default_factory=dict)  # file key -> {name, taken: [ids]}
+    partly: dict[str, str] = field(default_factory=dict)  # file key -> its name: lines wait for another model
 
     @classmethod
     def from_json(cls, obj: Any) -> BatchState:
@@ -189,21 +193,17 @@ class BatchState:
             out[PARTLY] = self.partly
         return {**out, **self.extra}
 
-    def taken(self, key: str) -> set[str]:
-        """The ids taken before from a file known in part."""
-        return set(self.partly.get(key, {}).get("taken", ()))
-
-    def took(self, key: str, name: str, ids: set[str], complete: bool) -> None:
-        """Remember that an import took ``ids`` from a file; ``complete``: no line of it was left for
-        another model, so nothing more can come of it. A file nothing was ever taken from is forgotten."""
-        taken = self.taken(key) | ids
+    def took(self, key: str, name: str, taken: bool, complete: bool) -> None:
+        """Remember what an import made of a file: ``taken``, some line of it is in the checkpoint;
+        ``complete``, no line of it was left for another model, so nothing more can come of it.
+        A file nothing was ever taken from is forgotten."""
         self.partly.pop(key, None)
         if not taken:
             return
         if complete:
             self.imported[key] = name
         else:
-            self.partly[key] = {"name": name, "taken": sorted(taken)}
+            self.partly[key] = name
 
 
 # ----------------------------------------------------------------- the run directory
@@ -279,6 +279,26 @@ def pending_ids(run_dir: Path, state: BatchState) -> set[str]:
     for shard in state.shards:
         if shard.submitted and not shard.finished:
             out |= shard_ids(run_dir, shard)
+    return out
+
+
+def imported_from(run_dir: Path, groups: Any) -> dict[str, set[str]]:
+    """File key -> the ids of the records imported from that file, in every group named.
+
+    An imported record's first field after its status is ``source``, the key of the
+    file it came from; only that head is read, so a large checkpoint reads fast.
+    """
+    out: dict[str, set[str]] = {}
+    checkpoint = Checkpoint(run_dir)
+    for group in groups:
+        path = checkpoint.path(group)
+        if not path.exists():
+            continue
+        with open(path, "rb") as f:
+            for line in f:
+                m = _SOURCE.match(line)
+                if m is not None and line.endswith(b"\n"):
+                    out.setdefault(m[2].decode(), set()).add(orjson.loads(b'"' + m[1] + b'"'))
     return out
 
 
