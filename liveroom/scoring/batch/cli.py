@@ -9,6 +9,7 @@ without ``--wait`` while batches are still running.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -171,9 +172,11 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         _err("batch: no batch to fetch")
         return 0
     _count_usage(run.dir)
-    if r.report.seen or r.report.files_skipped:
+    if r.report.seen or r.report.files_skipped or r.report.wrong_model:
         for line in r.report.lines():
             _err(line)
+    if r.other_model:
+        _err(_accept_hint(run.dir, r.other_model))
     if r.left:
         _err(f"batch: {r.left} batch(es) still running; run bin/batch fetch again (or with --wait)")
         return 3
@@ -181,6 +184,15 @@ def cmd_fetch(args: argparse.Namespace) -> int:
         _err("batch: some requests are not ok; bin/batch prepare (then submit) or bin/score asks them again")
         return 1
     return 0
+
+
+def _accept_hint(run_dir: Path, files: Sequence[Path]) -> str:
+    """The import that takes the lines of another model a fetch left out: their batches are finished,
+    so a fetch (with ``--accept-model`` or not) never reads those files again."""
+    command = shlex.join(["bin/batch", "import", "--run", str(run_dir), "--accept-model", "NAME",
+                          *map(str, files)])
+    return (f"batch: the lines of another model are in finished batches, which fetch does not read again; "
+            f"to import them, with NAME the model named under 'other model' above: {command}")
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -195,8 +207,14 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     return 0
 
 
+REFERENCE_ONLY = ("pitches", "goods", "encoding")  # import's flags that only the reference's ids use
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     files = [Path(f) for f in args.files]
+    given = sorted(f"--{name}" for name in REFERENCE_ONLY if getattr(args, name) is not None)
+    if given and args.id_scheme != "reference":  # ignored otherwise: a user who gave them meant that scheme
+        raise InputError(f"{', '.join(given)}: only with --id-scheme reference")
     check_encoding(args.encoding)
     scheme = reference_scheme(args.pitches, args.goods, args.encoding) if args.id_scheme == "reference" else None
     r = import_by_hand(Path(args.run), files, api_key(), args.accept_model, scheme)

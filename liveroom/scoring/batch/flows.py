@@ -281,6 +281,9 @@ class FetchResult:
     left: int = 0  # still running when it stopped
     ended_early: int = 0  # batches that ended other than completed
     report: ImportReport = field(default_factory=ImportReport)
+    #: downloaded files with lines of another model left out; their batches are finished, so only
+    #: ``bin/batch import --accept-model`` reads them again
+    other_model: list[Path] = field(default_factory=list)
 
 
 def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet,
@@ -305,7 +308,7 @@ async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interva
         while True:
             for s in watch:
                 if not s.finished:
-                    await _poll(client, run_dir, state, s, api.key, result.report, notify, accept)
+                    await _poll(client, run_dir, state, s, api.key, result, notify, accept)
             result.left = sum(1 for s in watch if not s.finished)
             if not result.left or not wait:
                 break
@@ -315,7 +318,7 @@ async def _fetch(run_dir: Path, state: BatchState, api: Api, wait: bool, interva
 
 
 async def _poll(client: BatchClient, run_dir: Path, state: BatchState, s: Shard, key: str | None,
-                report: ImportReport, notify: Notify, accept: Sequence[str] = ()) -> None:
+                result: FetchResult, notify: Notify, accept: Sequence[str] = ()) -> None:
     """Ask about one batch; when it has ended, download its files, import them, mark it finished."""
     if s.update(await client.get_batch(_batch_id(s))):
         notify(_event("changed", s))
@@ -323,7 +326,10 @@ async def _poll(client: BatchClient, run_dir: Path, state: BatchState, s: Shard,
     if not ended(s.status):
         return
     files = await _download(client, run_dir, s)
-    import_files(run_dir, state, files, client.target.secrets, report, accept)
+    refused = result.report.wrong_model
+    import_files(run_dir, state, files, client.target.secrets, result.report, accept)
+    if result.report.wrong_model > refused:
+        result.other_model.extend(_replies(files))
     s.finished = True
     if s.status != "completed":
         s.note = (s.note + "; " if s.note else "") + \
@@ -342,6 +348,12 @@ async def _download(client: BatchClient, run_dir: Path, s: Shard) -> list[Path]:
             await client.download(file_id, dest)
             files.append(dest)
     return files
+
+
+def _replies(files: list[Path]) -> list[Path]:
+    """The files of a batch that hold its replies: its output file. The model is checked on replies
+    (HTTP 200 lines) only, and a batch puts those in its output file and its failures in its error file."""
+    return [f for f in files if f.name.endswith(".output.jsonl")] or files
 
 
 # ----------------------------------------------------------------- import by hand
