@@ -30,7 +30,8 @@ from bench_engine import Child, Report, Sim, fresh, record_times, score_cmd, sho
 MODES = (("adaptive", ()), ("fixed", ("--fixed-concurrency",)))
 
 
-def _run(o: argparse.Namespace, name: str, sim: Sim, n: int, c: int, *flags: str) -> dict[str, Any]:
+def _run(o: argparse.Namespace, name: str, sim: Sim, n: int, c: int, *flags: str,
+         expect_rc: tuple[int, ...] = (0,)) -> dict[str, Any]:
     """One bin/score run to its end; what the records and the server say about it."""
     pitches, goods = synthetic(o.work, math.ceil(n / 24))
     run = fresh(o.work / f"lim-{name}")
@@ -39,6 +40,8 @@ def _run(o: argparse.Namespace, name: str, sim: Sim, n: int, c: int, *flags: str
     log = o.work / f"lim-{name}.log"
     ch = Child(cmd, log=log).wait(900)
     end = time.time()
+    if ch.rc not in expect_rc:  # a run that broke is not a row of the table
+        raise SystemExit(f"bench: {show_cmd(cmd)} exited {ch.rc} (expected {expect_rc}); see {log}")
     s1 = sim.stats()
     ts = record_times(run)
     requests = s1["requests"] - s0["requests"]
@@ -120,7 +123,7 @@ def arrears_rows(o: argparse.Namespace) -> tuple[list[list[Any]], list[str]]:
     rows, cmds = [], []
     for profile, code in ARREARS.items():
         with Sim(200, "--profile", profile, "--arrears-after", "50") as sim:
-            r = _run(o, f"arrears-{profile}", sim, 1200, 64)
+            r = _run(o, f"arrears-{profile}", sim, 1200, 64, expect_rc=(2,))
             cmds.append(r["cmd"])
             st = r["stats"]
             lines = [line for line in r["stderr"].splitlines() if line.strip()]

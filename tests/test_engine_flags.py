@@ -105,7 +105,7 @@ def test_the_help_says_what_each_limit_counts_over():
         assert "--provider's" in " ".join(text.split())  # --base-url's default names the provider's
     flat = " ".join(serve.split())
     assert "requests in flight over all forecasts" in flat and "per minute limit over all forecasts" in flat
-    assert "each forecast's live limit" in flat and "--llm NAME" in flat and "--model MODEL_DIR" in flat
+    assert "the one live limit of all forecasts" in flat and "--llm NAME" in flat and "--model MODEL_DIR" in flat
     assert "over all forecasts" not in score and "--model NAME" in score
 
 

@@ -47,7 +47,8 @@ _LEVEL = 20    # a stamp is the send's number << _LEVEL | the requests out with 
 
 
 class ConcurrencyLimit:
-    """The limit, the slots held under it and the requests out; shared by every worker of an engine."""
+    """The limit, the slots held under it and the requests out; shared by every worker of an engine
+    (or of several: a service's forecasts, each its own engine, share one)."""
 
     def __init__(self, ceiling: int, adaptive: bool = True) -> None:
         self.ceiling = max(1, ceiling)

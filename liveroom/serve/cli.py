@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=8080,
                    help="port to bind; 0 picks a free one (default %(default)s)")
     add_model_arguments(p, "--llm")
-    add_engine_arguments(p, over=" over all forecasts", limit="each forecast's live limit")
+    add_engine_arguments(p, over=" over all forecasts", limit="the one live limit of all forecasts")
     return p
 
 
