@@ -1,7 +1,8 @@
 """``bin/report``: a trained model and a scoring run as pictures, in one HTML file.
 
 Everything is read and checked before anything is written, so a bad
-MODEL_DIR or RUN_DIR is one line on stderr and no half report.
+MODEL_DIR or RUN_DIR is one line on stderr and no half report. The arguments
+are checked before torch and matplotlib are loaded.
 """
 
 from __future__ import annotations
@@ -12,11 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..data.inputs import ENCODING_HELP, check_encoding
-from ..data.personas import PERSONA_KEYS
-from . import plots
-from .gather import ModelResult, RunResult, load_model_result, load_run_result
-from .page import Section, image, write_report
-from .tables import model_table, run_table
 
 
 def parser() -> argparse.ArgumentParser:
@@ -41,32 +37,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def model_section(models: list[ModelResult]) -> Section:
-    n = len(models)
-    what = "each model" if n > 1 else "the model"
-    return Section("Models", [
-        model_table(models),
-        image("learning-curves", f"Loss (train dashed, validation solid; log scale) and validation RMSE of log_gmv "
-              f"per epoch; the ring marks the epoch kept in best.pt of {what}.", plots.learning_curves(models)),
-        image("predicted-vs-actual", "Predicted against actual log_gmv on the test split; the dashed line is "
-              "predict-the-mean (the training split's mean).", plots.predicted_vs_actual(models)),
-        image("shares", "Per persona: the true watch and pay share and the predicted one, each averaged over the "
-              "test split.", plots.shares(models, PERSONA_KEYS)),
-    ])
-
-
-def run_section(run: RunResult) -> Section:
-    return Section(f"Scoring run {run.path}", [
-        run_table(run),
-        image("scores-heatmap", "Mean score of each persona per stage over its ok requests (buy: the mean of the "
-              "items' scores).", plots.score_heatmap(run)),
-        image("score-distribution", "Share of each score per stage (buy: every item's score).",
-              plots.score_distribution(run)),
-        image("coverage", "The last word on each request per stage: ok, invalid (no usable reply after re-asking), "
-              "failed (HTTP errors), missing (never finished; needs --pitches).", plots.coverage(run)),
-    ])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """``bin/report``: read the model(s) and the run, then write the HTML page and its PNGs."""
     ap = parser()
@@ -76,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         ap.error("give --model MODEL_DIR, --run RUN_DIR, or both")
     if args.name and len(args.name) != len(args.model):
         ap.error(f"--name given {len(args.name)} time(s) for {len(args.model)} --model(s); give one per model")
+    # torch (gather) and matplotlib (page, sections): only once the arguments are good
+    from .gather import load_model_result, load_run_result
+    from .page import write_report
+    from .sections import model_section, run_section
+
     names = args.name or [None] * len(args.model)
     models = [load_model_result(d, name, args.pitches, args.features, args.encoding)
               for d, name in zip(args.model, names)]

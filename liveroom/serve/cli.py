@@ -1,4 +1,7 @@
-"""``bin/serve``: the forecast service and its page, until SIGINT or SIGTERM."""
+"""``bin/serve``: the forecast service and its page, until SIGINT or SIGTERM.
+
+The arguments are checked before the model's code (torch) is loaded.
+"""
 
 from __future__ import annotations
 
@@ -16,8 +19,6 @@ from ..async_client.transport import endpoint_host, target
 from ..cliargs import port_number
 from ..errors import LiveroomError
 from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
-from .app import make_app
-from .service import Forecaster
 
 CACHE = "forecast-cache"  # under MODEL_DIR unless --cache names another
 
@@ -70,6 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = chat_settings(args, args.llm)
     target(settings.base_url, settings.api_key).require_key()  # a remote endpoint without a key: before serving
+    from .app import make_app  # the model, so torch: only once the arguments are good
+    from .service import Forecaster
+
     cache = Path(args.cache) if args.cache else Path(args.model) / CACHE
     service = Forecaster(args.model, cache, settings)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"

@@ -7,9 +7,7 @@ from typing import Sequence
 
 from ..cliargs import non_negative_int, number, positive_float, positive_int
 from ..data.inputs import ENCODING_HELP, check_encoding
-from .config import PRESETS, TrainConfig
-from .loop import train
-from .loss import KL_SCHEDULES
+from .config import KL_SCHEDULES, PRESETS, TrainConfig
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
+    from .loop import train  # torch: only once the arguments are good
+
     given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)
     summary = train(config_from_args(args), resume=args.resume, overrides=given)
     test = summary["test"]

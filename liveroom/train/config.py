@@ -1,4 +1,4 @@
-"""What a training run is asked to do: :class:`TrainConfig`, the presets, the device.
+"""What a training run is asked to do: :class:`TrainConfig`, the presets, the KL schedules.
 
 Two presets fill the choices the reference made differently:
 
@@ -11,6 +11,9 @@ Two presets fill the choices the reference made differently:
   epochs without improvement.
 * ``reference``: raw inputs, T = 500, the reference KL schedule, no early
   stopping, and the last epoch is the model (``best.pt`` = last epoch).
+
+Plain data, no torch: ``bin/train``'s flags and their defaults are read from
+here, so its ``--help`` and argument errors load none of the model.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
-
-from ..errors import LiveroomError
+#: the KL weight schedules of :func:`.loss.kl_weight`
+KL_SCHEDULES = ("constant", "reference")
 
 PRESETS: dict[str, dict[str, Any]] = {
     "default": dict(temperature=1.0, kl_schedule="constant", standardize=True, init_bias=True,
@@ -64,17 +66,3 @@ class TrainConfig:
     @property
     def with_llm(self) -> bool:
         return self.inputs == "tabular+llm"
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``--device``, refused with a usable message when absent."""
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise LiveroomError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise LiveroomError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    raise LiveroomError(f"--device {name}: expected cpu, cuda or cuda:N")

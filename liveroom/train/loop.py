@@ -2,8 +2,8 @@
 
 :func:`train` reads top to bottom: settings, data, model and optimiser,
 metrics file, epochs (steps, evaluation, keep the best, stop early), summary.
-The presets and every setting are in :mod:`.config`, the checkpoint format
-in :mod:`.checkpoint`.
+The presets and every setting are in :mod:`.config` (``--device`` is resolved
+here), the checkpoint format in :mod:`.checkpoint`.
 
 Validation loss (for model selection) is the unweighted mean per-sample loss
 with ``w_kl = 1``. On CPU the epochs (steps and evaluation) run on one
@@ -27,13 +27,27 @@ from typing import Any, Iterator, TextIO
 import torch
 
 from ..data.layout import REG
-from ..errors import InputError
+from ..errors import InputError, LiveroomError
 from .checkpoint import build_net, checkpoint, load_checkpoint, save
-from .config import TrainConfig, resolve_device
+from .config import TrainConfig
 from .data import SPLITS, Dataset, load_training_data
 from .loss import kl_weight
 from .metrics import Row, append_metrics, evaluate_splits, start_metrics
 from .model import FastStep, SalesNet, linear
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``--device``, refused with a usable message when absent."""
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise LiveroomError(f"--device {name}: CUDA is not available here (torch {torch.__version__}); use --device cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise LiveroomError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s)")
+        return dev
+    raise LiveroomError(f"--device {name}: expected cpu, cuda or cuda:N")
 
 
 def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,

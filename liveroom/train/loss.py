@@ -21,7 +21,6 @@ from torch import Tensor
 from ..data.layout import PAY, REG, WATCH
 
 EPS = 1e-9
-KL_SCHEDULES = ("constant", "reference")
 
 
 def kl_weight(batch: int, schedule: str) -> float:

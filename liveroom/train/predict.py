@@ -4,34 +4,35 @@ The pitches file needs only ``index``, ``start``, ``duration`` and
 ``user_cnt`` (time columns are computed from ``start`` when absent; targets
 are not read); it is read as UTF-8 unless ``--encoding`` names another
 encoding. The output CSV has ``index`` and the 20 target columns, one row per
-pitch in input order.
+pitch in input order. torch is loaded only once the arguments are good.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from ..data.inputs import ENCODING_HELP, check_encoding
 from ..data.layout import N_TABULAR, TARGET_COLUMNS
 from ..data.personas import PERSONA_KEYS
 from ..errors import InputError
-from .checkpoint import load_model
-from .data import check_scores, raw_inputs, read_features, read_pitches
-from .model import SalesNet
+
+if TYPE_CHECKING:
+    from .model import SalesNet
 
 
-@torch.no_grad()
 def predict(net: SalesNet, ck: dict[str, Any], x_raw: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """(n, 20) predictions for raw inputs in the model's column order."""
-    x = (torch.from_numpy(x_raw).float() - ck["x_mean"]) / ck["x_std"]
-    parts = [torch.cat(net(part), 1) for part in x.split(chunk)]
-    return torch.cat(parts).numpy()
+    import torch  # loaded already: ``net`` is a torch module
+
+    with torch.no_grad():
+        x = (torch.from_numpy(x_raw).float() - ck["x_mean"]) / ck["x_std"]
+        parts = [torch.cat(net(part), 1) for part in x.split(chunk)]
+        return torch.cat(parts).numpy()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--encoding", default=None, help=ENCODING_HELP)
     args = ap.parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before the model is loaded
+    from .checkpoint import load_model
+    from .data import check_scores, raw_inputs, read_features, read_pitches
 
     net, ck = load_model(args.model)
     if ck["personas"] != list(PERSONA_KEYS):
