@@ -14,6 +14,7 @@ as they are. The state also names the provider profile prepare used
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -282,13 +283,9 @@ def pending_ids(run_dir: Path, state: BatchState) -> set[str]:
     return out
 
 
-def imported_from(run_dir: Path, groups: Any) -> dict[str, set[str]]:
-    """File key -> the ids of the records imported from that file, in every group named.
-
-    An imported record's first field after its status is ``source``, the key of the
-    file it came from; only that head is read, so a large checkpoint reads fast.
-    """
-    out: dict[str, set[str]] = {}
+def _heads(run_dir: Path, groups: Any, head: re.Pattern[bytes]) -> Iterator[tuple[bytes, re.Match[bytes]]]:
+    """Every whole checkpoint line, in the groups named, whose start matches ``head``, with its match:
+    only that start is read, so a large checkpoint reads fast."""
     checkpoint = Checkpoint(run_dir)
     for group in groups:
         path = checkpoint.path(group)
@@ -296,9 +293,20 @@ def imported_from(run_dir: Path, groups: Any) -> dict[str, set[str]]:
             continue
         with open(path, "rb") as f:
             for line in f:
-                m = _SOURCE.match(line)
+                m = head.match(line)
                 if m is not None and line.endswith(b"\n"):
-                    out.setdefault(m[2].decode(), set()).add(orjson.loads(b'"' + m[1] + b'"'))
+                    yield line, m
+
+
+def imported_from(run_dir: Path, groups: Any) -> dict[str, set[str]]:
+    """File key -> the ids of the records imported from that file, in every group named.
+
+    An imported record's first field after its status is ``source``, the key of the
+    file it came from.
+    """
+    out: dict[str, set[str]] = {}
+    for _, m in _heads(run_dir, groups, _SOURCE):
+        out.setdefault(m[2].decode(), set()).add(orjson.loads(b'"' + m[1] + b'"'))
     return out
 
 
@@ -307,21 +315,13 @@ def invalid_records(run_dir: Path, groups: Any) -> dict[str, list[Record]]:
 
     Their number is how many times the request was re-asked already; their
     replies and reasons make the next re-ask conversation. Only lines whose
-    head says ``invalid`` are parsed, so a large checkpoint reads fast.
+    head says ``invalid`` are parsed.
     """
     out: dict[str, list[Record]] = {}
-    checkpoint = Checkpoint(run_dir)
-    for group in groups:
-        path = checkpoint.path(group)
-        if not path.exists():
+    for line, _ in _heads(run_dir, groups, _INVALID):
+        try:
+            rec = loads(line)
+        except RecordError:
             continue
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n") or not _INVALID.match(line):
-                    continue
-                try:
-                    rec = loads(line)
-                except RecordError:
-                    continue
-                out.setdefault(rec.id, []).append(rec)
+        out.setdefault(rec.id, []).append(rec)
     return out
