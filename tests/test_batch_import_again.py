@@ -63,6 +63,20 @@ def ids_of(lines: list[str]) -> list[str]:
     return [json.loads(x)["custom_id"] for x in lines]
 
 
+def mixed_run(tmp_path: Path, capsys, inputs, srv) -> tuple[Path, set[str], list[str]]:
+    """A run whose one batch has completed, the ids of half its output and of its failed lines, and a
+    file's lines: this run's own (ok, unusable and failed) for those ids, the other model's for the rest."""
+    _, other_output = other_model_run(tmp_path, capsys, inputs, srv)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url)[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
+    output, errors = downloaded(srv, run)
+    ours = set(sorted(ids_of(output))[: len(output) // 2]) | set(ids_of(errors))
+    mixed = ([x for x in output if json.loads(x)["custom_id"] in ours] + errors
+             + [x for x in other_output.read_text().splitlines() if json.loads(x)["custom_id"] not in ours])
+    return run, ours, mixed
+
+
 def test_a_file_refused_whole_is_imported_by_the_rerun_that_accepts_its_model(tmp_path, capsys, server, env,
                                                                                inputs):
     srv = server(shuffle=True)
@@ -100,15 +114,7 @@ def test_a_file_refused_whole_is_imported_by_the_rerun_that_accepts_its_model(tm
 
 def test_a_file_partly_of_another_model_gives_the_rest_and_nothing_twice(tmp_path, capsys, server, env, inputs):
     srv = server(error_every=9, nonjson_every=7, shuffle=True)
-    _, other_output = other_model_run(tmp_path, capsys, inputs, srv)
-    run = tmp_path / "run"
-    assert prepare(capsys, inputs, run, srv.url)[0] == 0
-    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
-    output, errors = downloaded(srv, run)
-    ours = set(sorted(ids_of(output))[: len(output) // 2]) | set(ids_of(errors))
-    # this run's own lines (ok, unusable and failed) for some requests, the other model's for the rest
-    mixed = ([x for x in output if json.loads(x)["custom_id"] in ours] + errors
-             + [x for x in other_output.read_text().splitlines() if json.loads(x)["custom_id"] not in ours])
+    run, ours, mixed = mixed_run(tmp_path, capsys, inputs, srv)
     assert sorted(ids_of(mixed)) == sorted(json.loads(x)["id"] for x in
                                            (run / "batch" / "requests-0001.meta.jsonl").read_text().splitlines())
     f = tmp_path / "mixed.jsonl"
@@ -249,14 +255,7 @@ def test_an_import_that_died_before_saving_its_state_takes_nothing_twice(tmp_pat
     """The records are written, then state.json: a process killed between the two leaves records the
     state does not know of. The checkpoint names each record's file, so the rerun skips them."""
     srv = server(error_every=9, nonjson_every=7, shuffle=True)
-    _, other_output = other_model_run(tmp_path, capsys, inputs, srv)
-    run = tmp_path / "run"
-    assert prepare(capsys, inputs, run, srv.url)[0] == 0
-    assert batch(capsys, "submit", "--run", str(run), *SUBMIT)[0] == 0
-    output, errors = downloaded(srv, run)
-    ours = set(ids_of(output)[: len(output) // 2]) | set(ids_of(errors))
-    mixed = ([x for x in output if json.loads(x)["custom_id"] in ours] + errors
-             + [x for x in other_output.read_text().splitlines() if json.loads(x)["custom_id"] not in ours])
+    run, ours, mixed = mixed_run(tmp_path, capsys, inputs, srv)
     f = tmp_path / "mixed.jsonl"
     f.write_text("\n".join(mixed) + "\n")
     state_file = run / "batch" / "state.json"
