@@ -18,10 +18,10 @@ import pytest
 import test_batch
 from liveroom.async_client.batch_api import BatchClient
 from liveroom.async_client.providers import (
+    BATCH_PROVIDERS,
     DASHSCOPE,
     GENERIC,
     OPENAI,
-    PROVIDERS,
     ZHIPU,
     default_base_url,
     detect,
@@ -124,7 +124,7 @@ def test_profiles_are_detected_from_the_host():
         resolve_provider("nope", "http://x/v1")
     assert default_base_url("zhipu") == "https://open.bigmodel.cn/api/paas/v4"
     assert default_base_url(None) == default_base_url("generic") == "https://api.openai.com/v1"
-    assert set(PROVIDERS) == {"openai", "zhipu", "dashscope", "generic"}
+    assert set(BATCH_PROVIDERS) == {"openai", "zhipu", "dashscope", "generic"}
 
 
 def test_batch_settings_per_profile():

@@ -33,8 +33,9 @@ from liveroom.async_client.engine import Job
 from liveroom.async_client.record import Record
 from liveroom.prompts.stages import STAGES
 from liveroom.scoring.budget import REASK_WORDS, WorstCase
-from liveroom.scoring.cost import FIELDS, USAGE, Prices, check_usage
 from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan, plan_jobs, scan_done
+from liveroom.scoring.prices import Prices
+from liveroom.scoring.usage import FIELDS, USAGE, check_usage
 from test_batch import KEY, get
 from test_batch import batch as batch_cmd
 from test_batch import make_inputs as batch_inputs

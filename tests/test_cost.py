@@ -23,19 +23,10 @@ from conftest import pitch_row, write_goods, write_pitches
 from liveroom.async_client.record import Record
 from liveroom.errors import InputError
 from liveroom.prompts.stages import STAGES
-from liveroom.scoring.cost import (
-    FIELDS,
-    USAGE,
-    Prices,
-    UsageTotals,
-    add_cost_arguments,
-    check_usage,
-    file_prices,
-    recompute,
-    resolve_prices,
-    worst_case,
-)
-from liveroom.scoring.estimate import Estimate, Tally, table
+from liveroom.scoring.cost_flags import add_cost_arguments, price_choice
+from liveroom.scoring.dry_run import Estimate, Tally, table
+from liveroom.scoring.prices import PriceChoice, Prices, file_prices, resolve_prices, worst_case
+from liveroom.scoring.usage import FIELDS, USAGE, UsageTotals, check_usage, recompute
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -276,10 +267,11 @@ def test_collect_prints_the_totals_and_says_when_usage_json_differs(tmp_path, si
 
 # ----------------------------------------------------------------------------- prices
 
-def cost_args(*argv: str) -> argparse.Namespace:
+def cost_args(*argv: str) -> PriceChoice:
+    """What the cost flags of bin/batch prepare give for ``argv``."""
     p = argparse.ArgumentParser()
     add_cost_arguments(p, batch=True)
-    return p.parse_args(argv)
+    return price_choice(p.parse_args(argv))
 
 
 def test_prices_from_flags_and_files(tmp_path):

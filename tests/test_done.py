@@ -4,8 +4,8 @@ import numpy as np
 import orjson
 import pytest
 
-from liveroom.async_client import checkpoint as cp
-from liveroom.async_client.checkpoint import Checkpoint
+from liveroom.async_client import run_dir as cp
+from liveroom.async_client.run_dir import RunDir
 from liveroom.prompts.stages import request_id
 from liveroom.scoring.plan import DoneTable
 
@@ -28,12 +28,12 @@ def test_scan_finds_exactly_the_ok_ids_across_block_edges(tmp_path, monkeypatch,
     records.append({"id": 'odd"id', "status": "ok"})
     write_records(tmp_path, "entry", records, tail=b'{"id":"entry:99:Z","status":"ok","re')  # torn tail
     want = {r["id"] for r in records if r["status"] == "ok"}
-    assert Checkpoint(tmp_path).done("entry") == want
-    assert sum(len(b) for b in Checkpoint(tmp_path).ok_ids("entry")) == len(want)
+    assert RunDir(tmp_path).done("entry") == want
+    assert sum(len(b) for b in RunDir(tmp_path).ok_ids("entry")) == len(want)
 
 
 def test_missing_group_has_nothing_done(tmp_path):
-    assert Checkpoint(tmp_path).done("read") == set()
+    assert RunDir(tmp_path).done("read") == set()
 
 
 def test_table_marks_each_id_in_its_place():

@@ -25,7 +25,7 @@ def loaded_by(module: str) -> list[str]:
 
 
 def test_the_package_has_its_pieces():
-    for piece in ("engine", "checkpoint", "record", "errors", "transport", "chat", "limits", "policy"):
+    for piece in ("engine", "run_dir", "manifest", "record", "errors", "transport", "chat", "limits", "policy"):
         assert f"liveroom.async_client.{piece}" in MODULES
 
 

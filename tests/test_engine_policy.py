@@ -15,11 +15,11 @@ import pytest
 from aiohttp import web
 
 from liveroom.async_client.chat import ChatClient
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.engine import Engine, EngineConfig, Job
 from liveroom.async_client.errors import Fatal, Rejected, Retryable, UnusableReply
 from liveroom.async_client.limits import Limits
 from liveroom.async_client.policy import retry_policy
+from liveroom.async_client.run_dir import RunDir
 
 
 def completion(text: str) -> dict[str, Any]:
@@ -113,7 +113,7 @@ def job(what: str, n: int = 0) -> Job:
 
 
 async def run_engine(url: str, run_dir, jobs: list[Job], **config: Any) -> tuple[Engine, dict[str, dict]]:
-    checkpoint = Checkpoint(run_dir)
+    checkpoint = RunDir(run_dir)
     checkpoint.open({"groups": {"g": "v1"}})
     try:
         async with ChatClient(url, None, 5, 4) as client:

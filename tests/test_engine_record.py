@@ -6,8 +6,8 @@ import orjson
 import pytest
 
 from liveroom.async_client import record as rec
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.record import Record, RecordError, decode_id, dumps, loads
+from liveroom.async_client.run_dir import RunDir
 from liveroom.errors import LiveroomError
 
 ODD_IDS = ('plain:1:Z', 'quote"in:2:Z', "back\\slash:3:Z", "中文:4:城市", "tab\tand\nnewline:5:Z")
@@ -50,17 +50,17 @@ def test_a_damaged_line_is_no_record(line):
 
 
 def test_ok_ids_of_written_records_are_found_and_decoded(tmp_path):
-    cp = Checkpoint(tmp_path)
+    cp = RunDir(tmp_path)
     cp.open({"groups": {"entry": "v"}})
     for i, rid in enumerate(ODD_IDS):
         cp.write("entry", full(rid, rec.OK if i % 2 == 0 else rec.INVALID))
     cp.write("entry", full("late:9:Z"))
     cp.close()
     want = {rid for i, rid in enumerate(ODD_IDS) if i % 2 == 0} | {"late:9:Z"}
-    assert Checkpoint(tmp_path).done("entry") == want
-    raw = [i for block in Checkpoint(tmp_path).ok_ids("entry") for i in block]
+    assert RunDir(tmp_path).done("entry") == want
+    raw = [i for block in RunDir(tmp_path).ok_ids("entry") for i in block]
     assert sorted(map(decode_id, raw)) == sorted(want)
-    assert [r.id for r in Checkpoint(tmp_path).records("entry")] == [*ODD_IDS, "late:9:Z"]
+    assert [r.id for r in RunDir(tmp_path).records("entry")] == [*ODD_IDS, "late:9:Z"]
 
 
 def test_the_scan_pattern_matches_only_what_dumps_writes():
@@ -80,15 +80,15 @@ def test_a_torn_or_cut_line_is_not_counted_done(tmp_path):
         + b'{"id":"c:3:Z,"status":"ok"}\n'  # id's closing quote lost
         + dumps(full("d:4:Z"))[:-20]        # torn last line: no newline
     )
-    assert Checkpoint(tmp_path).done("entry") == {"a:1:Z"}
+    assert RunDir(tmp_path).done("entry") == {"a:1:Z"}
     (tmp_path / "entry.jsonl").write_bytes(good[:-5])  # a first line torn
-    assert Checkpoint(tmp_path).done("entry") == set()
+    assert RunDir(tmp_path).done("entry") == set()
 
 
 def test_reading_a_damaged_line_names_the_file_and_line(tmp_path):
     (tmp_path / "entry.jsonl").write_bytes(dumps(full("a:1:Z")) + b"not json\n" + dumps(full("b:2:Z")))
     with pytest.raises(LiveroomError, match=r"entry\.jsonl line 2: not a JSON record"):
-        list(Checkpoint(tmp_path).records("entry"))
+        list(RunDir(tmp_path).records("entry"))
 
 
 def test_a_record_from_one_answer_has_the_batch_defaults():
@@ -111,7 +111,7 @@ def test_a_damaged_line_is_skipped_when_the_caller_keeps_count(tmp_path):
     good = [dumps(full(f"a:{i}:Z")) for i in range(4)]
     (tmp_path / "entry.jsonl").write_bytes(good[0] + good[1][:40] + good[2] + b"{broken\n" + good[3])
     damaged: list[int] = []
-    assert [r.id for r in Checkpoint(tmp_path).records("entry", damaged)] == ["a:0:Z", "a:3:Z"]
+    assert [r.id for r in RunDir(tmp_path).records("entry", damaged)] == ["a:0:Z", "a:3:Z"]
     assert damaged == [2, 3]
 
 
@@ -121,11 +121,11 @@ def test_the_scan_is_right_also_when_a_field_holds_an_object_led_by_id(tmp_path)
     data = dumps(full("a:1:Z")) + dumps(nested) + dumps(full("c:1:Z", rec.ERROR)) + dumps(full("d:1:Z"))
     assert data.count(b'{"id":"') == 5
     (tmp_path / "g.jsonl").write_bytes(data)
-    assert Checkpoint(tmp_path).done("g") == {"a:1:Z", "b:1:Z", "d:1:Z"}
+    assert RunDir(tmp_path).done("g") == {"a:1:Z", "b:1:Z", "d:1:Z"}
 
 
 def test_an_unchanged_manifest_is_not_written_again(tmp_path):
-    cp = Checkpoint(tmp_path)
+    cp = RunDir(tmp_path)
     cp.open({"groups": {"g": "v1"}})
     cp.close()
     manifest = tmp_path / "manifest.json"
@@ -140,9 +140,9 @@ def test_an_unchanged_manifest_is_not_written_again(tmp_path):
 
 FILL = """
 import resource, sys
-from liveroom.async_client.checkpoint import Checkpoint, WriteFailed
+from liveroom.async_client.run_dir import RunDir, WriteFailed
 from liveroom.async_client.record import Record
-cp = Checkpoint(sys.argv[1])
+cp = RunDir(sys.argv[1])
 cp.open({"groups": {"g": "v1"}})
 resource.setrlimit(resource.RLIMIT_FSIZE, (5000, 5000))
 try:
@@ -163,4 +163,4 @@ def test_a_write_past_the_disk_is_cut_back_to_the_last_whole_line(tmp_path):
     data = (tmp_path / "g.jsonl").read_bytes()
     assert data.endswith(b"\n") and data.count(b"\n") == int(n) and len(data) <= 5000
     assert f"cannot write {tmp_path}/g.jsonl: File too large" in message
-    assert Checkpoint(tmp_path).done("g") == {f"g:{i}:Z" for i in range(int(n))}
+    assert RunDir(tmp_path).done("g") == {f"g:{i}:Z" for i in range(int(n))}

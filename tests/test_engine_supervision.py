@@ -17,13 +17,13 @@ import pytest
 from aiohttp import web
 
 from liveroom.async_client.chat import ChatClient
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.concurrency import ConcurrencyLimit
 from liveroom.async_client.engine import Engine, EngineConfig, Job, Stats
 from liveroom.async_client.errors import RunFailed, Unreachable, UnusableReply
 from liveroom.async_client.limits import Limits, Outage
 from liveroom.async_client.progress import status_line
 from liveroom.async_client.record import Record
+from liveroom.async_client.run_dir import RunDir
 
 FAST = {"backoff_initial": 0.01, "backoff_max": 0.05, "grace": 2.0}
 
@@ -61,7 +61,7 @@ async def ok(request: web.Request) -> web.Response:
 async def run(url: str, tmp_path: Any, jobs: Any, total: int, task: Any = None, on_record: Any = None,
               on_warning: Any = None, **config: Any) -> Engine:
     """The engine run over ``jobs``; a run that does not end within 30 s fails the test."""
-    checkpoint = Checkpoint(tmp_path)
+    checkpoint = RunDir(tmp_path)
     checkpoint.open({"groups": {"g": "v1"}})
     try:
         async with ChatClient(url, None, 5, 8) as client:
@@ -213,7 +213,7 @@ async def test_a_run_cancelled_from_outside_gives_a_shared_limit_back_every_slot
 
     url = await serve(aiohttp_server, slow)
     shared = ConcurrencyLimit(4)
-    checkpoint = Checkpoint(tmp_path)
+    checkpoint = RunDir(tmp_path)
     checkpoint.open({"groups": {"g": "v1"}})
     try:
         async with ChatClient(url, None, 5, 8) as client:

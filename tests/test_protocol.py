@@ -18,7 +18,7 @@ import sys
 import pytest
 
 from conftest import Sim, pitch_row, write_goods, write_pitches
-from liveroom.async_client.checkpoint import ManifestMismatch, check_manifest
+from liveroom.async_client.run_dir import ManifestMismatch, RunDir
 from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
 from liveroom.data.personas import DEFAULT_PERSONAS, LEGACY_PERSONAS, personas_json
@@ -210,7 +210,7 @@ def _plan(tmp_path, prompts=None, run_dir=None):
 
 
 def test_a_new_run_is_asked_with_the_method_set_and_names_it(tmp_path):
-    m = _plan(tmp_path, run_dir=tmp_path / "new").manifest
+    m = _plan(tmp_path, run_dir=tmp_path / "new").manifest.to_json()
     assert m["prompts"] == "method"
     assert m["groups"] == {n: s.version for n, s in PROMPT_SETS["method"].items()}
     assert m["personas"] == personas_json(DEFAULT_PERSONAS)
@@ -218,31 +218,32 @@ def test_a_new_run_is_asked_with_the_method_set_and_names_it(tmp_path):
 
 def test_the_legacy_set_writes_the_manifest_of_before(tmp_path):
     plan = _plan(tmp_path, "legacy")
-    assert "prompts" not in plan.manifest
-    assert plan.manifest["groups"] == LEGACY_VERSIONS
-    assert plan.manifest["personas"] == personas_json(LEGACY_PERSONAS)
+    manifest = plan.manifest.to_json()
+    assert "prompts" not in manifest
+    assert manifest["groups"] == LEGACY_VERSIONS
+    assert manifest["personas"] == personas_json(LEGACY_PERSONAS)
     assert all(s.wording is WORDINGS["legacy"] for s in plan.stages)
 
 
 def test_a_run_made_before_sets_resumes_with_the_same_command(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    old = _plan(tmp_path, "legacy").manifest  # what the code before sets wrote
+    old = _plan(tmp_path, "legacy").manifest.to_json()  # what the code before sets wrote
     (run / "manifest.json").write_text(json.dumps(old, ensure_ascii=False))
     assert choose_prompts(None, run) == "legacy"
     plan = _plan(tmp_path, None, run)
-    assert check_manifest(run, plan.manifest) == old
+    assert RunDir(run).check(plan.manifest).to_json() == old
     with pytest.raises(ManifestMismatch, match="groups.entry"):
-        check_manifest(run, _plan(tmp_path, "method", run).manifest)
+        RunDir(run).check(_plan(tmp_path, "method", run).manifest)
 
 
 def test_a_method_run_resumes_with_the_method_set(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / "manifest.json").write_text(json.dumps(_plan(tmp_path).manifest))
+    (run / "manifest.json").write_text(json.dumps(_plan(tmp_path).manifest.to_json()))
     assert choose_prompts(None, run) == "method"
     with pytest.raises(ManifestMismatch, match="prompts"):
-        check_manifest(run, _plan(tmp_path, "legacy", run).manifest)
+        RunDir(run).check(_plan(tmp_path, "legacy", run).manifest)
 
 
 def test_unknown_prompt_sets_are_refused(tmp_path):

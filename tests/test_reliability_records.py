@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.record import Record, dumps
+from liveroom.async_client.run_dir import RunDir
 from test_reliability_kit import (
     STAGES,
     Server,
@@ -126,7 +126,7 @@ def test_a_line_damaged_mid_file_is_never_done_and_collect_names_it(tmp_path):
         f.write_bytes(b"".join(lines[:4]) + cut + lines[5] + b"".join(lines[6:]))  # 15 lines, one of them two
         assert f.read_bytes().count(b"\n") == 15
 
-        done = Checkpoint(run).done("entry")
+        done = RunDir(run).done("entry")
         assert a["id"] not in done and b["id"] not in done and len(done) == 14
 
         c = collect(pitches, run, tmp_path / "f")
@@ -155,7 +155,7 @@ def test_the_scan_checks_whole_lines_in_a_large_file(tmp_path):
     damaged = good[7000][:60] + good[7001]
     data = b"".join(good[:7000]) + damaged + b"".join(good[7002:]) + b"not a record at all\n" + good[0][:30]
     (tmp_path / "entry.jsonl").write_bytes(data)
-    done = Checkpoint(tmp_path).done("entry")
+    done = RunDir(tmp_path).done("entry")
     assert len(done) == 12000 - 2
     broken = {json.loads(good[7000])["id"], json.loads(good[7001])["id"]}
     assert not broken & done
@@ -232,7 +232,7 @@ def test_records_of_before_the_model_field_still_read_and_resume(tmp_path):
     old = b'{"id":"entry:7:Z","status":"ok","stage":"entry","index":7,"persona":"Z","scores":{"entry":4},' \
           b'"reply":"{}","usage":{},"attempts":1,"reasks":0,"latency_ms":1.0,"error":null,"t":1.0}\n'
     (tmp_path / "entry.jsonl").write_bytes(old)
-    cp = Checkpoint(tmp_path)
+    cp = RunDir(tmp_path)
     assert cp.done("entry") == {"entry:7:Z"}
     (rec,) = cp.records("entry")
     assert rec.model is None and rec.scores == {"entry": 4}

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.record import ERROR, INVALID, OK, Record
+from liveroom.async_client.run_dir import RunDir
 from liveroom.cli import run as run_command
 from liveroom.data.personas import DEFAULT_PERSONAS, PERSONA_KEYS, personas_json
 from liveroom.prompts.stages import STAGES, request_id
@@ -61,7 +61,7 @@ def run(syn, tmp_path_factory):
     """A run over the first N_RUN pitches: retried then ok, invalid, failed and unfinished requests."""
     d = tmp_path_factory.mktemp("run")
     feats = {n: np.load(syn / f"{n}.npy") for n in ("entry", "action", "read")}
-    cp = Checkpoint(d)
+    cp = RunDir(d)
     cp.open({"format": 1, "model": "tiny", "endpoint": "127.0.0.1", "params": {},
              "groups": {s: STAGES[s].version for s in STAGES}, "personas": personas_json(DEFAULT_PERSONAS),
              "inputs": {}})

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from liveroom.async_client.checkpoint import Checkpoint
 from liveroom.async_client.record import OK, Record
+from liveroom.async_client.run_dir import RunDir
 from liveroom.cli import run as run_command
 from liveroom.cli import train_main
 from liveroom.data.inputs import ENCODING_HELP
@@ -57,7 +57,7 @@ def model(syn, tmp_path_factory):
 def run(tmp_path_factory):
     """A run whose entry stage is done for the first N_RUN pitches."""
     d = tmp_path_factory.mktemp("run")
-    cp = Checkpoint(d)
+    cp = RunDir(d)
     cp.open({"format": 1, "model": "tiny", "endpoint": "127.0.0.1", "params": {},
              "groups": {"entry": STAGES["entry"].version}, "personas": personas_json(DEFAULT_PERSONAS),
              "inputs": {}})

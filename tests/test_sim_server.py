@@ -27,7 +27,7 @@ from liveroom.data.personas import DEFAULT_PERSONAS, Persona
 from liveroom.errors import LiveroomError
 from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import PROMPT_SETS, STAGES, TEXT_LIMIT, Pitch, build_request, reask_messages
-from liveroom.sim.batch_jobs import Batch, BatchConfig, BatchState, process
+from liveroom.sim.batch_jobs import Batch, BatchConfig, SimBatchAPI, process
 from liveroom.sim.batch_server import BATCH_STATE
 from liveroom.sim.batch_server import make_app as make_batch_app
 from liveroom.sim.chat_server import run_server
@@ -181,7 +181,7 @@ async def test_reask_is_answered_from_the_first_user_message():
 async def test_a_batch_line_is_answered_as_the_same_chat_request():
     lines = [{"custom_id": r.id, "method": "POST", "url": "/v1/chat/completions", "body": body(r)}
              for r in ONE_OF_EACH]
-    out, err = process(BatchState(BatchConfig(sim=SimConfig(seed=3))), Batch({"id": "batch-1"}, lines, []), 3)
+    out, err = process(SimBatchAPI(BatchConfig(sim=SimConfig(seed=3))), Batch({"id": "batch-1"}, lines, []), 3)
     async with run_server(SimConfig(seed=3)) as url, aiohttp.ClientSession() as s:
         direct = [(await post(s, url, body(req)))[2] for req in ONE_OF_EACH]
     assert not err and len(out) == 3

@@ -8,7 +8,8 @@ reply means, and decides itself which jobs a resumed run still needs.
 ``engine``     workers, the job/task contract, stats
 ``errors``     what a call can end in: Retryable, Rejected, Fatal, UnusableReply; RunFailed
 ``record``     the Record type and its one line format (and the done-scan pattern)
-``checkpoint`` the run directory: manifest, append-only JSONL (whole lines only), resume scan
+``run_dir``    the run directory (RunDir): its one reader and writer; append-only JSONL, resume scan
+``manifest``   the typed run manifest and its one JSON form; ``files`` crash-safe whole-file writes
 ``transport``  the HTTP layer: error mapping, readers, base URL and credentials, redaction
 ``chat``       the chat-completions client; ``batch_api`` the Batch API client
 ``limits``     rpm / tpm limits, the shared cool-down, outages; ``policy`` retries

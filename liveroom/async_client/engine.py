@@ -15,7 +15,7 @@ The run never hangs. ``stop()`` (wired to SIGINT/SIGTERM by the caller)
 stops taking jobs and sending: requests in flight get ``grace`` seconds to
 finish and be recorded, every other worker ends at once; a second call ends
 everything. A :class:`Fatal` error (bad key, no quota, an endpoint never
-reached), a failed write (:class:`~.checkpoint.WriteFailed`) or any
+reached), a failed write (:class:`~.run_dir.WriteFailed`) or any
 unexpected exception in a worker, the job iterator or a callback stops the
 run the same way and is raised from :meth:`Engine.run` as one line
 (:class:`~.errors.RunFailed` for the unexpected). An endpoint that worked and
@@ -35,12 +35,12 @@ from typing import Any, Protocol
 from tenacity import RetryCallState
 
 from ..errors import LiveroomError
-from .checkpoint import Checkpoint
 from .concurrency import ConcurrencyLimit, Slot
 from .errors import CallError, Filtered, NoContent, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
 from .limits import Limits, Outage
 from .policy import retry_policy
 from .record import ERROR, INVALID, KEEP_CHARS, OK, Record, cut
+from .run_dir import RunDir
 from .transport import Reply, served_as
 
 
@@ -138,7 +138,7 @@ def duration(seconds: float) -> str:
 class Engine:
     """Runs jobs through a client with a task's validation, writing one record per job."""
 
-    def __init__(self, client: Client, limits: Limits, checkpoint: Checkpoint, task: Task,
+    def __init__(self, client: Client, limits: Limits, checkpoint: RunDir, task: Task,
                  config: EngineConfig, on_record: Callable[[Record], None] | None = None,
                  on_warning: Callable[[str], None] | None = None, limiter: ConcurrencyLimit | None = None) -> None:
         self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config

@@ -257,21 +257,21 @@ VLLM = Provider("vllm", None)
 LLAMACPP = Provider("llamacpp", None, errors=ErrorProfile(LLAMACPP_CODES))
 
 #: the providers of bin/batch (each has a Batch API profile)
-PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC)}
+BATCH_PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC)}
 #: the providers of bin/score: the batch ones and the local servers
-CHAT_PROVIDERS: dict[str, Provider] = {**PROVIDERS, VLLM.name: VLLM, LLAMACPP.name: LLAMACPP}
+CHAT_PROVIDERS: dict[str, Provider] = {**BATCH_PROVIDERS, VLLM.name: VLLM, LLAMACPP.name: LLAMACPP}
 
 
 def detect(base_url: str) -> Provider:
     """The provider whose host ``base_url`` names (or a subdomain of it); ``generic`` for any other."""
     host = (urlsplit(base_url).hostname or "").lower()
-    for p in PROVIDERS.values():
+    for p in BATCH_PROVIDERS.values():
         if any(host == h or host.endswith("." + h) for h in p.hosts):
             return p
     return GENERIC
 
 
-def resolve_provider(name: str | None, base_url: str, known: Mapping[str, Provider] = PROVIDERS) -> Provider:
+def resolve_provider(name: str | None, base_url: str, known: Mapping[str, Provider] = BATCH_PROVIDERS) -> Provider:
     """``--provider`` when given (one of ``known``), else the one :func:`detect` finds."""
     if name is None:
         return detect(base_url)
@@ -287,7 +287,7 @@ def default_base_url(name: str | None) -> str:
 
 
 def add_provider_argument(p: argparse.ArgumentParser, default_text: str | None = None,
-                          known: Mapping[str, Provider] = PROVIDERS, what: str = "batch paths and limits") -> None:
+                          known: Mapping[str, Provider] = BATCH_PROVIDERS, what: str = "batch paths and limits") -> None:
     """``--provider``, the same for every command that has it."""
     p.add_argument("--provider", choices=tuple(known), default=None,
                    help=f"the provider's defaults: base URL, {what} (default: "
@@ -331,7 +331,7 @@ def is_content_filter(code: str | None) -> bool:
 
 
 #: every provider's finish_reason of a filtered 200 reply
-FILTER_FINISH: frozenset[str] = frozenset().union(*(p.errors.filter_finish_reasons for p in PROVIDERS.values()))
+FILTER_FINISH: frozenset[str] = frozenset().union(*(p.errors.filter_finish_reasons for p in BATCH_PROVIDERS.values()))
 
 
 def filtered_finish(reason: str | None) -> bool:

@@ -1,4 +1,4 @@
-"""The record: what the checkpoint keeps of one finished job, and its one serialisation.
+"""The record: what the run directory keeps of one finished job, and its one serialisation.
 
 A record is one JSON line::
 
@@ -9,7 +9,7 @@ A record is one JSON line::
 ``id`` and ``status`` always lead, in that order, with no space: that is what
 lets a resumed run find its done ids by reading only each line's head
 (:data:`OK_LINE`), so the order and the pattern are decided here, side by side,
-and nowhere else. Only ``"status": "ok"`` counts as done, and only on a line that is whole
+and nowhere else (:func:`field_bytes` finds any other field). Only ``"status": "ok"`` counts as done, and only on a line that is whole
 (:func:`line_is_whole`). ``model`` came last, later: a line without it reads
 as ``model`` None.
 """
@@ -133,6 +133,13 @@ def is_whole(line: bytes) -> bool:
     except (RecordError, ValueError, TypeError):
         return False
     return line.endswith(b"\n")
+
+
+def field_bytes(key: str, prefix: str = "") -> bytes:
+    """The bytes that open field ``key`` holding a string that starts with ``prefix``, as :func:`dumps`
+    writes them. A quote inside a string is escaped, so only a field (of the record, or of an object
+    in it) holds them: a search for them finds the lines to read whole."""
+    return orjson.dumps({key: prefix})[1:-2]
 
 
 def decode_id(raw: bytes) -> str:

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-from ..async_client.checkpoint import MANIFEST, Checkpoint
 from ..async_client.record import INVALID, OK
+from ..async_client.run_dir import RunDir
 from ..data.inputs import load_pitches
 from ..data.layout import PAY, REG, REGRESSION_TARGETS, TARGET_COLUMNS, WATCH
 from ..data.personas import PERSONA_KEYS
 from ..errors import InputError
 from ..prompts.stages import STAGES
+from ..scoring.usage import read_usage
 from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.data import check_scores, incomplete, raw_inputs, read_features, read_pitches, split_bounds
@@ -203,10 +203,10 @@ def _record_scores(stage: str, scores: Any) -> list[float]:
     return [float(scores[n]) for n in names if isinstance(scores.get(n), (int, float))]
 
 
-def _stage(checkpoint: Checkpoint, stage: str, personas: list[str], pitch_index: set[int] | None) -> StageResult:
+def _stage(records: RunDir, stage: str, personas: list[str], pitch_index: set[int] | None) -> StageResult:
     res = StageResult(stage)
     final: dict[str, tuple[str, str, list[float]]] = {}  # id -> (persona, status, scores)
-    for rec in checkpoint.records(stage):
+    for rec in records.records(stage):
         res.records += 1
         res.retried += rec.attempts > 1
         res.reasked += rec.reasks > 0
@@ -242,14 +242,9 @@ def _stage(checkpoint: Checkpoint, stage: str, personas: list[str], pitch_index:
 
 
 def _cost(run_dir: Path) -> tuple[float | None, str]:
-    """``usage.json``'s ``cost`` (and ``currency``) when a run has one; nothing writes it yet."""
-    path = run_dir / "usage.json"
-    if not path.exists():
-        return None, ""
-    try:
-        obj = orjson.loads(path.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable ({e})") from None
+    """``usage.json``'s ``cost`` (and ``currency``) when the run has one: bin/score and bin/batch keep it,
+    priced when they were given prices."""
+    obj = read_usage(run_dir)
     cost = obj.get("cost") if isinstance(obj, dict) else None
     if not isinstance(cost, (int, float)) or isinstance(cost, bool):
         return None, ""
@@ -262,22 +257,15 @@ def load_run_result(run_dir: str | Path, pitches: str | None = None, encoding: s
     d = Path(run_dir)
     if not d.is_dir():
         raise InputError(f"{d}: run directory not found")
-    try:
-        manifest = orjson.loads((d / MANIFEST).read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{d}: not a run directory (no {MANIFEST}); run bin/score first") from None
-    except (OSError, orjson.JSONDecodeError) as e:
-        raise InputError(f"{d / MANIFEST}: unreadable ({e})") from None
-    try:
-        personas = [str(p["key"]) for p in manifest["personas"]]
-        groups = list(manifest["groups"])
-    except (KeyError, TypeError):
-        raise InputError(f"{d / MANIFEST}: no personas or stages (not written by bin/score)") from None
+    records = RunDir(d)
+    manifest = records.manifest()
+    personas, groups = manifest.persona_keys, list(manifest.groups)
+    if not personas or not groups:
+        raise InputError(f"{records.manifest_path}: no personas or stages (not written by bin/score)")
     index = None
     if pitches:
         index = {int(i) for i in load_pitches(pitches, need=(), encoding=encoding)["index"]}
-    checkpoint = Checkpoint(d)
-    stages = [_stage(checkpoint, g, personas, index) for g in groups]
+    stages = [_stage(records, g, personas, index) for g in groups]
     cost, currency = _cost(d)
-    return RunResult(d, str(manifest.get("model", "")), str(manifest.get("endpoint", "")), personas, stages,
+    return RunResult(d, manifest.model or "", manifest.endpoint or "", personas, stages,
                      cost, currency)

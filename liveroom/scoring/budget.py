@@ -1,6 +1,6 @@
 """The bill while bin/score runs: ``usage.json`` kept current, the money spent on the progress line, ``--budget``.
 
-:class:`Meter` holds the run directory's :class:`~.cost.UsageTotals` (loaded,
+:class:`Meter` holds the run directory's :class:`~.usage.UsageTotals` (loaded,
 then caught up with the records written since they were saved, by a run that
 was killed) and saves them atomically every few seconds and at the end, each
 time caught up with the files. Between saves, the records the engine writes
@@ -40,8 +40,9 @@ from typing import Any
 
 from ..async_client.engine import Job
 from ..async_client.record import Record
-from .cost import Prices, UsageTotals
-from .estimate import prompt_estimate, usage_of
+from .plan import prompt_estimate
+from .prices import Prices
+from .usage import UsageTotals, usage_of
 
 #: tokens a re-ask adds besides the reply it quotes: its request to answer again and the reason's words
 REASK_WORDS = 256

@@ -1,4 +1,4 @@
-"""``bin/collect``: a run's checkpoint -> the four feature matrices.
+"""``bin/collect``: a run's records -> the four feature matrices.
 
 Writes ``entry.npy``, ``state.npy``, ``action.npy``, ``read.npy`` (float64,
 pitches x personas, rows in the pitches file's order, columns in the run's
@@ -9,7 +9,7 @@ Whatever mix of direct and batch mode filled the run, the last ok record of
 each request counts. The stages and the features each fills come from the
 stage registry; the matrices written are the layout's :data:`LLM_FEATURES`.
 
-A damaged line in a checkpoint (a record cut by a failing disk) is skipped
+A damaged line in a record file (a record cut by a failing disk) is skipped
 and named by file and line; its cell counts as missing unless another record
 fills it. The files appear together and whole: each is written to a
 temporary file first, and all are renamed into place only once every one is
@@ -29,12 +29,13 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..async_client.checkpoint import MANIFEST, Checkpoint, write_error
+from ..async_client.files import write_error
+from ..async_client.run_dir import RunDir
 from ..data.inputs import ENCODING_HELP, check_encoding, load_pitches
 from ..data.layout import LLM_FEATURES
-from ..errors import InputError, LiveroomError
+from ..errors import LiveroomError
 from ..prompts.stages import STAGES, request_id
-from .cost import check_usage, usage_lines
+from .usage import check_usage, usage_lines
 
 FEATURES: tuple[str, ...] = LLM_FEATURES  # the matrices written, one .npy each
 SHOWN_MISSING = 20
@@ -44,30 +45,24 @@ def collect(pitches: str | Path, run_dir: str | Path,
             encoding: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """Pitch indexes, matrices and the coverage report of one run over one pitches file.
 
-    Damaged checkpoint lines are skipped; the report's ``damaged`` (present
+    Damaged record lines are skipped; the report's ``damaged`` (present
     only when there are any) maps each file to their line numbers.
     """
     run_dir = Path(run_dir)
-    try:
-        manifest = orjson.loads((run_dir / MANIFEST).read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{run_dir}: not a run directory (no {MANIFEST}); run bin/score first") from None
-    except orjson.JSONDecodeError as e:
-        raise InputError(f"{run_dir / MANIFEST}: unreadable ({e})") from None
-    keys = [p["key"] for p in manifest["personas"]]
+    records = RunDir(run_dir)
+    keys = records.manifest().persona_keys
     df = load_pitches(pitches, need=(), encoding=encoding)
     index = df["index"].to_numpy(dtype=np.int64)
     row: dict[Any, int] = {int(i): r for r, i in enumerate(index)}  # looked up with what a record holds
     col: dict[Any, int] = {k: c for c, k in enumerate(keys)}
     mats = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
-    checkpoint = Checkpoint(run_dir)
     report: dict[str, Any] = {"pitches": len(index), "personas": keys, "stages": {}, "missing": {}}
     for stage_name, stage in STAGES.items():
         features = stage.features
         failed: dict[str, str] = {}
         unknown = 0
         damaged: list[int] = []
-        for rec in checkpoint.records(stage_name, damaged):
+        for rec in records.records(stage_name, damaged):
             r, c = row.get(rec.meta.get("index")), col.get(rec.meta.get("persona"))
             if r is None or c is None:
                 unknown += 1
@@ -85,7 +80,7 @@ def collect(pitches: str | Path, run_dir: str | Path,
             "failed": len(failed), "records_outside_pitches": unknown,
         }
         if damaged:
-            report.setdefault("damaged", {})[checkpoint.path(stage_name).name] = damaged
+            report.setdefault("damaged", {})[records.path(stage_name).name] = damaged
         if missing:
             report["missing"][stage_name] = [
                 {"id": m, **({"error": failed[m]} if m in failed else {})} for m in missing[:SHOWN_MISSING]

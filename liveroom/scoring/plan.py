@@ -4,7 +4,7 @@ Everything here is decided before a request is sent: the prompt set, the
 stages, personas and model parameters, the run manifest, and which (stage, pitch, persona)
 questions the run directory already holds (a done table of one byte per
 question: a set of 1M request ids would cost 100 MB of strings). The
-checkpoint hands over the raw ids of its ok records; reading them as
+run directory hands over the raw ids of its ok records; reading them as
 ``stage:index:persona`` (:func:`~liveroom.prompts.stages.request_id`) is done
 here, so the engine never parses an id. A question the provider's content
 filter refused (an error record whose reason starts ``content_filter:``) is
@@ -14,7 +14,6 @@ done too: asking again gets the same refusal; ``Plan.retry_filtered``
 
 from __future__ import annotations
 
-import mmap
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +23,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..async_client.checkpoint import MANIFEST, Checkpoint, sha256_file
 from ..async_client.engine import Job
 from ..async_client.errors import CONTENT_FILTER
-from ..async_client.record import ERROR, RecordError, loads
+from ..async_client.files import sha256_file
+from ..async_client.manifest import Manifest, ManifestMismatch
+from ..async_client.run_dir import RunDir
 from ..async_client.transport import endpoint_host
 from ..data.inputs import check_showcase, load_pitches, load_showcase
 from ..data.personas import Persona, load_personas, personas_json
@@ -104,6 +104,12 @@ def estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
     return sum(len(m["content"]) for m in messages) + max_tokens
 
 
+def prompt_estimate(job: Job) -> int:
+    """The token limiter's estimate of a job's prompt: :func:`estimate_tokens` of the messages it sends
+    (for a first ask, ``job.tokens`` less ``max_tokens``)."""
+    return estimate_tokens(job.payload["messages"], 0)
+
+
 @dataclass
 class Plan:
     """Everything validated, before any request is sent."""
@@ -113,7 +119,7 @@ class Plan:
     stages: tuple[Stage, ...]
     personas: tuple[Persona, ...]
     params: ModelParams
-    manifest: dict[str, Any]
+    manifest: Manifest
     retry_filtered: bool = False  # ask again what a content filter refused (else it counts as done)
 
 
@@ -133,10 +139,10 @@ def recorded_prompts(run_dir: str | Path) -> str | None:
     with :data:`~liveroom.prompts.wording.UNNAMED_PROMPTS`.
     """
     try:
-        manifest = orjson.loads((Path(run_dir) / MANIFEST).read_bytes())
-    except (OSError, orjson.JSONDecodeError):
-        return None  # a new run; an unreadable manifest is refused by the manifest check
-    return str(manifest.get("prompts", UNNAMED_PROMPTS)) if isinstance(manifest, dict) else None
+        manifest = RunDir(run_dir).recorded()
+    except ManifestMismatch:
+        return None  # an unreadable manifest is refused by the manifest check
+    return None if manifest is None else manifest.prompts or UNNAMED_PROMPTS
 
 
 def choose_prompts(name: str | None, run_dir: str | Path | None = None) -> str:
@@ -175,63 +181,32 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
         showcase = load_showcase(goods)
         check_showcase(df, showcase, Path(goods).name)
         inputs["goods"] = sha256_file(goods)
-    manifest = {
-        "format": 1,
-        "model": params.model,
-        "endpoint": endpoint_host(base_url),
-        "params": params.manifest(),
-        # named for every set but the first, so that the manifests of runs made before sets stay valid
-        **({"prompts": prompt_set} if prompt_set != UNNAMED_PROMPTS else {}),
-        "groups": {s.name: s.version for s in chosen},
-        "personas": personas_json(persona_set),
-        "inputs": inputs,
-    }
-    return Plan(df, showcase, chosen, persona_set, params, manifest)
+    # named for every set but the first, so that the manifests of runs made before sets stay valid
+    named = prompt_set if prompt_set != UNNAMED_PROMPTS else None
+    return Plan(df, showcase, chosen, persona_set, params,
+                run_manifest(params, base_url, chosen, persona_set, inputs, named))
 
 
-def scan_done(plan: Plan, checkpoint: Checkpoint | None = None) -> DoneTable:
-    """What the run directory already holds, for the planned requests (none without one)."""
+def run_manifest(params: ModelParams, base_url: str, stages: Sequence[Stage], personas: Sequence[Persona],
+                 inputs: dict[str, str], prompts: str | None = None) -> Manifest:
+    """The manifest of a run that asks ``stages`` x ``personas`` with ``params`` at ``base_url``."""
+    return Manifest(params.model, endpoint_host(base_url), params.manifest(),
+                    {s.name: s.version for s in stages}, personas_json(tuple(personas)), inputs, prompts)
+
+
+def scan_done(plan: Plan, run_dir: RunDir | None = None) -> DoneTable:
+    """What the run directory already holds, for the planned requests (none without one).
+
+    A question the provider's content filter refused counts as done unless ``plan.retry_filtered``.
+    """
     done = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
-    if checkpoint is not None:
+    if run_dir is not None:
         for s in plan.stages:
-            for ids in checkpoint.ok_ids(s.name):
+            for ids in run_dir.ok_ids(s.name):
                 done.add(s.name, ids)
             if not plan.retry_filtered:
-                done.add(s.name, filtered_ids(checkpoint.path(s.name)))
+                done.add(s.name, run_dir.failed_with(s.name, CONTENT_FILTER))
     return done
-
-
-_FILTERED = b'"error":"' + CONTENT_FILTER.encode()  # as orjson writes a record's reason: no space
-
-
-def filtered_ids(path: Path) -> list[bytes]:
-    """Ids of the whole error records of ``path`` whose reason is the content filter.
-
-    Fast when there are none (one search of the mapped file); each line that
-    holds the reason is read whole, so a damaged line or a reply quoting it never counts.
-    """
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        return []
-    with f:
-        if path.stat().st_size == 0:
-            return []
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            ids: list[bytes] = []
-            at = m.find(_FILTERED)
-            while at >= 0:
-                start, end = m.rfind(b"\n", 0, at) + 1, m.find(b"\n", at)
-                if end < 0:
-                    break  # the last line, torn: no record
-                try:
-                    rec = loads(m[start:end])
-                except RecordError:
-                    rec = None
-                if rec is not None and rec.status == ERROR and (rec.error or "").startswith(CONTENT_FILTER):
-                    ids.append(rec.id.encode())
-                at = m.find(_FILTERED, end)
-            return ids
 
 
 def plan_jobs(plan: Plan, done: DoneTable) -> tuple[Iterator[Job], int]:

@@ -3,7 +3,7 @@
 Wires the stages (:mod:`liveroom.prompts.stages`) to the generic engine: validates
 all input (and that a remote endpoint has a key) before anything is sent,
 takes the run directory's one-writer lock, checks or writes the run manifest,
-skips what the checkpoint already holds (a run with nothing left writes
+skips what the run directory already holds (a run with nothing left writes
 nothing; what a content filter refused counts as held unless
 ``--retry-filtered``), and runs the engine with progress, limits, retries and
 clean shutdown on SIGINT/SIGTERM. ``--provider`` (else the base URL's host)
@@ -21,11 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..async_client.chat import ChatClient
-from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.engine import Engine, Stats
 from ..async_client.limits import Limits
 from ..async_client.progress import Progress, status_line
 from ..async_client.record import Record
+from ..async_client.run_dir import RunDir
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
 from ..cliargs import positive_float
@@ -35,9 +35,11 @@ from ..locks import run_dir_lock
 from ..prompts.stages import PROMPT_SETS, STAGES
 from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
-from .cost import add_cost_arguments, dry_run, resolve_prices
+from .cost_flags import add_cost_arguments, price_choice
+from .dry_run import dry_run
 from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
+from .prices import resolve_prices
 
 
 async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every: float = 10.0,
@@ -45,21 +47,21 @@ async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every:
     """Run what ``plan`` still lacks in ``run_dir`` as ``chat`` says; the counts and why it stopped
     early (if it did).
 
-    The checkpoint is scanned before anything is written: with nothing left to
+    The run directory is scanned before anything is written: with nothing left to
     do, nothing is (the run may sit on read-only media). ``meter`` keeps
     ``usage.json``, shows the money spent and, with a budget, admits each job.
     """
-    checkpoint = Checkpoint(run_dir)
-    jobs, todo = plan_jobs(plan, scan_done(plan, checkpoint))
+    rdir = RunDir(run_dir)
+    jobs, todo = plan_jobs(plan, scan_done(plan, rdir))
     if todo == 0:
         return Stats(), None
     if meter is not None:
         meter.open()
-    checkpoint.open(plan.manifest)
+    rdir.open(plan.manifest)
     try:
         async with ChatClient(chat.base_url, chat.api_key, chat.timeout, chat.engine.concurrency,
                               chat.provider) as client:
-            engine = Engine(client, Limits(chat.rpm, chat.tpm), checkpoint, StageTask(), chat.engine)
+            engine = Engine(client, Limits(chat.rpm, chat.tpm), rdir, StageTask(), chat.engine)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
                                 extra=meter.text if meter is not None else None)
 
@@ -85,12 +87,12 @@ async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every:
                     loop.remove_signal_handler(sig)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that stopped the run is the one to show
-            checkpoint.close()
+            rdir.close()
         with contextlib.suppress(Exception):
             if meter is not None:
                 meter.save()
         raise
-    checkpoint.close()
+    rdir.close()
     if meter is not None:
         meter.save()
     return stats, engine.stopped
@@ -157,18 +159,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
                          args.prompts, args.out)
     plan.retry_filtered = args.retry_filtered
-    prices = resolve_prices(args, plan.params.model)
+    prices = resolve_prices(price_choice(args), plan.params.model)
     if args.budget is not None and prices is None:
         raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
                          "or --price-file")
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
-        return dry_run(args, plan)
+        return dry_run(Path(args.out), plan, prices)
     where.require_key()  # nothing goes to a remote endpoint without a key
     run_dir = Path(args.out)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
-        plan.manifest = check_manifest(run_dir, plan.manifest)
+        plan.manifest = RunDir(run_dir).check(plan.manifest)
         worst = WorstCase(prices, args.max_reasks, args.reask_max_tokens) if prices is not None else None
-        meter = Meter(run_dir, plan.manifest["groups"], prices, args.budget, worst)
+        meter = Meter(run_dir, plan.manifest.groups, prices, args.budget, worst)
         stats, stopped = run_loop(execute(plan, run_dir, chat, args.progress_every, meter=meter))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)

@@ -23,14 +23,14 @@ import numpy as np
 import pandas as pd
 
 from ..async_client.engine import Job
-from ..async_client.transport import endpoint_host
+from ..async_client.manifest import Manifest
 from ..data.inputs import MAX_SHOWCASE_ITEMS, Item
 from ..data.layout import LLM_FEATURES, PAY, REG, REGRESSION_TARGETS, TABULAR_COLUMNS, WATCH
 from ..data.moment import CalendarYearError, day_facts, time_features
-from ..data.personas import Persona, personas_json
+from ..data.personas import Persona
 from ..errors import InputError
 from ..prompts.stages import Stage, request_id
-from ..scoring.plan import DoneTable, ModelParams, Plan, plan_jobs
+from ..scoring.plan import DoneTable, ModelParams, Plan, plan_jobs, run_manifest
 
 FIELDS: tuple[str, ...] = ("start", "title", "prod", "text", "duration", "user_cnt", "showcase")
 #: the scores a forecast shows per persona, in the order the issue lists them
@@ -158,17 +158,9 @@ def check_pitch(obj: Any, where: str = "") -> Pitch:
 # ----------------------------------------------------------------- questions
 
 def cache_manifest(params: ModelParams, base_url: str, stages: Sequence[Stage],
-                   personas: tuple[Persona, ...]) -> dict[str, Any]:
+                   personas: tuple[Persona, ...]) -> Manifest:
     """The cache's run manifest: what its answers mean, as bin/score writes it for a run."""
-    return {
-        "format": 1,
-        "model": params.model,
-        "endpoint": endpoint_host(base_url),
-        "params": params.manifest(),
-        "groups": {s.name: s.version for s in stages},
-        "personas": personas_json(personas),
-        "inputs": {"pitches": CACHE_INPUT},
-    }
+    return run_manifest(params, base_url, stages, personas, {"pitches": CACHE_INPUT})
 
 
 def request_ids(pitch: Pitch, stages: Sequence[Stage], personas: Sequence[Persona]) -> list[str]:
@@ -183,7 +175,7 @@ def pitch_jobs(pitch: Pitch, stages: Sequence[Stage], personas: tuple[Persona, .
     index = pitch.index
     frame = pd.DataFrame({"index": [index], "start": [pitch.start], "title": [pitch.title],
                           "prod": [pitch.prod], "text": [pitch.text]})
-    plan = Plan(frame, {pitch.start: list(pitch.items)}, tuple(stages), personas, params, {})
+    plan = Plan(frame, {pitch.start: list(pitch.items)}, tuple(stages), personas, params, Manifest())
     table = DoneTable([index], [s.name for s in stages], [p.key for p in personas])
     for s in stages:
         table.add(s.name, [rid.encode() for p in personas if (rid := request_id(s.name, index, p.key)) in done])

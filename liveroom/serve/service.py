@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..async_client.chat import ChatClient
-from ..async_client.checkpoint import Checkpoint, check_manifest
 from ..async_client.concurrency import ConcurrencyLimit
 from ..async_client.engine import Client, Engine, Job
 from ..async_client.limits import Limits
 from ..async_client.record import Record
+from ..async_client.run_dir import RunDir
 from ..async_client.transport import endpoint_host, redact
 from ..data.layout import N_TABULAR, input_names
 from ..data.personas import DEFAULT_PERSONAS, PERSONA_KEYS
@@ -63,7 +63,7 @@ class Forecaster:
         self.summary: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
         self.stages, self.personas = tuple(STAGES.values()), DEFAULT_PERSONAS
         self.manifest = cache_manifest(settings.params, settings.base_url, self.stages, self.personas)
-        self.checkpoint = Checkpoint(self.cache_dir)
+        self.checkpoint = RunDir(self.cache_dir)
         self.answers: dict[str, dict[str, Any]] = {}  # request id -> scores of its last ok answer
         self.counts = {"forecasts": 0, "requests_sent": 0}
         self._failed: dict[str, str] = {}              # request id -> why its last try failed
@@ -77,7 +77,7 @@ class Forecaster:
     async def __aenter__(self) -> Forecaster:
         s = self.settings
         self._stack.enter_context(locked(self.cache_dir / LOCK, "bin/serve", self.cache_dir))
-        self.checkpoint.open(check_manifest(self.cache_dir, self.manifest))
+        self.checkpoint.open(self.checkpoint.check(self.manifest))
         self._stack.callback(self.checkpoint.close)
         for stage in self.stages:
             for rec in self.checkpoint.records(stage.name):

@@ -122,7 +122,7 @@ class Batch:
     cancel_at: int | None = None    # lines done when a cancel came
 
 
-class BatchState:
+class SimBatchAPI:
     """Files, batches and counters of one running Batch API."""
 
     def __init__(self, config: BatchConfig):
@@ -202,7 +202,7 @@ def validate(data: bytes, endpoint: str, max_line_bytes: int | None = None
     return lines, errors
 
 
-def new_batch(bs: BatchState, fid: str, endpoint: str, window: str | None, metadata: Any) -> Batch:
+def new_batch(bs: SimBatchAPI, fid: str, endpoint: str, window: str | None, metadata: Any) -> Batch:
     """A ``validating`` batch of input file ``fid`` (which must be visible)."""
     lines, errors = validate(bs.contents[fid], endpoint, bs.profile.max_line_bytes)
     bid = bs.new_id("batch")
@@ -223,7 +223,7 @@ def new_batch(bs: BatchState, fid: str, endpoint: str, window: str | None, metad
     return b
 
 
-def done_lines(bs: BatchState, b: Batch, step: int) -> int:
+def done_lines(bs: SimBatchAPI, b: Batch, step: int) -> int:
     """How many input lines are done at lifecycle ``step``."""
     n = len(b.lines)
     if bs.config.expire_after is not None:
@@ -238,7 +238,7 @@ def _line(rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
                          "response": {"status_code": status, "request_id": rid, "body": body}, "error": None})
 
 
-def _failed(bs: BatchState, rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
+def _failed(bs: SimBatchAPI, rid: str, custom_id: str, status: int, body: dict[str, Any]) -> bytes:
     """A failed line: as OpenAI writes it (the response holds the error), or DashScope's error{code, message}."""
     if not bs.profile.error_only_lines:
         return _line(rid, custom_id, status, body)
@@ -261,7 +261,7 @@ def failing(cfg: BatchConfig, n: int) -> bool:
         bool(cfg.filter_every and n % cfg.filter_every == 0 and cfg.provider.filtered)
 
 
-def process(bs: BatchState, b: Batch, upto: int) -> tuple[list[bytes], list[bytes]]:
+def process(bs: SimBatchAPI, b: Batch, upto: int) -> tuple[list[bytes], list[bytes]]:
     """Output and error lines for the first ``upto`` input lines."""
     cfg = bs.config
     sim = cfg.sim
@@ -291,11 +291,11 @@ def process(bs: BatchState, b: Batch, upto: int) -> tuple[list[bytes], list[byte
     return out, err
 
 
-def _store_lines(bs: BatchState, lines: list[bytes], purpose: str) -> str | None:
+def _store_lines(bs: SimBatchAPI, lines: list[bytes], purpose: str) -> str | None:
     return bs.store(b"\n".join(lines) + b"\n", f"{purpose}.jsonl", purpose) if lines else bs.profile.no_file
 
 
-def finish(bs: BatchState, b: Batch, status: str) -> None:
+def finish(bs: SimBatchAPI, b: Batch, status: str) -> None:
     """End ``b`` as ``status``: its output and error files written, its counts final."""
     o = b.obj
     upto = done_lines(bs, b, len(STEPS))
@@ -314,7 +314,7 @@ def finish(bs: BatchState, b: Batch, status: str) -> None:
     o[f"{status}_at"] = bs.now()
 
 
-def advance(bs: BatchState, b: Batch) -> None:
+def advance(bs: SimBatchAPI, b: Batch) -> None:
     """One retrieval of ``b``: a step forward every ``polls_per_step`` of them."""
     o = b.obj
     if o["status"] in TERMINAL:
@@ -341,7 +341,7 @@ def advance(bs: BatchState, b: Batch) -> None:
         o["finalizing_at"] = bs.now()
 
 
-def cancel(bs: BatchState, b: Batch) -> None:
+def cancel(bs: SimBatchAPI, b: Batch) -> None:
     """Mark ``b`` cancelling: the lines done so far are kept."""
     bs.counts["cancels"] += 1
     step = b.polls // max(1, bs.config.polls_per_step)

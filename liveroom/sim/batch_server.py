@@ -41,14 +41,14 @@ from typing import AsyncIterator, Sequence
 import orjson
 from aiohttp import BodyPartReader, web
 
-from .batch_jobs import SIM_PROFILES, TERMINAL, Batch, BatchConfig, BatchState, advance, cancel, new_batch
+from .batch_jobs import SIM_PROFILES, TERMINAL, Batch, BatchConfig, SimBatchAPI, advance, cancel, new_batch
 from .chat_server import chat_completions
 from .chat_server import make_app as make_sim_app
 from .completion import error_object
 from .config import SimConfig
 from .serving import KEY_CHECK, Handler, json_response, serve, serve_command
 
-BATCH_STATE = web.AppKey("liveroom_batch_state", BatchState)
+BATCH_STATE = web.AppKey("liveroom_batch_state", SimBatchAPI)
 
 
 def _err(status: int, message: str, code: str | None = None, type_: str = "invalid_request_error") -> web.Response:
@@ -155,7 +155,7 @@ async def create_batch(request: web.Request) -> web.Response:
     return json_response(new_batch(bs, fid, endpoint, window, body.get("metadata")).obj)
 
 
-def _batch(request: web.Request) -> tuple[BatchState, Batch] | web.Response:
+def _batch(request: web.Request) -> tuple[SimBatchAPI, Batch] | web.Response:
     """The state and the batch the path names, or the error response (injected 503, 404)."""
     if (r := _gate(request)) is not None:
         return r
@@ -222,7 +222,7 @@ def make_app(config: BatchConfig | None = None) -> web.Application:
     """The chat simulator with the Batch API routes of ``config.profile`` added (behind the same key)."""
     config = config or BatchConfig()
     app = make_sim_app(config.sim)
-    app[BATCH_STATE] = bs = BatchState(config)
+    app[BATCH_STATE] = bs = SimBatchAPI(config)
     prefix = bs.profile.prefix
     for method, path, handler in ROUTES:
         if handler is get_file and not bs.profile.file_route:

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from ...async_client.engine import EngineConfig
 from ...async_client.providers import (
+    BATCH_PROVIDERS,
     DEFAULT_BASE_URL,
     FILE_STATUS,
-    PROVIDERS,
     Provider,
     add_provider_argument,
     default_base_url,
@@ -29,14 +29,17 @@ from ...async_client.transport import endpoint_host
 from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
 from ...data.inputs import ENCODING_HELP, check_encoding, csv_encoding
 from ...errors import InputError
-from ..cost import Prices, add_cost_arguments, dry_run, resolve_prices, update_usage
+from ..cost_flags import add_cost_arguments, price_choice
+from ..dry_run import dry_run
 from ..plan import ModelParams, Plan, make_plan
+from ..prices import Prices, resolve_prices
 from ..score import add_request_arguments
+from ..usage import update_usage
 from .flows import (
     Api,
     Creation,
     Event,
-    Run,
+    PreparedRun,
     UploadWait,
     cancel,
     fetch,
@@ -45,7 +48,7 @@ from .flows import (
     status,
     submit,
 )
-from .prepare import DEFAULT_ENDPOINT, PrepareResult, ShardLimits, prepare
+from .prepare import DEFAULT_ENDPOINT, PrepareResult, Preview, ShardLimits, prepare
 from .reference import reference_hint, reference_scheme
 from .state import load_state, locked, read_manifest
 
@@ -78,10 +81,10 @@ def _count_usage(run_dir: Path, groups: Any = None, prices: Prices | None = None
     """``usage.json`` brought up to date with the records imported (priced at the batch discount: they have
     no latency) and with ``prices`` when given (prepare's, so that fetch and import can price what comes)."""
     with locked(run_dir):
-        update_usage(run_dir, read_manifest(run_dir).get("groups", {}) if groups is None else groups, prices)
+        update_usage(run_dir, read_manifest(run_dir).groups if groups is None else groups, prices)
 
 
-def _api(args: argparse.Namespace, run: Run) -> Api:
+def _api(args: argparse.Namespace, run: PreparedRun) -> Api:
     return Api(run.base_url, api_key(), args.timeout, args.max_retries, args.backoff)
 
 
@@ -126,19 +129,20 @@ def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     plan, limits, provider = _prepare_inputs(args)
     if args.dry_run:  # every input checked: print what prepare would write and its cost, write nothing
-        return dry_run(args, plan, limits)
+        return dry_run(Path(args.out), plan, resolve_prices(price_choice(args), plan.params.model),
+                       Preview(Path(args.out), plan, limits, args.include_submitted, args.max_reasks))
     run_dir = Path(args.out)
-    prices = resolve_prices(args, plan.params.model)
+    prices = resolve_prices(price_choice(args), plan.params.model)
     r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
     if prices is not None and r.requests:
-        _count_usage(run_dir, plan.manifest["groups"], prices)
+        _count_usage(run_dir, plan.manifest.groups, prices)
     _err(_prepared_line(r, args.max_reasks))
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
     return 0
 
 
-def _creation(args: argparse.Namespace, run: Run) -> Creation:
+def _creation(args: argparse.Namespace, run: PreparedRun) -> Creation:
     """What the batches are created with: the completion window checked against the provider."""
     b, name = run.provider.batch, run.provider.name
     window = b.check_window(args.completion_window, name)
@@ -244,7 +248,7 @@ def _add_api(sp: argparse.ArgumentParser) -> None:
 
 def _each(name: str) -> str:
     """A batch setting of every provider, for the help: ``openai 50000, zhipu 50000, ...``."""
-    return ", ".join(f"{p.name} {getattr(p.batch, name) or 'none'}" for p in PROVIDERS.values())
+    return ", ".join(f"{p.name} {getattr(p.batch, name) or 'none'}" for p in BATCH_PROVIDERS.values())
 
 
 def _add_prepare(sub: Any) -> None:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Literal, Sequence
 
 from ...async_client.batch_api import BatchAPIError, BatchClient, FileFailed
-from ...async_client.checkpoint import sha256_file
+from ...async_client.files import sha256_file
+from ...async_client.manifest import Manifest
 from ...async_client.providers import DEFAULT_BASE_URL, GENERIC, FileStatus, Provider, resolve_provider
 from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
@@ -78,19 +79,20 @@ class Api:
 
 
 @dataclass
-class Run:
+class PreparedRun:
     """A prepared run directory, as read before the lock is taken."""
 
     dir: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     state: BatchState
     base_url: str
     provider: Provider = GENERIC
 
 
-def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -> str:
-    """``--base-url``, else ``$OPENAI_BASE_URL`` when it is the run's endpoint, else the run's endpoint."""
-    want = manifest.get("endpoint") or endpoint_host(DEFAULT_BASE_URL)
+def prepared_base_url(arg: str | None, manifest: Manifest, run_dir: Path) -> str:
+    """The base URL of the endpoint the run was prepared for: ``--base-url`` (refused when it is another
+    endpoint), else ``$OPENAI_BASE_URL`` when it is the run's endpoint, else the run's endpoint."""
+    want = manifest.endpoint or endpoint_host(DEFAULT_BASE_URL)
     env = os.environ.get(BASE_URL_ENV)
     url = arg or (env if env and endpoint_host(env) == want else want)
     if url != want and endpoint_host(url) != want:
@@ -99,7 +101,7 @@ def resolve_base_url(arg: str | None, manifest: dict[str, Any], run_dir: Path) -
     return url
 
 
-def open_run(run_dir: Path, base_url: str | None, provider: str | None = None) -> Run:
+def open_run(run_dir: Path, base_url: str | None, provider: str | None = None) -> PreparedRun:
     """The run directory of a prepare, with the endpoint it was prepared for and its provider
     profile: ``provider``, else the one prepare recorded, else the one the base URL's host names."""
     run_dir = Path(run_dir)
@@ -107,8 +109,8 @@ def open_run(run_dir: Path, base_url: str | None, provider: str | None = None) -
     state = load_state(run_dir)
     if not state.shards:
         raise InputError(f"{run_dir}: no prepared batch files; run bin/batch prepare first")
-    url = resolve_base_url(base_url, manifest, run_dir)
-    return Run(run_dir, manifest, state, url, resolve_provider(provider or state.provider, url))
+    url = prepared_base_url(base_url, manifest, run_dir)
+    return PreparedRun(run_dir, manifest, state, url, resolve_provider(provider or state.provider, url))
 
 
 def _batch_id(s: Shard) -> str:
@@ -144,7 +146,7 @@ class Creation:
         return cls(provider.batch.completion_window)
 
 
-def submit(run: Run, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet,
+def submit(run: PreparedRun, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet,
            creation: Creation | None = None) -> SubmitResult:
     """Upload every prepared file without a batch and create its batch, never a second one."""
     with locked(run.dir):
@@ -153,7 +155,7 @@ def submit(run: Run, api: Api, wait: UploadWait = UploadWait(), notify: Notify =
         return asyncio.run(_submit(run, state, api, wait, notify, creation or Creation.default(run.provider)))
 
 
-async def _submit(run: Run, state: BatchState, api: Api, wait: UploadWait, notify: Notify,
+async def _submit(run: PreparedRun, state: BatchState, api: Api, wait: UploadWait, notify: Notify,
                   creation: Creation) -> SubmitResult:
     todo = [s for s in state.shards if not s.batch_id and not s.finished]
     result = SubmitResult(len(todo))
@@ -178,7 +180,7 @@ def _check_files(d: Path, todo: list[Shard]) -> None:
                 raise LiveroomError(f"{path}: changed since prepare; run bin/batch prepare again")
 
 
-async def _submit_one(client: BatchClient, run: Run, state: BatchState, s: Shard, done: set[str],
+async def _submit_one(client: BatchClient, run: PreparedRun, state: BatchState, s: Shard, done: set[str],
                       wait: UploadWait, notify: Notify, creation: Creation) -> bool:
     """Upload (unless an upload is kept), wait until it is usable, find or create its batch."""
     uploaded: dict[str, Any] | None = None
@@ -244,7 +246,7 @@ async def _upload(client: BatchClient, run_dir: Path, state: BatchState, s: Shar
 BatchCall = Callable[[BatchClient, str], Awaitable[dict[str, Any]]]
 
 
-def update_live(run: Run, api: Api, call: BatchCall) -> tuple[BatchState, list[Shard]]:
+def update_live(run: PreparedRun, api: Api, call: BatchCall) -> tuple[BatchState, list[Shard]]:
     """Under the run's lock, update every live shard from ``call(client, batch_id)``
     (retrieve or cancel) and save the state; returns it and the shards updated."""
     with locked(run.dir):
@@ -261,14 +263,14 @@ def update_live(run: Run, api: Api, call: BatchCall) -> tuple[BatchState, list[S
     return state, live
 
 
-def status(run: Run, api: Api, offline: bool = False) -> list[Shard]:
+def status(run: PreparedRun, api: Api, offline: bool = False) -> list[Shard]:
     """Every shard, those with a running batch asked about first (unless ``offline``)."""
     if any(s.live for s in run.state.shards) and not offline:
         return update_live(run, api, BatchClient.get_batch)[0].shards
     return run.state.shards
 
 
-def cancel(run: Run, api: Api) -> list[Shard]:
+def cancel(run: PreparedRun, api: Api) -> list[Shard]:
     """Cancel the batches still running; the shards cancelled."""
     return update_live(run, api, BatchClient.cancel_batch)[1]
 
@@ -286,7 +288,7 @@ class FetchResult:
     other_model: list[Path] = field(default_factory=list)
 
 
-def fetch(run: Run, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet,
+def fetch(run: PreparedRun, api: Api, wait: bool = False, interval: float = 30.0, notify: Notify = _quiet,
           accept: Sequence[str] = ()) -> FetchResult:
     """Poll the batches; download and import those that ended (every poll until all have, with ``wait``);
     replies of a model other than the run's are imported only when ``accept`` names it."""
@@ -365,7 +367,7 @@ class ImportResult:
 
 
 def import_by_hand(run_dir: Path, files: Sequence[Path], key: str | None, accept: Sequence[str] = (),
-                   scheme: Callable[[dict[str, Any]], Ids] | None = None) -> ImportResult:
+                   scheme: Callable[[Manifest], Ids] | None = None) -> ImportResult:
     """Import provider files obtained by hand; files then fully accounted for are marked finished.
 
     ``scheme`` makes, from the run's manifest, how the files' custom_ids name the run's requests

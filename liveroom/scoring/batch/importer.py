@@ -1,10 +1,10 @@
-"""Provider output and error files -> checkpoint records, as direct mode writes them.
+"""Provider output and error files -> run directory records, as direct mode writes them.
 
 Lines are matched by ``custom_id`` in any order and replies parsed with the
 stage's parser: one record per request, ``ok``, ``invalid`` (an unusable
 reply: the next prepare re-asks it) or ``error`` (the provider's error). A
 record's ``reasks`` is the number of invalid records its id had before, so
-the checkpoint shows each attempt of a request across batch rounds.
+the run directory shows each attempt of a request across batch rounds.
 
 Failed lines come in two shapes, both read: OpenAI's (``response`` with a
 non-200 ``status_code`` and an error ``body``) and ``error: {code, message}``
@@ -26,7 +26,7 @@ nothing more can come of it, it is skipped; while lines of another model wait
 for ``--accept-model``, the next import reads it again and takes those, never a
 line taken before; a file nothing was taken from (every line refused,
 unreadable or unknown) is read whole again. Each record names the file it came
-from (``source``), so the checkpoint itself says which lines a file gave: an
+from (``source``), so the records themselves say which lines a file gave: an
 import that dies after writing its records and before saving the state takes
 none of them twice when run again.
 """
@@ -39,10 +39,12 @@ from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import orjson
 
-from ...async_client.checkpoint import Checkpoint, sha256_file
 from ...async_client.errors import GarbledBody, UnusableReply
+from ...async_client.files import sha256_file
+from ...async_client.manifest import Manifest
 from ...async_client.providers import filtered_finish, is_content_filter
 from ...async_client.record import ERROR, INVALID, OK, Record, cut
+from ...async_client.run_dir import RunDir
 from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
 from ...errors import InputError
 from ...prompts.stages import STAGES
@@ -165,7 +167,7 @@ def _failure(code: Any, body: Any, err: Any) -> str:
 
 
 def line_record(obj: dict[str, Any], meta: dict[str, Any], key: Secrets | Expect) -> Record:
-    """The checkpoint record of one provider output/error line, as direct mode writes it.
+    """The record of one provider output/error line, as direct mode writes it.
 
     ``key`` is masked out of it (or an :class:`Expect` says what to check and
     mask); :class:`WrongModel` when the reply came from a model not expected.
@@ -182,7 +184,7 @@ def line_record(obj: dict[str, Any], meta: dict[str, Any], key: Secrets | Expect
     return rec
 
 
-# ----------------------------------------------------------------- files -> checkpoint
+# ----------------------------------------------------------------- files -> records
 
 @dataclass(frozen=True)
 class Line:
@@ -242,7 +244,7 @@ class RunIds:
 def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: Secrets,
                  report: ImportReport | None = None, accept: Sequence[str] = (),
                  ids: Ids | None = None) -> ImportReport:
-    """Import provider files into the checkpoint; the caller saves ``state``.
+    """Import provider files into the run directory; the caller saves ``state``.
 
     ``key`` is masked out of what is written; replies of a model other than the
     run's (or one in ``accept``) are counted, not imported. ``ids`` says how the
@@ -254,7 +256,7 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: S
     run_dir = Path(run_dir)
     report = report or ImportReport()
     manifest = read_manifest(run_dir)
-    expect = Expect(manifest.get("model"), tuple(accept), key)
+    expect = Expect(manifest.model, tuple(accept), key)
     scheme = ids or RunIds(load_meta(run_dir, state))
     chosen: dict[str, Record] = {}  # parsed first: one record per id, ok preferred
     read: dict[str, tuple[str, set[str], bool]] = {}  # file key -> name, ids read, a line of another model
@@ -265,7 +267,7 @@ def import_files(run_dir: Path, state: BatchState, files: Sequence[Path], key: S
             report.files_skipped.append(path.name)
             continue
         if recorded is None:
-            recorded = imported_from(run_dir, manifest.get("groups", {}))
+            recorded = imported_from(run_dir, manifest.groups)
         refused = report.wrong_model
         got = _read_file(path, file_key, scheme, expect, recorded.get(file_key, set()), chosen, report)
         read[file_key] = (path.name, got, report.wrong_model > refused)
@@ -310,7 +312,7 @@ def _read_file(path: Path, file_key: str, ids: Ids, expect: Expect, taken: set[s
             report.wrong_model += 1
             report.example("other model", f"{line.shown}: {e} ({line.where}; the run is for {expect.model})")
             continue
-        rec.meta = {SOURCE: file_key, **rec.meta}  # first after the status: imported_from reads it there
+        rec.meta = {SOURCE: file_key, **rec.meta}  # imported_from finds it
         got.add(cid)
         _choose(chosen, rec, report, line.where)
     return got
@@ -328,15 +330,15 @@ def _choose(chosen: dict[str, Record], rec: Record, report: ImportReport, where:
     chosen[cid] = rec
 
 
-def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, Record],
+def _write_records(run_dir: Path, manifest: Manifest, chosen: dict[str, Record],
                    report: ImportReport) -> None:
     """Append the chosen records of requests not already ok, counting each (and its re-asks)."""
-    groups = manifest.get("groups", {})
+    groups = manifest.groups
     tried = {cid: len(recs) for cid, recs in invalid_records(run_dir, groups).items()} if chosen else {}
-    checkpoint = Checkpoint(run_dir)
-    checkpoint.open(manifest)
+    records = RunDir(run_dir)
+    records.open(manifest)
     try:
-        done = {g: checkpoint.done(g) for g in groups}
+        done = {g: records.done(g) for g in groups}
         for cid, rec in chosen.items():
             stage = rec.meta["stage"]
             if stage not in done:
@@ -348,12 +350,12 @@ def _write_records(run_dir: Path, manifest: dict[str, Any], chosen: dict[str, Re
                 report.already_ok += 1
                 continue
             rec.reasks = tried.get(cid, 0)
-            checkpoint.write(stage, rec)
+            records.write(stage, rec)
             _count(report, cid, rec)
             if rec.ok:
                 done[stage].add(cid)
     finally:
-        checkpoint.close()
+        records.close()
 
 
 def _count(report: ImportReport, cid: str, rec: Record) -> None:

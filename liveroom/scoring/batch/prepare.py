@@ -12,6 +12,10 @@ the checkpoint, from any import or from ``bin/score``) is sent as direct
 mode's re-ask: the conversation with each bad reply and its reason appended
 (:meth:`~liveroom.scoring.plan.StageTask.reask`), up to ``max_reasks``
 re-asks; after that it is left out, for ``bin/score`` to ask afresh.
+
+Which requests go out (:func:`batch_requests`), what a line is
+(:func:`request_line`) and where a file ends (:class:`FileSplit`) are decided
+once, for prepare and for its dry run (:class:`Preview`, which writes nothing).
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from typing import IO, Iterable, Iterator
 
 import orjson
 
-from ...async_client.checkpoint import Checkpoint, check_manifest
 from ...async_client.engine import EngineConfig, Job
 from ...async_client.record import Record
+from ...async_client.run_dir import RunDir
 from ...errors import InputError
-from ..plan import Plan, StageTask, plan_jobs, scan_done
-from .state import Shard, batch_dir, invalid_records, load_state, locked, pending_ids, save_state
+from ..plan import DoneTable, Plan, StageTask, plan_jobs, scan_done
+from .state import BatchState, Shard, batch_dir, load_state, locked, pending_ids, save_state
 
 DEFAULT_ENDPOINT = "/v1/chat/completions"
 
@@ -64,25 +68,39 @@ def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: b
             max_reasks: int = EngineConfig.max_reasks, provider: str | None = None) -> PrepareResult:
     """Write the request files of every request not yet ok (nor on its way) and name them in the state."""
     run_dir = Path(run_dir)
+    records = RunDir(run_dir)
     with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on the run
-        plan.manifest = check_manifest(run_dir, plan.manifest)
+        plan.manifest = records.check(plan.manifest)
         state = load_state(run_dir)  # unreadable: refused before anything is written
         kept = [s for s in state.shards if s.submitted]
         dropped = [s for s in state.shards if not s.submitted]
         d = batch_dir(run_dir)
-        jobs, pending = _jobs(run_dir, plan, set() if include_submitted else pending_ids(run_dir, state))
-        result = PrepareResult(d, pending=pending)
-        history = invalid_records(run_dir, [s.name for s in plan.stages])
-        written = write_shards(d, _reasked(jobs, history, max_reasks, result), _next_number(kept), limits)
-        checkpoint = Checkpoint(run_dir)
-        checkpoint.open(plan.manifest)  # the manifest bin/score would write
-        checkpoint.close()
+        result = PrepareResult(d)
+        jobs = batch_requests(run_dir, plan, scan_done(plan, records), state, include_submitted, max_reasks, result)
+        written = write_shards(d, jobs, _next_number(kept), limits)
+        records.open(plan.manifest)  # the manifest bin/score would write
+        records.close()
         _put_in_place(d, dropped, written)
         state.shards = kept + written
         state.provider = provider or state.provider
         save_state(run_dir, state)
     result.written, result.replaced = written, len(dropped)
     return result
+
+
+def batch_requests(run_dir: Path, plan: Plan, done: DoneTable, state: BatchState, include_submitted: bool,
+                   max_reasks: int, result: PrepareResult) -> Iterator[Job]:
+    """The requests prepare writes, in order: those ``done`` lacks, less those on their way in files
+    submitted and not finished (unless ``include_submitted``), each sent as the re-ask that follows its
+    unusable replies; ``result`` counts what is left out and the re-asks. ``done`` is changed."""
+    n_done = done.count()
+    if not include_submitted:  # on their way in submitted batches: not asked again
+        pending = [i.encode() for i in pending_ids(run_dir, state)]
+        for s in plan.stages:
+            done.add(s.name, pending)
+    result.pending = done.count() - n_done
+    history = RunDir(run_dir).invalid(s.name for s in plan.stages)
+    return _reasked(plan_jobs(plan, done)[0], history, max_reasks, result)
 
 
 def _reasked(jobs: Iterable[Job], history: dict[str, list[Record]], max_reasks: int,
@@ -105,17 +123,58 @@ def _reasked(jobs: Iterable[Job], history: dict[str, list[Record]], max_reasks: 
         yield replace(job, payload=payload)
 
 
-def _jobs(run_dir: Path, plan: Plan, pending: set[str]) -> tuple[Iterator[Job], int]:
-    """The jobs not done in the checkpoint nor in ``pending``, and how many of ``pending`` are planned."""
-    checkpoint = Checkpoint(run_dir)
-    for s in plan.stages:
-        checkpoint.repair(s.name)
-    done = scan_done(plan, checkpoint)
-    n_done = done.count()
-    for s in plan.stages:  # on their way in submitted batches: not asked again
-        done.add(s.name, [i.encode() for i in pending])
-    jobs, _ = plan_jobs(plan, done)
-    return jobs, done.count() - n_done
+def request_line(job: Job, endpoint: str) -> bytes:
+    """The request line of ``job``: the body direct mode sends, as the Batch API takes it."""
+    return orjson.dumps({"custom_id": job.id, "method": "POST", "url": endpoint, "body": job.payload}) + b"\n"
+
+
+class FileSplit:
+    """Where the request files end: a new file whenever the next line would pass a limit of the current
+    one; a line over a limit on its own is refused with the limit named."""
+
+    def __init__(self, limits: ShardLimits) -> None:
+        self.limits = limits
+        self.files = self._requests = self._bytes = 0
+
+    def add(self, job_id: str, size: int) -> bool:
+        """Count a line of ``size`` bytes; True when it starts a new file."""
+        lim = self.limits
+        if size > lim.max_bytes:
+            raise InputError(f"request {job_id} alone is {size} bytes, over --max-bytes {lim.max_bytes}")
+        if lim.max_line_bytes is not None and size > lim.max_line_bytes:
+            raise InputError(f"request {job_id} is {size} bytes, over --max-line-bytes "
+                             f"{lim.max_line_bytes}, the provider's limit per line")
+        new = not self.files or self._requests >= lim.max_requests or self._bytes + size > lim.max_bytes
+        if new:
+            self.files, self._requests, self._bytes = self.files + 1, 0, 0
+        self._requests, self._bytes = self._requests + 1, self._bytes + size
+        return new
+
+
+class Preview:
+    """What prepare would write, for its dry run: called with the done table, the requests of every line,
+    each checked and split into files as the writer does; nothing is written."""
+
+    def __init__(self, run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: bool = False,
+                 max_reasks: int = EngineConfig.max_reasks) -> None:
+        self.run_dir, self.plan, self.include_submitted, self.max_reasks = run_dir, plan, include_submitted, max_reasks
+        self.split, self.result = FileSplit(limits), PrepareResult(batch_dir(run_dir))
+
+    def __call__(self, done: DoneTable) -> Iterator[Job]:
+        state = load_state(self.run_dir)  # unreadable state: refused, as prepare refuses it
+        for job in batch_requests(self.run_dir, self.plan, done, state, self.include_submitted, self.max_reasks,
+                                  self.result):
+            self.split.add(job.id, len(request_line(job, self.split.limits.endpoint)))
+            yield job
+
+    @property
+    def files(self) -> int:
+        return self.split.files
+
+    @property
+    def counts(self) -> tuple[int, int, int]:
+        """Requests sent as re-asks, left out as on their way, left out as re-asked too often."""
+        return self.result.reasks, self.result.pending, self.result.exhausted
 
 
 def _next_number(kept: list[Shard]) -> int:
@@ -158,28 +217,19 @@ class _ShardWriter:
 
     def __init__(self, d: Path, first: int, limits: ShardLimits):
         self.d, self.first, self.limits = d, first, limits
+        self.split = FileSplit(limits)
         self.written: list[Shard] = []
         self._files: tuple[IO[bytes], IO[bytes]] | None = None
         self._hash = hashlib.sha256()
 
     def add(self, job: Job) -> None:
-        line = orjson.dumps({"custom_id": job.id, "method": "POST", "url": self.limits.endpoint,
-                             "body": job.payload}) + b"\n"
-        if len(line) > self.limits.max_bytes:
-            raise InputError(f"request {job.id} alone is {len(line)} bytes, over --max-bytes {self.limits.max_bytes}")
-        if self.limits.max_line_bytes is not None and len(line) > self.limits.max_line_bytes:
-            raise InputError(f"request {job.id} is {len(line)} bytes, over --max-line-bytes "
-                             f"{self.limits.max_line_bytes}, the provider's limit per line")
-        req, meta = self._start() if self._files is None or self._full(len(line)) else self._files
+        line = request_line(job, self.limits.endpoint)
+        req, meta = self._start() if self.split.add(job.id, len(line)) or self._files is None else self._files
         req.write(line)
         self._hash.update(line)
         meta.write(orjson.dumps({"id": job.id, **job.meta}) + b"\n")
         self.written[-1].requests += 1
         self.written[-1].bytes += len(line)
-
-    def _full(self, size: int) -> bool:
-        cur = self.written[-1]
-        return cur.requests >= self.limits.max_requests or cur.bytes + size > self.limits.max_bytes
 
     def _start(self) -> tuple[IO[bytes], IO[bytes]]:
         self.close()

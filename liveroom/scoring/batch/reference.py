@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ...async_client.checkpoint import sha256_file
+from ...async_client.files import sha256_file
+from ...async_client.manifest import Manifest
 from ...data.inputs import load_pitches, load_showcase
 from ...errors import InputError
 from ...prompts.stages import STAGES, request_id
@@ -68,8 +69,8 @@ class RunRows:
         return meta
 
 
-def _same_input(path: Path, manifest: dict[str, Any], name: str, flag: str) -> None:
-    want = manifest.get("inputs", {}).get(name)
+def _same_input(path: Path, manifest: Manifest, name: str, flag: str) -> None:
+    want = manifest.inputs.get(name)
     try:
         got = sha256_file(path)
     except OSError as e:
@@ -79,7 +80,7 @@ def _same_input(path: Path, manifest: dict[str, Any], name: str, flag: str) -> N
                          "rows would be read as other pitches")
 
 
-def run_rows(manifest: dict[str, Any], pitches: Path, goods: Path | None, encoding: str | None = None) -> RunRows:
+def run_rows(manifest: Manifest, pitches: Path, goods: Path | None, encoding: str | None = None) -> RunRows:
     """The run's rows, personas and item counts, the files checked against the manifest (the pitches
     file read in ``encoding``, default UTF-8)."""
     _same_input(pitches, manifest, "pitches", "--pitches")
@@ -89,7 +90,7 @@ def run_rows(manifest: dict[str, Any], pitches: Path, goods: Path | None, encodi
         _same_input(goods, manifest, "goods", "--goods")
         showcase = load_showcase(goods)
         n_items = [len(showcase.get(s, ())) for s in df["start"]]
-    return RunRows(pitches, [int(i) for i in df["index"]], [str(p["key"]) for p in manifest["personas"]], n_items)
+    return RunRows(pitches, [int(i) for i in df["index"]], manifest.persona_keys, n_items)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class ReferenceIds:
 
 
 def reference_scheme(pitches: Path | None, goods: Path | None,
-                     encoding: str | None = None) -> Callable[[dict[str, Any]], ReferenceIds]:
+                     encoding: str | None = None) -> Callable[[Manifest], ReferenceIds]:
     """``--id-scheme reference`` for :func:`~.flows.import_by_hand`: the flags checked now, the files
     against the run's manifest when it is called."""
     if pitches is None:

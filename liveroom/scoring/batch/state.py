@@ -14,7 +14,7 @@ as they are. The state also names the provider profile prepare used
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,9 +22,11 @@ from typing import Any
 
 import orjson
 
-from ...async_client.checkpoint import MANIFEST, Checkpoint, atomic_write
-from ...async_client.record import Record, RecordError, loads
-from ...errors import InputError, LiveroomError
+from ...async_client.files import atomic_write
+from ...async_client.manifest import Manifest
+from ...async_client.record import Record
+from ...async_client.run_dir import RunDir
+from ...errors import LiveroomError
 from ...locks import run_dir_lock
 
 BATCH_DIR = "batch"
@@ -36,9 +38,7 @@ TERMINAL = ("completed", "failed", "expired", "cancelled")  # a batch in one of 
 _CUSTOM_ID = re.compile(rb'^\{"id":"((?:[^"\\]|\\.)*)"', re.M)
 _REQUIRED = ("name", "meta", "requests", "bytes", "sha256", "endpoint")
 _LATER = ("note", "request_counts", "submitted_at", "output_file_id", "error_file_id", "errors")
-_INVALID = re.compile(rb'\{"id":"(?:[^"\\]|\\.)*","status":"invalid"')
 SOURCE = "source"  # the record field naming the provider file an imported record came from
-_SOURCE = re.compile(rb'\{"id":"((?:[^"\\]|\\.)*)","status":"[a-z_]+","source":"([^"\\]*)"')
 COUNTS = ("total", "completed", "failed")
 ERRORS_KEPT = 20  # a batch's errors kept in the state (a failed validation can list every line)
 
@@ -164,7 +164,7 @@ class BatchState:
     under). Once nothing more can come of it, it is in ``imported``; while lines
     of it wait for ``--accept-model`` it is in ``partly``, so that a later import
     reads it again; a file nothing was taken from is in neither, and is read whole
-    again. Which lines a file gave is not kept here but in the checkpoint: each
+    again. Which lines a file gave is not kept here but in the records: each
     imported record names its file (:func:`imported_from`), so an import that died
     before saving the state takes nothing twice when run again.
     """
@@ -195,7 +195,7 @@ class BatchState:
         return {**out, **self.extra}
 
     def took(self, key: str, name: str, taken: bool, complete: bool) -> None:
-        """Remember what an import made of a file: ``taken``, some line of it is in the checkpoint;
+        """Remember what an import made of a file: ``taken``, some line of it is in the records;
         ``complete``, no line of it was left for another model, so nothing more can come of it.
         A file nothing was ever taken from is forgotten."""
         self.partly.pop(key, None)
@@ -233,21 +233,14 @@ def locked(run_dir: Path) -> AbstractContextManager[None]:
     return run_dir_lock(run_dir, "bin/batch")
 
 
-def read_manifest(run_dir: Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    try:
-        manifest: dict[str, Any] = orjson.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise InputError(f"{run_dir}: not a run directory (no {MANIFEST}); run bin/batch prepare first") from None
-    except orjson.JSONDecodeError as e:
-        raise InputError(f"{path}: unreadable ({e})") from None
-    return manifest
+def read_manifest(run_dir: Path) -> Manifest:
+    """The manifest of a prepared run; one line saying to prepare first when there is none."""
+    return RunDir(run_dir).manifest("run bin/batch prepare first")
 
 
-def done_ids(run_dir: Path, manifest: dict[str, Any]) -> set[str]:
-    """Ids already ok in the run's checkpoint, every stage together."""
-    checkpoint = Checkpoint(run_dir)
-    return set().union(*(checkpoint.done(g) for g in manifest.get("groups", {})))
+def done_ids(run_dir: Path, manifest: Manifest) -> set[str]:
+    """Ids already ok in the run directory, every stage together."""
+    return RunDir(run_dir).done_in(manifest.groups)
 
 
 def shard_ids(run_dir: Path, shard: Shard) -> set[str]:
@@ -283,45 +276,16 @@ def pending_ids(run_dir: Path, state: BatchState) -> set[str]:
     return out
 
 
-def _heads(run_dir: Path, groups: Any, head: re.Pattern[bytes]) -> Iterator[tuple[bytes, re.Match[bytes]]]:
-    """Every whole checkpoint line, in the groups named, whose start matches ``head``, with its match:
-    only that start is read, so a large checkpoint reads fast."""
-    checkpoint = Checkpoint(run_dir)
-    for group in groups:
-        path = checkpoint.path(group)
-        if not path.exists():
-            continue
-        with open(path, "rb") as f:
-            for line in f:
-                m = head.match(line)
-                if m is not None and line.endswith(b"\n"):
-                    yield line, m
+def imported_from(run_dir: Path, groups: Iterable[str]) -> dict[str, set[str]]:
+    """File key -> the ids of the records imported from that file, in every group named
+    (an imported record's ``source`` field is the key of the file it came from)."""
+    return RunDir(run_dir).by_meta(groups, SOURCE)
 
 
-def imported_from(run_dir: Path, groups: Any) -> dict[str, set[str]]:
-    """File key -> the ids of the records imported from that file, in every group named.
-
-    An imported record's first field after its status is ``source``, the key of the
-    file it came from.
-    """
-    out: dict[str, set[str]] = {}
-    for _, m in _heads(run_dir, groups, _SOURCE):
-        out.setdefault(m[2].decode(), set()).add(orjson.loads(b'"' + m[1] + b'"'))
-    return out
-
-
-def invalid_records(run_dir: Path, groups: Any) -> dict[str, list[Record]]:
+def invalid_records(run_dir: Path, groups: Iterable[str]) -> dict[str, list[Record]]:
     """Request id -> its invalid records (unusable replies), oldest first, in every group named.
 
     Their number is how many times the request was re-asked already; their
-    replies and reasons make the next re-ask conversation. Only lines whose
-    head says ``invalid`` are parsed.
+    replies and reasons make the next re-ask conversation.
     """
-    out: dict[str, list[Record]] = {}
-    for line, _ in _heads(run_dir, groups, _INVALID):
-        try:
-            rec = loads(line)
-        except RecordError:
-            continue
-        out.setdefault(rec.id, []).append(rec)
-    return out
+    return RunDir(run_dir).invalid(groups)

@@ -1,9 +1,12 @@
-"""The dry run's numbers: per stage, the requests still to send and their tokens and cost.
+"""The dry run (``bin/score --dry-run``, ``bin/batch prepare --dry-run``): per stage, the requests
+still to send and their tokens and cost, printed; nothing sent, nothing written (not even the manifest
+or the directory).
 
-The requests are those the real command would send after what the run
-directory holds (:func:`~.plan.plan_jobs` over the same done table; for
-``bin/batch prepare`` also its re-asks, and without the requests in
-submitted batches). Their prompt tokens are the token limiter's estimate
+The command checks every input as the real command does first. The requests
+are those the real command would send after what the run directory holds
+(:func:`~.plan.plan_jobs` over the same done table; for ``bin/batch prepare``
+its own planner, :class:`~.batch.prepare.Preview`: its re-asks, its files, and
+without the requests in submitted batches). Their prompt tokens are the token limiter's estimate
 (:func:`~.plan.estimate_tokens` of the messages sent), calibrated, when the
 run has ok first asks with ``usage``, by the ratio of their real
 ``prompt_tokens`` to the same estimate of those same requests; their
@@ -13,45 +16,31 @@ Everything here only reads.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-import orjson
-
-from ..async_client.checkpoint import Checkpoint
 from ..async_client.engine import Job
-from ..async_client.record import Record, RecordError, loads
-from ..errors import InputError
-from .plan import DoneTable, Plan, estimate_tokens, plan_jobs, scan_done
-
-if TYPE_CHECKING:
-    from .batch.prepare import ShardLimits
-    from .cost import Prices
+from ..async_client.run_dir import RunDir
+from .plan import DoneTable, Plan, plan_jobs, prompt_estimate, scan_done
+from .prices import Prices
+from .usage import usage_of
 
 SAMPLE = 2000  # ok records per stage read to calibrate the estimates
 
 
-def read_records(checkpoint: Checkpoint, group: str) -> Iterator[Record]:
-    """The whole records of ``group``; a damaged line is no record (and counts nowhere), nor a torn tail."""
-    path = checkpoint.path(group)
-    if not path.exists():
-        return
-    with open(path, "rb") as f:
-        for line in f:
-            if line.endswith(b"\n"):
-                try:
-                    yield loads(line)
-                except RecordError:
-                    continue
+class BatchPreview(Protocol):
+    """What ``bin/batch prepare`` would write (:class:`~.batch.prepare.Preview`): its requests, given the
+    done table, and once they are all taken, its files and what it left out."""
 
+    def __call__(self, done: DoneTable) -> Iterator[Job]: ...
 
-def usage_of(rec: Record, key: str) -> int:
-    """A token count of a record's usage; 0 when absent."""
-    value = rec.usage.get(key, 0)
-    return value if type(value) is int else 0
+    @property
+    def files(self) -> int: ...
+
+    @property
+    def counts(self) -> tuple[int, int, int]: ...  # re-asks, left out as pending, left out as exhausted
 
 
 @dataclass
@@ -69,19 +58,13 @@ class Tally:
         return self
 
 
-def prompt_estimate(job: Job) -> int:
-    """The token limiter's estimate of a job's prompt: :func:`estimate_tokens` of the messages it sends
-    (for a first ask, ``job.tokens`` less ``max_tokens``)."""
-    return estimate_tokens(job.payload["messages"], 0)
-
-
-def observed(plan: Plan, checkpoint: Checkpoint, cap: int = SAMPLE) -> dict[str, Tally]:
+def observed(plan: Plan, records: RunDir, cap: int = SAMPLE) -> dict[str, Tally]:
     """Per stage, up to ``cap`` ok first asks of the run: their real tokens beside the limiter's estimate."""
     used: dict[str, tuple[int, int]] = {}
     want = DoneTable(plan.pitches["index"].to_numpy(), [s.name for s in plan.stages], [p.key for p in plan.personas])
     for s in plan.stages:
         ids: list[bytes] = []
-        for rec in read_records(checkpoint, s.name):
+        for rec in records.records(s.name, damaged=[]):  # a damaged line counts nowhere
             if rec.ok and not rec.reasks and {"prompt_tokens", "completion_tokens"} <= rec.usage.keys():
                 used[rec.id] = usage_of(rec, "prompt_tokens"), usage_of(rec, "completion_tokens")
                 ids.append(rec.id.encode())
@@ -110,45 +93,33 @@ class Estimate:
     exhausted: int = 0          # batch: left out, re-asked --max-reasks times already
 
 
-def _batch_jobs(args: argparse.Namespace, plan: Plan, done: DoneTable, run_dir: Path, limits: ShardLimits,
-                est: Estimate) -> Iterator[Job]:
-    """The jobs ``bin/batch prepare`` would write, each line checked as it checks them; nothing written."""
-    from .batch.prepare import PrepareResult, _reasked  # here: the batch package imports bin/score's module
-    from .batch.state import invalid_records, load_state, pending_ids
-
-    state = load_state(run_dir)  # unreadable state: refused, as prepare refuses it
-    if not args.include_submitted:
-        pending = [i.encode() for i in pending_ids(run_dir, state)]
-        for s in plan.stages:
-            done.add(s.name, pending)
-    est.pending = done.count() - est.done
-    result, size, count, est.files = PrepareResult(run_dir), 0, 0, 0
-    for job in _reasked(plan_jobs(plan, done)[0], invalid_records(run_dir, [s.name for s in plan.stages]),
-                        args.max_reasks, result):
-        line = len(orjson.dumps({"custom_id": job.id, "method": "POST", "url": limits.endpoint,
-                                 "body": job.payload})) + 1
-        cap = min(limits.max_bytes, limits.max_line_bytes or limits.max_bytes)
-        if line > cap:
-            raise InputError(f"request {job.id} is {line} bytes, over the {cap} bytes a request line may have "
-                             "(--max-bytes, --max-line-bytes); bin/batch prepare would refuse it")
-        if not est.files or count >= limits.max_requests or size + line > limits.max_bytes:
-            est.files, size, count = est.files + 1, 0, 0
-        size, count = size + line, count + 1
-        yield job
-    est.reasks, est.exhausted = result.reasks, result.exhausted
-
-
-def estimate(args: argparse.Namespace, plan: Plan, run_dir: Path, batch: ShardLimits | None = None) -> Estimate:
+def estimate(plan: Plan, run_dir: Path, batch: BatchPreview | None = None) -> Estimate:
     """Count and estimate what the command would send, reading ``run_dir`` only."""
-    checkpoint = Checkpoint(run_dir)
-    done = scan_done(plan, checkpoint)
-    est = Estimate({s.name: Tally() for s in plan.stages}, observed(plan, checkpoint), done.flags.size, done.count())
-    jobs = plan_jobs(plan, done)[0] if batch is None else _batch_jobs(args, plan, done, run_dir, batch, est)
-    for job in jobs:
+    records = RunDir(run_dir)
+    done = scan_done(plan, records)
+    est = Estimate({s.name: Tally() for s in plan.stages}, observed(plan, records), done.flags.size, done.count())
+    for job in plan_jobs(plan, done)[0] if batch is None else batch(done):
         t = est.todo[job.group]
         t.requests += 1
         t.estimated += prompt_estimate(job)
+    if batch is not None:
+        est.files = batch.files
+        est.reasks, est.pending, est.exhausted = batch.counts
     return est
+
+
+def dry_run(run_dir: Path, plan: Plan, prices: Prices | None, batch: BatchPreview | None = None) -> int:
+    """``--dry-run``, called with the plan bin/score (or, with its preview, bin/batch prepare) made from every
+    input it checked: print what the run would send and cost; nothing sent, nothing written."""
+    RunDir(run_dir).check(plan.manifest)  # a run made by another command is refused, as the real run refuses it
+    est = estimate(plan, run_dir, batch)
+    held = f"{est.done:,} of its {est.planned:,} requests done" if est.done else "nothing done yet"
+    lines = [f"{'batch prepare' if batch else 'score'} --dry-run: nothing sent, nothing written; "
+             f"model {plan.params.model}; {run_dir}: {held}", ""]
+    lines += table(est, plan.params.max_tokens, prices, batch is not None) + [""]
+    lines += notes(est, plan.params.max_tokens, prices, batch is not None)
+    print("\n".join(lines))
+    return 0
 
 
 # ----------------------------------------------------------------- the table
