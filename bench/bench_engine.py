@@ -246,17 +246,17 @@ def show_cmd(cmd: Sequence[str]) -> str:
     return " ".join(rel(a) for a in cmd)
 
 
-def record_times(run_dir: Path) -> list[float]:
-    import orjson
+def run_records(run_dir: Path) -> list[dict[str, Any]]:
+    """Every whole record of the run in ``run_dir``, every stage, each as the flat mapping its line holds."""
+    from liveroom.async_client.run_dir import RunDir
 
-    ts: list[float] = []
-    for f in sorted(run_dir.glob("*.jsonl")):
-        with open(f, "rb") as fh:
-            for line in fh:
-                if line.endswith(b"\n"):
-                    ts.append(orjson.loads(line)["t"])
-    ts.sort()
-    return ts
+    records = RunDir(run_dir)
+    manifest = records.recorded()
+    return [r.to_dict() for g in (manifest.groups if manifest else ()) for r in records.records(g, damaged=[])]
+
+
+def record_times(run_dir: Path) -> list[float]:
+    return sorted(r["t"] for r in run_records(run_dir))
 
 
 def send_rate(run_dir: Path) -> tuple[float, int]:
@@ -588,8 +588,9 @@ def bench_memory(o: argparse.Namespace, rep: Report, resume_rss: dict | None = N
 def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple[Path, Path, Path, dict, int]:
     """A run directory for ``n`` synthetic pitches holding ok records for all but the last ``leave``
     requests (in the order bin/score sends them); records copied from a real run for realistic sizes."""
-    import orjson
 
+    from liveroom.async_client.record import dumps
+    from liveroom.async_client.run_dir import RunDir
     from liveroom.data.personas import PERSONA_KEYS
     from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan
 
@@ -597,8 +598,9 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
     run = o.work / f"resume-{n}"
     params = ModelParams(model=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL))
     plan = make_plan(str(pitches), str(goods), "entry,buy,read", None, params, url)
-    (run).mkdir(parents=True, exist_ok=True)
-    (run / "manifest.json").write_bytes(orjson.dumps(plan.manifest, option=orjson.OPT_INDENT_2))
+    run_dir = RunDir(run)
+    run_dir.open(plan.manifest)  # the manifest bin/score writes
+    run_dir.close()
     stamp = run / "sizes.json"
     if stamp.exists():
         meta = json.loads(stamp.read_text())
@@ -612,8 +614,7 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
             Child(score_cmd(tp, tg, fresh(tdir), sim.url, 64)).wait(600)
     templates = {}
     for g in ("entry", "buy", "read"):
-        recs = [orjson.loads(line) for line in (tdir / f"{g}.jsonl").read_bytes().splitlines()]
-        templates[g] = {(r["index"], r["persona"]): r for r in recs}
+        templates[g] = {(r.meta["index"], r.meta["persona"]): r.to_dict() for r in RunDir(tdir).records(g)}
     indexes = [int(i) for i in plan.pitches["index"]]
     order = [(s.name, i, k) for i in indexes for s in plan.stages for k in PERSONA_KEYS]  # bin/score's order
     keep = len(order) - leave
@@ -622,7 +623,7 @@ def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple
     for j, (g, i, k) in enumerate(order[:keep]):
         rec = dict(templates[g][(i % 417, k)])
         rec["id"], rec["index"], rec["t"] = f"{g}:{i}:{k}", i, round(t + j * 0.001, 3)
-        files[g].write(orjson.dumps(rec) + b"\n")
+        files[g].write(dumps(rec))
     for f in files.values():
         f.close()
     sizes = {g: (run / f"{g}.jsonl").stat().st_size for g in files}
@@ -684,7 +685,6 @@ def window_max(per_second: list[tuple[int, float]], width: int = 60) -> float:
 
 
 def bench_ratelimit(o: argparse.Namespace, rep: Report) -> dict:
-    import orjson
 
     seconds = 15 if o.quick else 70
     pitches, goods = synthetic(o.work, 100)
@@ -698,11 +698,8 @@ def bench_ratelimit(o: argparse.Namespace, rep: Report) -> dict:
             st = sim.stats()
         ps = [(s, c) for s, c in st["per_second"]]
         tok: dict[int, float] = {}
-        for g in ("entry", "buy", "read"):
-            f = run / f"{g}.jsonl"
-            for line in f.read_bytes().splitlines() if f.exists() else []:
-                rec = orjson.loads(line)
-                tok[int(rec["t"])] = tok.get(int(rec["t"]), 0) + rec["usage"].get("total_tokens", 0)
+        for rec in run_records(run):
+            tok[int(rec["t"])] = tok.get(int(rec["t"]), 0) + rec["usage"].get("total_tokens", 0)
         wall = ch.wall
         full = [c for s, c in ps[1:-1]]  # whole seconds only
         req_min, tok_min = window_max(ps), window_max(sorted(tok.items()))

@@ -20,12 +20,11 @@ throughput table does; 429 shares are the server's (429 answers / requests recei
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import Any
 
-from bench_engine import Child, Report, Sim, fresh, record_times, score_cmd, show_cmd, synthetic, table
+from bench_engine import Child, Report, Sim, fresh, record_times, run_records, score_cmd, show_cmd, synthetic, table
 
 MODES = (("adaptive", ()), ("fixed", ("--fixed-concurrency",)))
 
@@ -46,7 +45,7 @@ def _run(o: argparse.Namespace, name: str, sim: Sim, n: int, c: int, *flags: str
     ts = record_times(run)
     requests = s1["requests"] - s0["requests"]
     refused = sum(s1["error_codes"].get("429", {}).values()) - sum(s0["error_codes"].get("429", {}).values())
-    recs = [json.loads(line) for f in run.glob("*.jsonl") for line in f.read_text().splitlines()]
+    recs = run_records(run)
     return {"cmd": show_cmd(cmd), "rc": ch.rc, "wall": ch.wall, "end": end, "ts": ts,
             "rate": (len(ts) - 1) / (ts[-1] - ts[0]) if len(ts) > 1 and ts[-1] > ts[0] else float("nan"),
             "requests": requests, "429": refused, "share": refused / requests if requests else float("nan"),
