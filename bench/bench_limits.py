@@ -25,7 +25,7 @@ import math
 import time
 from typing import Any
 
-from bench_engine import Child, Report, Sim, fresh, record_times, score_cmd, show_cmd, synthetic, table
+from harness import Child, Report, Sim, fresh, record_times, score_cmd, show_cmd, synthetic, table
 
 MODES = (("adaptive", ()), ("fixed", ("--fixed-concurrency",)))
 
