@@ -108,9 +108,7 @@ class pause_everyone:
 
     def __call__(self, retry_state: RetryCallState) -> None:
         failure = failure_of(retry_state)
-        if failure is None or not failure.over or failure.error.signal != "rate":
-            return
-        if failure.error.retry_after:
+        if failure is not None and failure.over and failure.error.signal == "rate" and failure.error.retry_after:
             self.cooldown.trip(min(failure.error.retry_after, MAX_PAUSE))
 
 
