@@ -26,7 +26,7 @@ Tables:
   ``bin/score --concurrency 64``; wall time from start to the last exit.
 * ``memory``: peak RSS (``VmHWM``) of ``bin/score`` with 10k/100k/1M
   requests queued, stopped with SIGTERM after a while; and when resuming a run
-  directory holding 1M ok records.
+  directory holding 1M ok records (:mod:`bench_scale`, as the next two).
 * ``resume``: time from process start to the first request at the server and
   to exit, on a run directory holding 1M records of which a few hundred are
   not done.
@@ -37,6 +37,9 @@ Tables:
   without a provider code, scattered 429s, a server-side rpm window, arrears),
   the live concurrency limit against ``--fixed-concurrency`` in the same run
   (:mod:`bench_limits`).
+
+The helpers every table shares (child processes, the simulator, inputs, the Markdown
+tables and the docs they go to) are :mod:`harness`'s.
 
 Every load is bounded in count and in time (each child has a timeout and is
 killed past it); servers bind 127.0.0.1 only. Work files go to
@@ -50,240 +53,35 @@ import asyncio
 import datetime as dt
 import json
 import math
-import os
-import platform
-import signal
-import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from liveroom.process import stop_process  # noqa: E402
-
-BIN = ROOT / "bin"
-PY = sys.executable
-DOC = ROOT / "docs" / "BENCHMARKS.md"
-SECTION = "## Engine"
-PITCHES_PER_1M = 41667  # x 24 requests = 1,000,008
-
-# ----------------------------------------------------------------------------- processes
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def proc_cpu(pid: int) -> float:
-    """user + sys CPU seconds of a running process so far (from /proc)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_status_mb(pid: int, key: str) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
-
-
-def proc_rss_mb(pid: int) -> float:
-    return proc_status_mb(pid, "VmRSS:") or float("nan")
-
-
-def pinned(cpu: int | None) -> Any:
-    """A ``preexec_fn`` that keeps the child on core ``cpu`` (None: anywhere, or where it cannot be pinned)."""
-    if cpu is None or not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2:
-        return None
-    return lambda: os.sched_setaffinity(0, {cpu})
-
-
-class Child:
-    """A subprocess whose exit is reaped with ``wait4`` (CPU time and peak RSS)."""
-
-    def __init__(self, args: Sequence[str], log: Path | None = None, env: dict | None = None,
-                 cpu: int | None = None):
-        self.args = [str(a) for a in args]
-        self.t0 = time.perf_counter()
-        self._log = open(log, "wb") if log else subprocess.DEVNULL
-        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=self._log, env=env,
-                                     start_new_session=True, preexec_fn=pinned(cpu))
-        self.pid = self.proc.pid
-        self.rc: int | None = None
-        self.wall = float("nan")
-        self.cpu = float("nan")
-        self.user = self.sys = float("nan")
-        self.maxrss_mb = float("nan")
-        self.peak_rss_mb = 0.0
-        self._hwm_at = 0.0
-
-    def poll(self) -> bool:
-        """True once exited (and reaped)."""
-        if self.rc is not None:
-            return True
-        now = time.perf_counter()
-        if now - self._hwm_at > 0.02:
-            # peak RSS of the process's own memory since exec; ru_maxrss from wait4 would also count the
-            # memory of this (forking) process, which the child inherits as its high-water mark
-            self.peak_rss_mb = max(self.peak_rss_mb, proc_status_mb(self.pid, "VmHWM:"))
-            self._hwm_at = now
-        pid, status, ru = os.wait4(self.pid, os.WNOHANG)
-        if pid == 0:
-            return False
-        self._reaped(status, ru)
-        return True
-
-    def _reaped(self, status: int, ru: Any) -> None:
-        self.wall = time.perf_counter() - self.t0
-        self.rc = os.waitstatus_to_exitcode(status)
-        self.proc.returncode = self.rc
-        self.user, self.sys = ru.ru_utime, ru.ru_stime
-        self.cpu = ru.ru_utime + ru.ru_stime
-        self.maxrss_mb = ru.ru_maxrss / 1024
-        if self._log is not subprocess.DEVNULL:
-            self._log.close()
-
-    def wait(self, timeout: float) -> "Child":
-        end = time.perf_counter() + timeout
-        while not self.poll():
-            if time.perf_counter() > end:
-                self.signal(signal.SIGKILL)
-                _, status, ru = os.wait4(self.pid, 0)
-                self._reaped(status, ru)
-                raise TimeoutError(f"{' '.join(self.args[:3])}... ran past {timeout:.0f} s; killed")
-            time.sleep(0.005)
-        return self
-
-    def signal(self, sig: int) -> None:
-        if self.rc is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-
-class Sim:
-    """``bin/sim-server --port 0`` in its own process."""
-
-    def __init__(self, latency_ms: float = 0.0, *flags: str, cpu: int | None = None):
-        self.proc = subprocess.Popen([PY, str(BIN / "sim-server"), "--port", "0", "--latency-ms", str(latency_ms),
-                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                     preexec_fn=pinned(cpu))
-        line = self.proc.stdout.readline()
-        if not line.startswith("listening on "):
-            self.stop()
-            raise RuntimeError(f"sim-server did not start: {line!r}")
-        self.url = line.split()[-1]
-        self.latency_ms = latency_ms
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.url.removesuffix("/v1") + "/stats", timeout=10) as r:
-            return json.load(r)
-
-    def cpu(self) -> float:
-        return proc_cpu(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_process(self.proc)
-
-    def __enter__(self) -> "Sim":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-# ----------------------------------------------------------------------------- data
-
-
-def synthetic(work: Path, n: int) -> tuple[Path, Path]:
-    """pitches.csv and goods.json of ``n`` synthetic pitches (made once, cached)."""
-    d = work / f"syn-{n}"
-    if not (d / "goods.json").exists():
-        subprocess.run([PY, str(BIN / "make-synthetic"), "--n", str(n), "--seed", "0", "--out", str(d)],
-                       check=True, stdout=subprocess.DEVNULL, timeout=600)
-    return d / "pitches.csv", d / "goods.json"
-
-
-def shard(pitches: Path, n_shards: int, i: int, out: Path) -> Path:
-    """Rows ``row % n_shards == i`` of a pitches CSV (the reference's hand sharding)."""
-    import pandas as pd
-
-    df = pd.read_csv(pitches, dtype=str, keep_default_na=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    df.iloc[i::n_shards].to_csv(out, index=False)
-    return out
-
-
-def score_cmd(pitches: Path, goods: Path, out: Path, url: str, concurrency: int, *extra: Any) -> list[str]:
-    return [PY, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(out),
-            "--base-url", url, "--concurrency", str(concurrency), "--progress-every", "3600", *map(str, extra)]
-
-
-def show_cmd(cmd: Sequence[str]) -> str:
-    """A command as a reader would type it (paths relative to the repository)."""
-    def rel(a: str) -> str:
-        if a == PY:
-            return "python"
-        try:
-            return str(Path(a).relative_to(ROOT))
-        except ValueError:
-            return a
-    return " ".join(rel(a) for a in cmd)
-
-
-def run_records(run_dir: Path) -> list[dict[str, Any]]:
-    """Every whole record of the run in ``run_dir``, every stage, each as the flat mapping its line holds."""
-    from liveroom.async_client.run_dir import RunDir
-
-    records = RunDir(run_dir)
-    manifest = records.recorded()
-    return [r.to_dict() for g in (manifest.groups if manifest else ()) for r in records.records(g, damaged=[])]
-
-
-def record_times(run_dir: Path) -> list[float]:
-    return sorted(r["t"] for r in run_records(run_dir))
-
-
-def send_rate(run_dir: Path) -> tuple[float, int]:
-    """(requests per second over first..last record ``t``, records)."""
-    ts = record_times(run_dir)
-    if len(ts) < 2 or ts[-1] <= ts[0]:
-        return float("nan"), len(ts)
-    return (len(ts) - 1) / (ts[-1] - ts[0]), len(ts)
-
-
-def fresh(d: Path) -> Path:
-    import shutil
-
-    if d.exists():
-        shutil.rmtree(d)
-    return d
-
-
-def median(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x == x]
-    return statistics.median(xs) if xs else float("nan")
-
-
-def spread(xs: Sequence[float], fmt: str = "{:.0f}") -> str:
-    xs = [x for x in xs if x == x]
-    return f"{fmt.format(min(xs))}-{fmt.format(max(xs))}" if xs else "-"
-
+from bench_limits import bench_limits
+from bench_scale import bench_memory, bench_ratelimit, bench_resume
+from harness import (
+    PY,
+    ROOT,
+    SECTION,
+    Child,
+    Report,
+    Sim,
+    fresh,
+    load_now,
+    machine_line,
+    median,
+    pinned,
+    score_cmd,
+    send_rate,
+    shard,
+    show_cmd,
+    spread,
+    synthetic,
+    table,
+    write_docs,
+)
 
 # ----------------------------------------------------------------------------- floor: bare aiohttp
 
@@ -360,24 +158,6 @@ def run_floor(pitches: Path, goods: Path, url: str, concurrency: int, via_client
 
 
 # ----------------------------------------------------------------------------- tables
-
-
-class Report:
-    """Markdown pieces collected for docs/BENCHMARKS.md, printed as they come."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-
-    def add(self, text: str) -> None:
-        print(text, flush=True)
-        self.parts.append(text)
-
-
-def table(header: Sequence[str], rows: list[Sequence[Any]], right: int = 1) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "| " + " | ".join(["---"] * right + ["---:"] * (len(header) - right)) + " |"]
-    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def bench_cpu(o: argparse.Namespace, rep: Report) -> dict:
@@ -529,251 +309,6 @@ def bench_oldway(o: argparse.Namespace, rep: Report) -> dict:
             + table(["latency", "requests", "old: 8 x C=1 req/s", "new: 1 x C=64 req/s", "new / old",
                      "new, sending period req/s", "old ideal (8 / latency)"], rows))
     return out
-
-
-def run_until(cmd: list[str], seconds: float, limit: float = 600) -> tuple[Child, list[tuple[float, float]]]:
-    """Run ``cmd``; SIGTERM it after ``seconds`` if still running; RSS sampled every 0.5 s."""
-    ch, samples = Child(cmd), []
-    next_sample = 0.0
-    while not ch.poll():
-        el = time.perf_counter() - ch.t0
-        if el >= next_sample:
-            samples.append((el, proc_rss_mb(ch.pid)))
-            next_sample += 0.5
-        if el > seconds:
-            ch.signal(signal.SIGTERM)
-            ch.wait(limit)
-            break
-        time.sleep(0.02)
-    return ch, samples
-
-
-def bench_memory(o: argparse.Namespace, rep: Report, resume_rss: dict | None = None) -> dict:
-    rows, out, shown = [], {}, ""
-    stop_after = 5 if o.quick else 18
-    sizes = (417, 4167) if o.quick else (417, 4167, PITCHES_PER_1M)
-    with Sim(50) as sim:
-        for n in sizes:
-            pitches, goods = synthetic(o.work, n)
-            peaks, at5, last, sent = [], [], [], []
-            for r in range(o.repeats):
-                run = fresh(o.work / f"mem-{n}-{r}")
-                cmd = score_cmd(pitches, goods, run, sim.url, 64)
-                shown = show_cmd(cmd)
-                s0 = sim.stats()["requests"]
-                ch, samples = run_until(cmd, stop_after)
-                assert ch.rc in (0, 143), ch.rc
-                peaks.append(ch.peak_rss_mb)
-                steady = [rss for t, rss in samples if t >= 5 and rss == rss]
-                at5.append(steady[0] if steady else float("nan"))
-                last.append(steady[-1] if steady else float("nan"))
-                sent.append(sim.stats()["requests"] - s0)
-            out[n] = median(peaks)
-            rows.append([f"{24 * n:,} ({n:,} pitches)", f"{median(sent):,.0f}", f"{median(at5):.0f}",
-                         f"{median(last):.0f}", f"**{median(peaks):.0f}** ({spread(peaks)})"])
-    if resume_rss:
-        rows.append([f"resume: {resume_rss['total']:,} with {resume_rss['done']:,} ok records in the run directory",
-                     f"{resume_rss['todo']}", "-", "-",
-                     f"**{resume_rss['rss']:.0f}** ({resume_rss['spread']})"])
-    rep.add(f"### Memory: peak RSS of bin/score\n\n"
-            f"`{shown}` against the simulator at 50 ms, SIGTERM after {stop_after} s when still running "
-            f"(the queue is fed lazily, so what matters is the steady state). Peak = the process's `VmHWM` "
-            f"(/proc, polled every 20 ms until exit; `ru_maxrss` is not used because a child inherits the "
-            f"forking parent's high-water mark); RSS at 5 s and at the end are `VmRSS` samples. Median of {o.repeats}, MB "
-            f"(MiB). Target: flat, <= 300 MB at 1M.\n\n"
-            + table(["requests queued", "sent before stop", "RSS at 5 s", "RSS at end", "peak RSS"], rows))
-    return out
-
-
-def build_done_run(o: argparse.Namespace, n: int, url: str, leave: int) -> tuple[Path, Path, Path, dict, int]:
-    """A run directory for ``n`` synthetic pitches holding ok records for all but the last ``leave``
-    requests (in the order bin/score sends them); records copied from a real run for realistic sizes."""
-
-    from liveroom.async_client.record import dumps
-    from liveroom.async_client.run_dir import RunDir
-    from liveroom.data.personas import PERSONA_KEYS
-    from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan
-
-    pitches, goods = synthetic(o.work, n)
-    run = o.work / f"resume-{n}"
-    params = ModelParams(model=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL))
-    plan = make_plan(str(pitches), str(goods), "entry,buy,read", None, params, url)
-    run_dir = RunDir(run)
-    run_dir.open(plan.manifest)  # the manifest bin/score writes
-    run_dir.close()
-    stamp = run / "sizes.json"
-    if stamp.exists():
-        meta = json.loads(stamp.read_text())
-        if meta["n"] == n and meta["leave"] == leave:
-            return run, pitches, goods, meta["sizes"], meta["done"]
-    # templates: a real run over a small synthetic file
-    tp, tg = synthetic(o.work, 417)
-    tdir = o.work / "resume-template"
-    if not (tdir / "read.jsonl").exists():
-        with Sim(0) as sim:
-            Child(score_cmd(tp, tg, fresh(tdir), sim.url, 64)).wait(600)
-    templates = {}
-    for g in ("entry", "buy", "read"):
-        templates[g] = {(r.meta["index"], r.meta["persona"]): r.to_dict() for r in RunDir(tdir).records(g)}
-    indexes = [int(i) for i in plan.pitches["index"]]
-    order = [(s.name, i, k) for i in indexes for s in plan.stages for k in PERSONA_KEYS]  # bin/score's order
-    keep = len(order) - leave
-    files = {g: open(run / f"{g}.jsonl", "wb") for g in ("entry", "buy", "read")}
-    t = time.time() - 3600
-    for j, (g, i, k) in enumerate(order[:keep]):
-        rec = dict(templates[g][(i % 417, k)])
-        rec["id"], rec["index"], rec["t"] = f"{g}:{i}:{k}", i, round(t + j * 0.001, 3)
-        files[g].write(dumps(rec))
-    for f in files.values():
-        f.close()
-    sizes = {g: (run / f"{g}.jsonl").stat().st_size for g in files}
-    stamp.write_text(json.dumps({"n": n, "leave": leave, "sizes": sizes, "done": keep}))
-    return run, pitches, goods, sizes, keep
-
-
-def bench_resume(o: argparse.Namespace, rep: Report) -> dict:
-    n = 417 if o.quick else PITCHES_PER_1M
-    leave = 312  # the last 13 pitches: the producer walks every done request before the first send
-    firsts, exits, rss = [], [], []
-    with Sim(0) as sim:
-        run, pitches, goods, sizes, done = build_done_run(o, n, sim.url, leave)
-        total = 24 * n
-        mb = sum(sizes.values()) / 2**20
-        cmd = score_cmd(pitches, goods, run, sim.url, 64)
-        for r in range(o.repeats):
-            for g, size in sizes.items():  # back to `leave` requests not done
-                os.truncate(run / f"{g}.jsonl", size)
-            s0 = sim.stats()["requests"]
-            ch = Child(cmd)
-            first = float("nan")
-            while not ch.poll():
-                if first != first and sim.stats()["requests"] > s0:
-                    first = time.perf_counter() - ch.t0
-                time.sleep(0.01)
-                if time.perf_counter() - ch.t0 > 300:
-                    ch.wait(0)
-            assert ch.rc == 0, ch.rc
-            assert sim.stats()["requests"] - s0 == leave
-            firsts.append(first)
-            exits.append(ch.wall)
-            rss.append(ch.peak_rss_mb)
-        idle = Child(cmd).wait(300)  # nothing left: open, scan, exit
-        assert idle.rc == 0
-    rep.add(f"### Resume: a run directory holding 1M records\n\n"
-            f"{done:,} ok records ({mb:,.0f} MB of JSONL, records copied from a real run so sizes are "
-            f"realistic) for {n:,} synthetic pitches ({total:,} requests); the last {leave} requests in "
-            f"sending order are not done, so the producer walks past every done request before the first "
-            f"send (the worst case). `{show_cmd(cmd)}` against the simulator at latency 0. First request = "
-            f"from process start to the server's `/stats` `requests` moving (polled every 10 ms). "
-            f"Median of {o.repeats} (min-max). Target: <= 3 s.\n\n"
-            + table(["what", "seconds"], [
-                ["process start to first request at the server", f"**{median(firsts):.2f}** ({spread(firsts, '{:.2f}')})"],
-                [f"process start to exit ({leave} requests sent)", f"{median(exits):.2f} ({spread(exits, '{:.2f}')})"],
-                ["same command once all are done (open, scan, exit)", f"{idle.wall:.2f}"],
-            ]))
-    return {"first": median(firsts), "exit": median(exits), "rss": median(rss), "spread": spread(rss),
-            "total": total, "done": done, "todo": leave}
-
-
-def window_max(per_second: list[tuple[int, float]], width: int = 60) -> float:
-    """Largest sum over ``width`` consecutive seconds."""
-    if not per_second:
-        return float("nan")
-    counts = dict(per_second)
-    lo, hi = min(counts), max(counts)
-    return max(sum(counts.get(s, 0) for s in range(a, a + width)) for a in range(lo - width + 1, hi + 1))
-
-
-def bench_ratelimit(o: argparse.Namespace, rep: Report) -> dict:
-
-    seconds = 15 if o.quick else 70
-    pitches, goods = synthetic(o.work, 100)
-    rows, out, shown = [], {}, []
-    for rpm, tpm in ((1200, 1_000_000), (1200, 120_000)):
-        with Sim(50) as sim:
-            run = fresh(o.work / f"rl-{rpm}-{tpm}")
-            cmd = score_cmd(pitches, goods, run, sim.url, 64, "--rpm", rpm, "--tpm", tpm)
-            shown.append(show_cmd(cmd))
-            ch, _ = run_until(cmd, seconds)
-            st = sim.stats()
-        ps = [(s, c) for s, c in st["per_second"]]
-        tok: dict[int, float] = {}
-        for rec in run_records(run):
-            tok[int(rec["t"])] = tok.get(int(rec["t"]), 0) + rec["usage"].get("total_tokens", 0)
-        wall = ch.wall
-        full = [c for s, c in ps[1:-1]]  # whole seconds only
-        req_min, tok_min = window_max(ps), window_max(sorted(tok.items()))
-        out[(rpm, tpm)] = {"req_s": max(c for _, c in ps), "req_min": req_min, "tok_min": tok_min}
-        rows.append([f"--rpm {rpm} --tpm {tpm:,}", f"{wall:.0f}", st["requests"],
-                     f"{max(c for _, c in ps)} (limit {rpm / 60:.0f})", f"{statistics.mean(full):.1f}",
-                     f"**{req_min:.0f}** (limit {rpm})", f"**{tok_min:,.0f}** (limit {tpm:,})",
-                     st["rate_limited"]])
-    rep.add(f"### Rate limits\n\n"
-            f"`{shown[0]}` (and the same with `--tpm 120000`), against the simulator at 50 ms; SIGTERM after "
-            f"{seconds} s. Requests per second and per 60-s window are the server's `/stats` `per_second` "
-            f"counts (window = the busiest 60 consecutive seconds); tokens per 60-s window are the `usage` "
-            f"totals of the records, binned by record `t`. The token limit charges an estimate (prompt "
-            f"characters + max_tokens) before each call, corrected by the reply's usage, and allows a burst "
-            f"of 1 s worth. One run each.\n\n"
-            + table(["limits", "seconds", "requests", "max req in a second", "mean req/s",
-                     "max req in 60 s", "max tokens in 60 s", "429s"], rows))
-    return out
-
-
-def load_now() -> str:
-    return " ".join(f"{x:.1f}" for x in os.getloadavg())
-
-
-def machine_line(load_before: str) -> str:
-    import aiohttp
-    import uvloop
-
-    return (f"Measured {dt.date.today().isoformat()} on {os.cpu_count()} cores (`nproc`), CPU `{cpu_model()}`, "
-            f"Linux {platform.release()}, Python {platform.python_version()}, aiohttp {aiohttp.__version__}, "
-            f"uvloop {uvloop.__version__}; client and simulator on uvloop (each its own process), both on the same 2 cores. "
-            f"The machine was shared with other work (load average {load_before} when this section was "
-            f"written; each table gives its own), so absolute numbers are noisy; ratios come from the "
-            f"same run.")
-
-
-def subsections(text: str) -> dict[str, str]:
-    """The ``### `` subsections of a section's text, by heading line, in order (the head under ``""``)."""
-    parts: dict[str, list[str]] = {"": []}
-    key = ""
-    for line in text.splitlines(keepends=True):
-        if line.startswith("### "):
-            key = line.rstrip()
-            parts[key] = []
-        parts[key].append(line)
-    return {k: "".join(v).strip("\n") for k, v in parts.items()}
-
-
-def write_docs(head: str | None, tables: list[str]) -> None:
-    """Put ``tables`` (and ``head``, unless None) under SECTION of the doc: a table replaces the subsection
-    of its heading, others are added at the end; subsections not measured again (or written by hand) and,
-    without ``head``, the section's opening stay as they are."""
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    lines = doc.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        start = end = len(lines)
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    kept = subsections("".join(lines[start:end]))
-    if head is not None or not kept[""]:
-        kept[""] = (head or SECTION).strip("\n")
-    for part in tables:
-        kept.update({k: v for k, v in subsections(part).items() if k})
-    tail = "".join(lines[end:])
-    DOC.write_text("".join(lines[:start]).rstrip("\n") + "\n\n" + "\n\n".join(kept.values()) + "\n"
-                   + ("\n" + tail if tail else ""))
-
-
-def bench_limits(o: argparse.Namespace, rep: Report) -> dict:
-    """Provider limits: in-flight caps, scattered 429s, a rate window, arrears (bench/bench_limits.py)."""
-    from bench_limits import bench_limits as run
-
-    return run(o, rep)
 
 
 COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_oldway,

@@ -24,7 +24,7 @@ import math
 import time
 from typing import Any
 
-from bench_engine import Child, Report, Sim, fresh, record_times, run_records, score_cmd, show_cmd, synthetic, table
+from harness import Child, Report, Sim, fresh, record_times, run_records, score_cmd, show_cmd, synthetic, table
 
 MODES = (("adaptive", ()), ("fixed", ("--fixed-concurrency",)))
 

@@ -1,7 +1,10 @@
 """The retry policy and the engine's loop, against an in-process aiohttp server.
 
-The server answers by the job's one message: ``ok``, ``bad`` (unusable until
-asked again), ``always-bad``, ``reject`` (400), ``busy`` (503), ``nokey`` (401).
+The policy's rules alone are driven by real tenacity over real errors (as
+:func:`~liveroom.async_client.transport.http_error` makes them from an answer),
+their waits recorded instead of slept. The server answers by the job's one
+message: ``ok``, ``bad`` (unusable until asked again), ``always-bad``,
+``reject`` (400), ``busy`` (503), ``nokey`` (401).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ from aiohttp import web
 from liveroom.async_client.chat import ChatClient
 from liveroom.async_client.engine import Engine, EngineConfig, Job
 from liveroom.async_client.errors import Fatal, Rejected, Retryable, UnusableReply
-from liveroom.async_client.limits import Limits
-from liveroom.async_client.policy import retry_policy
+from liveroom.async_client.limits import CoolDown, Limits
+from liveroom.async_client.policy import MAX_PAUSE, MAX_WAIT, Failure, RetryPolicy, retry_policy
 from liveroom.async_client.run_dir import RunDir
+from liveroom.async_client.transport import http_error
 
 
 def completion(text: str) -> dict[str, Any]:
@@ -93,6 +97,106 @@ async def test_the_policy_does_not_retry_a_rejected_request(aiohttp_server):
                 with attempt:
                     await client.complete({"messages": [{"content": "reject"}]})
     assert hits == ["reject"]
+
+
+def answer(status: int, retry_after: str | None = None, code: str = "") -> Retryable:
+    """The error a real answer stands for (a 429 without a known code is a ``rate`` signal)."""
+    body = orjson.dumps({"error": {"code": code, "message": "slow down"}}) if code else b"busy"
+    err = http_error(status, {"Retry-After": retry_after} if retry_after else {}, body, None, "http://x/v1")
+    assert isinstance(err, Retryable), err
+    return err
+
+
+class Sleeps:
+    """A retry loop's sleep that records each wait instead of sleeping it."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+async def reply(text: str) -> str:
+    """What a send that got its answer returns."""
+    return text
+
+
+async def paused(cooldown: CoolDown) -> bool:
+    """Whether ``cooldown`` holds every sender back now."""
+    try:
+        await asyncio.wait_for(cooldown.wait(), 0.05)
+    except asyncio.TimeoutError:
+        return True
+    return False
+
+
+async def test_tenacity_waits_the_servers_retry_after_else_the_backoff_and_caps_it():
+    errors = iter([answer(429, "2"), answer(503), answer(429, "100000")])
+    sleeps = Sleeps()
+
+    async def call() -> str:
+        async for attempt in retry_policy(3, initial=30.0, maximum=60.0, sleep=sleeps):
+            with attempt:
+                if (e := next(errors, None)) is not None:
+                    raise e
+                return "fine"
+        raise AssertionError("unreachable")
+
+    assert await call() == "fine"
+    assert sleeps.waits[0] == 2.0 and 30.0 <= sleeps.waits[1] <= 60.0 and sleeps.waits[2] == MAX_WAIT
+
+
+async def test_a_429_the_cut_limit_holds_back_goes_again_without_backoff():
+    sleeps = Sleeps()
+    policy = RetryPolicy(1, initial=30.0, maximum=60.0)
+    for over, adaptive in ((True, True), (True, False), (False, True)):
+        await policy.again(Failure(answer(429), over, adaptive), lambda: reply("ok"), sleeps)
+    held, fixed, scattered = sleeps.waits
+    assert held == 0.0  # the cut limit lets it go when a slot frees
+    assert 30.0 <= fixed <= 60.0 and 30.0 <= scattered <= 60.0  # nothing holds it back: the backoff
+    sleeps.waits.clear()
+    await policy.again(Failure(answer(429, "3"), True, True), lambda: reply("ok"), sleeps)
+    assert sleeps.waits == [3.0]  # a Retry-After is waited whatever the limit says
+
+
+async def test_only_a_full_window_pauses_everyone_and_no_error_is_changed():
+    cases = [  # (error, over, pauses everyone)
+        (answer(429, "5"), True, True),                # a rate 429 the limit took for a full window
+        (answer(429, "5"), False, False),              # a scattered one: its own job only
+        (answer(429, None), True, False),              # no Retry-After: the cut limit holds the job back
+        (answer(429, "5", "1302"), True, False),       # a cap (Zhipu 1302) cuts the limit, pauses nobody
+        (answer(503, "5"), False, False),
+    ]
+    for error, over, pauses in cases:
+        before = dict(vars(error))
+        cooldown = CoolDown()
+        await RetryPolicy(0, 0.01, 0.05, cooldown).again(Failure(error, over, True), lambda: reply("x"), Sleeps())
+        assert await paused(cooldown) is pauses, (error, over)
+        assert vars(error) == before  # read, never written
+    huge = CoolDown()
+    await RetryPolicy(0, 0.01, 0.05, huge).again(Failure(answer(429, "99999"), True, True), lambda: reply("x"),
+                                                 Sleeps())
+    assert huge._until - time.monotonic() <= MAX_PAUSE
+
+
+async def test_the_engines_loop_gives_up_with_the_last_failure_and_lets_other_errors_through():
+    sleeps, counted = Sleeps(), []
+    policy = RetryPolicy(2, 0.01, 0.05, before_sleep=lambda state: counted.append(state.attempt_number))
+    failures = [Failure(answer(503)), Failure(answer(502))]
+    last = failures[-1]
+
+    async def fail_again() -> str | Failure:
+        return failures.pop(0)
+
+    assert await policy.again(Failure(answer(500)), fail_again, sleeps) is last  # 1 + 2 retries, then given up
+    assert counted == [1, 2] and len(sleeps.waits) == 2
+
+    async def rejected() -> str | Failure:
+        raise Rejected("HTTP 400: no such model")
+
+    with pytest.raises(Rejected, match="no such model"):
+        await policy.again(Failure(answer(503)), rejected, sleeps)
 
 
 # ----------------------------------------------------------------------------- the engine

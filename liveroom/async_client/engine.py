@@ -3,13 +3,13 @@
 The queue is fed lazily from an iterator, so memory stays flat. A job starts when
 :meth:`Engine._admit` lets it in (a slot under the AIMD :class:`~.concurrency.ConcurrencyLimit`);
 waiting for a retry it lends its slot (``pool`` workers per slot leave room), so a scattered 429
-delays that job only. Each job is sent through the rate limits and the retry policy; its reply is
-validated by the task and, on :class:`~.errors.UnusableReply`, asked again with the reason (at most
-``reask_chars`` of the bad reply); the outcome is appended as one :class:`~.record.Record`.
+delays that job only. Each job is sent by the :class:`~.sending.Sender` (the rate limits, the
+outage wait, the retry policy of :mod:`.policy`); its reply is validated by the task and, on
+:class:`~.errors.UnusableReply`, asked again with the reason (at most ``reask_chars`` of the bad
+reply); the outcome is appended as one :class:`~.record.Record`.
 
-The engine knows nothing of what it asks: a job is an id, a checkpoint group,
-a request body, meta fields for the record and a token estimate; what a reply
-means, and which jobs are left to do, is the task's (and its planner's) call.
+The engine knows nothing of what it asks (:mod:`.contract`: a job, and the client and task a
+caller plugs in); which jobs are left to do is the caller's (and its planner's) call.
 
 The run never hangs. ``stop()`` (wired to SIGINT/SIGTERM by the caller)
 stops taking jobs and sending: requests in flight get ``grace`` seconds to
@@ -27,121 +27,35 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
-from tenacity import RetryCallState
+from typing import Any
 
 from ..errors import LiveroomError
 from .concurrency import ConcurrencyLimit, Slot
-from .errors import CallError, Filtered, NoContent, Rejected, Retryable, RunFailed, Unreachable, UnusableReply
+from .contract import Admission, Client, EngineConfig, Job, Stats, Task
+from .errors import Filtered, NoContent, Rejected, RunFailed, UnusableReply
 from .limits import Limits, Outage
-from .policy import retry_policy
-from .record import ERROR, INVALID, KEEP_CHARS, OK, Record, cut
+from .policy import Failure
+from .record import ERROR, INVALID, OK, Record
 from .run_dir import RunDir
-from .transport import Reply, served_as
+from .sending import Draft, Sender, Stopped
+from .transport import served_as
 
-
-@dataclass(frozen=True)
-class Job:
-    id: str
-    group: str                # checkpoint file the record goes to
-    payload: dict[str, Any]   # the full chat-completions body
-    meta: dict[str, Any]      # copied into the record
-    tokens: int               # estimate for the token limit: prompt + max_tokens
-
-
-class Client(Protocol):
-    url: str  # where requests go, for messages
-
-    async def complete(self, payload: dict[str, Any]) -> Reply:
-        """One reply, or raise Retryable, Rejected or Fatal."""
-
-
-class Task(Protocol):
-    def validate(self, job: Job, text: str) -> Any:
-        """Scores from a reply's text, or raise UnusableReply with a short reason."""
-
-    def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
-        """The payload asking again after an unusable reply."""
-
-
-class Admission(Protocol):
-    """A gate the caller sets on sending (a budget), asked for each job as it is about to be sent."""
-
-    def reserve(self, job: Job) -> str | None:
-        """None: ``job`` may be sent (what it may cost is held until :meth:`release`); else why the run stops."""
-
-    def release(self, job: Job, record: Record) -> None:
-        """``job`` is done: ``record`` is written (and passed to ``on_record``)."""
-
-
-@dataclass
-class EngineConfig:
-    """How hard the engine pushes and how long it keeps trying."""
-
-    concurrency: int = 64
-    max_retries: int = 6        # transport retries per send
-    max_reasks: int = 2         # re-asks after an unusable reply, counted apart
-    backoff_initial: float = 1.0
-    backoff_max: float = 60.0
-    grace: float = 5.0          # seconds in-flight requests get after stop()
-    give_up_after: float = 600.0  # seconds an endpoint that worked may stay unreachable
-    probe_every: float = 5.0    # seconds between tries while it is unreachable
-    first_failures: int = 3     # failed connections, with no answer yet, that mean a dead endpoint
-    reask_chars: int = 4096     # at most this much of a bad reply is sent back in a re-ask
-    keep_chars: int = KEEP_CHARS  # at most this much of a reply is kept in its record
-    adaptive: bool = True       # the limit moves between 1 and concurrency; False: always concurrency
-    reask_max_tokens: int | None = None  # max_tokens of a re-ask; None: the job's own
-    pool: int = 4               # workers per slot of the ceiling: jobs waiting for a retry hold none
-
-
-@dataclass
-class Stats:
-    """Counts of a run so far, read by progress and the final summary."""
-
-    total: int = 0              # jobs this run set out to do
-    ok: int = 0
-    failed: int = 0
-    sent: int = 0               # HTTP attempts
-    retries: int = 0
-    throttled: int = 0          # 429s
-    invalid: int = 0            # unusable replies (each re-ask counts)
-    filtered: int = 0           # refused by the provider's content filter (counted in failed too)
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    started: float = field(default_factory=time.monotonic)
-    outage: Outage | None = None  # the endpoint's state, for the progress line
-    limit: ConcurrencyLimit | None = None  # the live concurrency limit, for the progress line
-
-    @property
-    def done(self) -> int:
-        return self.ok + self.failed
-
-
-class _Stopped(Exception):
-    """The run is stopping: this job is left for the next run (no record)."""
+# the contract's names, which callers import from here with the engine
+__all__ = ["Admission", "Client", "Engine", "EngineConfig", "Job", "Stats", "Task"]
 
 
 def _warn(text: str) -> None:
     print(f"warning: {text}", file=sys.stderr, flush=True)
 
 
-def duration(seconds: float) -> str:
-    """``2m10s``, or ``45s`` under a minute."""
-    s = int(seconds)
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
-
-
 class Engine:
     """Runs jobs through a client with a task's validation, writing one record per job."""
 
-    def __init__(self, client: Client, limits: Limits, checkpoint: RunDir, task: Task,
+    def __init__(self, client: Client, limits: Limits, run_dir: RunDir, task: Task,
                  config: EngineConfig, on_record: Callable[[Record], None] | None = None,
                  on_warning: Callable[[str], None] | None = None, limiter: ConcurrencyLimit | None = None) -> None:
-        self.client, self.limits, self.checkpoint, self.task, self.config = client, limits, checkpoint, task, config
+        self.client, self.limits, self.run_dir, self.task, self.config = client, limits, run_dir, task, config
         self.outage = Outage(config.probe_every)
         # the live limit; ``limiter`` shares one between engines (a service's forecasts, each its own engine)
         self.limiter = limiter or ConcurrencyLimit(config.concurrency, config.adaptive)
@@ -154,10 +68,11 @@ class Engine:
         self._stop = asyncio.Event()
         self._error: LiveroomError | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._sending: set[asyncio.Task[Any]] = set()  # workers waiting on an answer: they get the grace
-        self._answered = False      # some request got an HTTP answer (any status)
-        self._connect_failures = 0  # failed connections before that
+        self._sender = self._new_sender()
         self._model_warned = False
+
+    def _new_sender(self) -> Sender:
+        return Sender(self.client, self.limits, self.limiter, self.outage, self.config, self.stats, self._stop, self.stop)
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop taking jobs and sending; a second call also gives up on requests in flight."""
@@ -166,7 +81,7 @@ class Engine:
             self.stopped = reason
         self._stop.set()
         for w in self._workers:
-            if again or w not in self._sending:
+            if again or w not in self._sender.sending:  # those waiting on an answer get the grace
                 w.cancel()
 
     def _fail(self, error: LiveroomError) -> None:
@@ -178,6 +93,7 @@ class Engine:
     async def run(self, jobs: Iterable[Job], total: int) -> Stats:
         """Do ``jobs`` (``total`` of them, for progress) until done, stopped or failed."""
         self.stats = Stats(total=total, outage=self.outage, limit=self.limiter)
+        self._sender = self._new_sender()
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._guarded(self._produce(jobs, queue), "reading the jobs"))
         workers = self._workers = [asyncio.create_task(self._guarded(self._worker(queue), "a worker"))
@@ -252,10 +168,10 @@ class Engine:
                 return
             try:
                 record = await self._process(job, slot)
-            except _Stopped:
+            except Stopped:
                 return
             slot.done()  # kept for the next job unless the limit dropped or a retried job waits
-            self.checkpoint.write(job.group, record)
+            self.run_dir.write(job.group, record)
             if record.status == OK:
                 self.stats.ok += 1
             else:
@@ -263,98 +179,6 @@ class Engine:
             self.on_record(record)
             if self.admission is not None:
                 self.admission.release(job, record)
-
-    # -- sending ---------------------------------------------------------------------
-    def _before_sleep(self, rs: RetryCallState) -> None:
-        self.stats.retries += 1
-
-    async def _nap(self, seconds: float, slot: Slot) -> None:
-        """A retry's wait, its slot lent to another job; cut short (and the job left) when the run stops."""
-        slot.park()
-        try:
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        except asyncio.TimeoutError:
-            await slot.resume()
-            return
-        raise _Stopped
-
-    def _refused(self, stamp: int, e: Retryable) -> None:
-        """What a failure tells the limits: a 429 feeds the concurrency limit, then the rate limits."""
-        if e.status != 429:
-            return self.limiter.other(stamp)
-        self.stats.throttled += 1
-        self.limits.refused(e, self.limiter.throttled(stamp, e.signal == "cap"), self.limiter.adaptive)
-
-    def _unanswered(self, e: Retryable) -> bool:
-        """A send that could not connect: True when it is an outage (wait, do not count it)."""
-        if not self._answered:
-            self._connect_failures += 1
-            if self._connect_failures >= self.config.first_failures:
-                raise Unreachable(f"cannot reach {self.client.url}: {e}; nothing has answered "
-                                  "(check the base URL, OPENAI_BASE_URL and the network)")
-            return False
-        self.outage.begin(str(e))
-        if self.outage.seconds >= self.config.give_up_after:
-            self.stop(f"endpoint unreachable for {duration(self.outage.seconds)} (last error: {e})")
-            raise _Stopped
-        return True
-
-    async def _attempt(self, payload: dict[str, Any], tokens: int, tries: list[int]) -> Reply:
-        while True:
-            await self.outage.wait()
-            await self.limits.acquire(tokens)
-            if self._stop.is_set():
-                raise _Stopped
-            tries[0] += 1
-            self.stats.sent += 1
-            me = asyncio.current_task()
-            assert me is not None
-            self._sending.add(me)
-            stamp = self.limiter.send()
-            try:
-                reply = await self.client.complete(payload)
-            except Retryable as e:
-                self._refused(stamp, e)
-                if e.connection and self._unanswered(e):
-                    continue
-                if not e.connection:
-                    self._got_answer()
-                raise
-            except BaseException as e:  # another answer (CallError), or cancelled by the stop
-                self.limiter.other(stamp)
-                if isinstance(e, CallError):
-                    self._got_answer()
-                raise
-            finally:
-                self._sending.discard(me)
-            self.limiter.ok(stamp)
-            self.limits.observe(reply.window)
-            self._got_answer()
-            self.limits.settle(tokens, reply.usage.get("total_tokens"))
-            return reply
-
-    def _got_answer(self) -> None:
-        self._answered = True
-        self.outage.end()
-
-    async def _send(self, payload: dict[str, Any], tokens: int, tries: list[int], slot: Slot) -> Reply:
-        """One reply, through limits and retries; ``tries[0]`` counts the attempts.
-
-        Most sends succeed at once, so the retry policy is entered only after a
-        first failure, which it then counts as its first attempt.
-        """
-        try:
-            return await self._attempt(payload, tokens, tries)
-        except Retryable as e:
-            failed: list[Retryable] = [e]
-        policy = retry_policy(self.config.max_retries, self.config.backoff_initial,
-                              self.config.backoff_max, self._before_sleep, lambda s: self._nap(s, slot))
-        async for attempt in policy:
-            with attempt:
-                if failed:
-                    raise failed.pop()
-                return await self._attempt(payload, tokens, tries)
-        raise AssertionError("unreachable")
 
     def _check_model(self, payload: dict[str, Any], served: str) -> None:
         """Warn once when the server names another model than the one asked for."""
@@ -366,39 +190,30 @@ class Engine:
                         "(each record keeps the model that answered it)")
 
     async def _process(self, job: Job, slot: Slot) -> Record:
-        t0 = time.monotonic()
-        payload, tries, reasks = job.payload, [0], 0
-        usage: dict[str, int] = {}
-        text: str | None = None
-        model: str | None = None
-
-        def record(status: str, scores: Any = None, error: str | None = None) -> Record:
-            return Record(job.id, status, job.meta, scores, cut(text, self.config.keep_chars), usage, tries[0],
-                          reasks, round((time.monotonic() - t0) * 1000, 1), error, round(time.time(), 3), model)
-
+        draft, payload, keep = Draft(job), job.payload, self.config.keep_chars
         while True:
             try:
-                reply = await self._send(payload, job.tokens, tries, slot)
-            except Retryable as e:
-                return record(ERROR, error=f"{e} (gave up after {tries[0]} attempts)")
+                reply = await self._sender.send(payload, job.tokens, slot, draft)
             except Rejected as e:  # a content filter's starts with content_filter: a rerun leaves it
                 self.stats.filtered += isinstance(e, Filtered)
-                return record(ERROR, error=str(e))
-            text, model = reply.text, reply.model or None
+                return draft.record(ERROR, keep, error=str(e))
+            if isinstance(reply, Failure):
+                return draft.record(ERROR, keep, error=f"{reply.error} (gave up after {draft.attempts} attempts)")
+            draft.text, draft.model = reply.text, reply.model or None
             self._check_model(payload, reply.model)
             for k, v in reply.usage.items():
-                usage[k] = usage.get(k, 0) + v
+                draft.usage[k] = draft.usage.get(k, 0) + v
             self.stats.prompt_tokens += reply.usage.get("prompt_tokens", 0)
             self.stats.completion_tokens += reply.usage.get("completion_tokens", 0)
             try:
-                if not text and reply.finish_reason == "length":
+                if not reply.text and reply.finish_reason == "length":
                     raise NoContent()
-                return record(OK, scores=self.task.validate(job, text))
+                return draft.record(OK, keep, scores=self.task.validate(job, reply.text))
             except UnusableReply as e:
                 self.stats.invalid += 1
-                if reasks >= self.config.max_reasks or self._stop.is_set():
-                    return record(INVALID, error=str(e))
-                reasks += 1
-                payload = self.task.reask(job, payload, text[:self.config.reask_chars], str(e))
+                if draft.reasks >= self.config.max_reasks or self._stop.is_set():
+                    return draft.record(INVALID, keep, error=str(e))
+                draft.reasks += 1
+                payload = self.task.reask(job, payload, reply.text[:self.config.reask_chars], str(e))
                 if self.config.reask_max_tokens:  # more room for a re-ask (a reasoning model's)
                     payload = {**payload, "max_tokens": self.config.reask_max_tokens}

@@ -27,12 +27,10 @@ back to the model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from ..errors import LiveroomError
-
-if TYPE_CHECKING:
-    from .limits import Window
+from .window import Window
 
 Signal = Literal["cap", "rate"]
 

@@ -7,13 +7,14 @@
   plus one second's tokens), charged with an estimate before a call and
   corrected by the ``usage`` the server returns;
 * the server's own window, from ``x-ratelimit-remaining-*`` and
-  ``x-ratelimit-reset-*`` headers (:class:`Window`, OpenAI's format):
+  ``x-ratelimit-reset-*`` headers (:class:`~.window.Window`, OpenAI's format):
   :class:`Allowance` lets through what it says is left (requests, estimated
   tokens) and holds every send back until the reset once it is used up, then
   lets one request probe until the next answer says more;
-* the shared :class:`CoolDown` pauses every worker: the engine trips it only
-  for a global window (a share of 429s that says the provider's window is
-  full, with its ``Retry-After``), never for one scattered 429;
+* the shared :class:`CoolDown` pauses every worker: the retry policy trips it
+  (:class:`~.policy.pause_everyone`) only for a global window (a share of 429s
+  that says the provider's window is full, with its ``Retry-After``), never for
+  one scattered 429;
 * an endpoint that worked and stopped answering is an :class:`Outage`: every
   worker waits for it together while one at a time probes.
 
@@ -24,13 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from asyncio_throttle import Throttler
 
-from .errors import Retryable
-
-MAX_PAUSE = 600.0  # seconds a full provider window may pause every worker, at most
+from .window import Window
 
 
 class CoolDown:
@@ -47,6 +45,12 @@ class CoolDown:
         """Return once the cool-down is over."""
         while (left := self._until - time.monotonic()) > 0:
             await asyncio.sleep(left)
+
+
+def duration(seconds: float) -> str:
+    """``2m10s``, or ``45s`` under a minute."""
+    s = int(seconds)
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 class Outage:
@@ -88,16 +92,6 @@ class Outage:
                     await asyncio.sleep(self.probe_every)
                 return
             await self._up.wait()
-
-
-@dataclass(frozen=True, slots=True)
-class Window:
-    """What an answer's ``x-ratelimit-*`` headers said; None where a header was absent or unreadable."""
-
-    requests: int | None = None        # x-ratelimit-remaining-requests
-    requests_reset: float | None = None  # x-ratelimit-reset-requests, seconds
-    tokens: int | None = None          # x-ratelimit-remaining-tokens
-    tokens_reset: float | None = None    # x-ratelimit-reset-tokens, seconds
 
 
 class Allowance:
@@ -206,21 +200,6 @@ class Limits:
                 self._tokens_left.charge(tokens, now)
                 return
             await asyncio.sleep(min(wait, 1.0))  # an answer may say more is left before then
-
-    def refused(self, e: Retryable, over: bool, adaptive: bool) -> None:
-        """A 429 (``over``: the concurrency limit took it for the provider being over its limit).
-
-        Over, with a ``Retry-After``, a rate limit says the provider's window is full: every worker
-        waits that long (a scattered 429 delays its own job only). Over without one, the cut
-        limit already holds the job back: it goes again when a slot frees, with no backoff.
-        """
-        self.observe(e.window)
-        if not over:
-            return
-        if e.retry_after and e.signal == "rate":
-            self.cooldown.trip(min(e.retry_after, MAX_PAUSE))
-        elif not e.retry_after and adaptive:
-            e.retry_after = 0.0
 
     def observe(self, window: Window | None) -> None:
         """What an answer's rate-limit headers said (None: it had none, nothing is held back on them)."""

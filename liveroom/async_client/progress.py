@@ -17,7 +17,8 @@ from typing import TextIO
 
 from tqdm import tqdm
 
-from .engine import Stats, duration
+from .contract import Stats
+from .limits import duration
 from .record import Record
 
 

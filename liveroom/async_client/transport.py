@@ -11,7 +11,7 @@
   reply (``finish_reason`` ``content_filter``, ``sensitive``) is :class:`Filtered`,
   ``content: null`` with ``finish_reason: "length"`` (max_tokens spent reasoning)
   an empty reply the engine asks again, never a transport retry;
-* :func:`rate_window`: the ``x-ratelimit-*`` headers -> :class:`~.limits.Window`;
+* :func:`rate_window`: the ``x-ratelimit-*`` headers -> :class:`~.window.Window`;
 * :func:`target`: a base URL and key -> where requests go and their
   ``Authorization`` (credentials in the URL become a Basic header);
 * :func:`served_as`: whether the model a server names is the one asked for.
@@ -40,8 +40,8 @@ import orjson
 
 from ..errors import InputError
 from .errors import CONTENT_FILTER, Fatal, Filtered, GarbledBody, Rejected, Retryable, Signal
-from .limits import Window
 from .providers import FILTER_FINISH, Provider, rule_for
+from .window import Window
 
 
 class Reply(NamedTuple):
