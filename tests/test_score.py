@@ -225,7 +225,7 @@ def test_kill_9_then_rerun_loses_nothing_and_resends_at_most_concurrency(tmp_pat
     assert st["requests"] <= 960 + 16
     # and a rerun over the complete checkpoint sends nothing
     p = score(pitches, goods, run, s.url)
-    assert p.returncode == 0 and "nothing sent" in p.stderr
+    assert p.returncode == 0 and "nothing sent" in p.stdout
     assert s.stats()["requests"] == st["requests"]
 
 

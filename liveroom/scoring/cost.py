@@ -340,7 +340,7 @@ def usage_lines(u: dict[str, Any]) -> list[str]:
 def dry_run(args: argparse.Namespace, plan: Plan, batch: ShardLimits | None = None) -> int:
     """``--dry-run``, called with the plan bin/score (or, with its file limits, bin/batch prepare) made
     from every input it checked: print what the run would send and cost; nothing sent, nothing written."""
-    run_dir = Path(args.out)
+    run_dir = Path(args.run)
     check_manifest(run_dir, plan.manifest)  # a run made by another command is refused, as the real run refuses it
     prices = resolve_prices(args, plan.params.model)
     est = estimate(args, plan, run_dir, batch)
