@@ -104,6 +104,14 @@ def test_the_batch_simulator_checks_its_port(capsys):
                                                         "number in [0, 65535], got '-1'")
 
 
+def test_the_result_goes_to_stdout_and_nothing_else_is_said(capsys, tmp_path):
+    assert cli.make_synthetic_main(["--n", "12", "--out", str(tmp_path / "syn")]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"make-synthetic: wrote 12 pitches (pitches.csv, goods.json, the feature .npy files) to " \
+                  f"{tmp_path / 'syn'}\n"
+    assert err == "" and (tmp_path / "syn" / "pitches.csv").is_file()
+
+
 # ----------------------------------------------------------------------------- the liveroom command
 
 def liveroom(*argv: str) -> subprocess.CompletedProcess:

@@ -119,7 +119,7 @@ def check_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     if diffs:
         raise ManifestMismatch(
             f"{run_dir} was made by a different command; differences: " + "; ".join(diffs)
-            + " (use another --out, or the original settings)"
+            + " (use another --run, or the original settings)"
         )
     return {**manifest, **{k: {**old.get(k, {}), **manifest.get(k, {})} for k in extendable}}
 

@@ -24,7 +24,7 @@ Routes (``/v1`` and the bare paths both work for chat completions):
   ``response_format`` (absent, ``json_object`` or ``json_schema``) gets the
   same JSON. A body that is not JSON, lacks ``messages`` or holds a prompt the
   simulator cannot read gets 400 with an OpenAI-style error object.
-* ``GET /v1/models``: the one model, ``--model``.
+* ``GET /v1/models``: the one model, ``--served-model``.
 * ``GET /health``: ``{"status": "ok"}``.
 * ``GET /stats``: counters since start: ``requests`` (chat requests received),
   ``replies`` (by HTTP status), ``faults`` (injected, by kind), ``duplicates``
