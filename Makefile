@@ -38,7 +38,7 @@ local-llm: $(STAMP)
 
 # LLM=local scores a few pitches through a real local LLM server instead of the simulator
 demo: $(STAMP) $(if $(filter local,$(LLM)),local-llm)
-	$(BIN)/python bin/demo $(if $(filter local,$(LLM)),--llm local)
+	$(BIN)/python bin/demo $(if $(filter local,$(LLM)),--backend local)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,19 +1,29 @@
-"""Entry points of every command.
+"""Entry points of every command, and the ``liveroom`` command over them all.
 
 Each ``*_main`` runs one command's ``main(argv) -> int`` (kept beside the code
 it drives) and turns a :class:`LiveroomError` into a one-line message on
 stderr and exit status 2, so a user never sees a traceback for bad input.
 Imports are lazy so that ``--help`` of one command does not load torch.
+``liveroom COMMAND ARG...`` runs what ``bin/COMMAND ARG...`` runs.
+
+Where output goes, in every command: the result on stdout (the path written,
+the table or listing asked for, the address served, ``--help``,
+``--version``); progress, counts on the way, warnings, hints and errors on
+stderr. A script can capture stdout and let a person read stderr.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
 
+from .cliargs import command_parser
 from .errors import LiveroomError
+
+Entry = Callable[[Sequence[str] | None], int]
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None, prog: str) -> int:
@@ -34,7 +44,8 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
         return 2
 
 
-def _command(module: str, prog: str) -> Callable[[Sequence[str] | None], int]:
+def _command(module: str, prog: str) -> Entry:
+    """The entry point of command ``prog``: ``module``'s ``main``, imported when it runs."""
     def entry(argv: Sequence[str] | None = None) -> int:
         main = importlib.import_module(module, __package__).main
         return run(main, argv, prog)
@@ -48,9 +59,42 @@ collect_main = _command(".scoring.collect", "collect")
 batch_main = _command(".scoring.batch", "batch")
 train_main = _command(".train.cli", "train")
 predict_main = _command(".train.predict", "predict")
-make_synthetic_main = _command(".synthetic", "make-synthetic")
-sim_server_main = _command(".sim.server", "sim-server")
-demo_main = _command(".demo", "demo")
-local_llm_main = _command(".local_llm", "local-llm")
 report_main = _command(".report.cli", "report")
 serve_main = _command(".serve.cli", "serve")
+make_synthetic_main = _command(".synthetic", "make-synthetic")
+sim_server_main = _command(".sim.server", "sim-server")
+local_llm_main = _command(".local_llm", "local-llm")
+demo_main = _command(".demo", "demo")
+
+COMMANDS: dict[str, tuple[Entry, str]] = {  # what `liveroom NAME` runs, and its line in `liveroom --help`
+    "score": (score_main, "ask the chat model every stage x persona of each pitch (resumable)"),
+    "collect": (collect_main, "a run directory's answers as entry/state/action/read features"),
+    "batch": (batch_main, "the same questions through a Batch API: prepare, submit, fetch, ..."),
+    "train": (train_main, "train the sales model on pitches and features"),
+    "predict": (predict_main, "a trained model's forecasts for new pitches, as CSV"),
+    "report": (report_main, "trained models and a run, drawn into one HTML page"),
+    "serve": (serve_main, "forecast API and page over a trained model"),
+    "make-synthetic": (make_synthetic_main, "synthetic pitches and features with a planted signal"),
+    "sim-server": (sim_server_main, "a simulated chat-completions server (heuristic, not an LLM)"),
+    "local-llm": (local_llm_main, "a real local LLM server (llama.cpp): install, serve, run, path"),
+    "demo": (demo_main, "the whole pipeline end to end on the simulator (what `make demo` runs)"),
+}
+
+
+def liveroom_main(argv: Sequence[str] | None = None) -> int:
+    """``liveroom COMMAND ARG...``: the command's own entry point with its arguments."""
+    width = max(map(len, COMMANDS))
+    p = command_parser(
+        "liveroom", usage="liveroom [--help] [--version] COMMAND [ARG...]",
+        description="Sales forecasts for live-stream pitches from LLM persona scores. "
+                    "`liveroom COMMAND ARG...` runs what `bin/COMMAND ARG...` runs.",
+        epilog="commands (`liveroom COMMAND --help` for each one's flags):\n"
+               + "\n".join(f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=COMMANDS, metavar="COMMAND", help="one of the commands below")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="ARG", help="the command's arguments")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # argparse would also ask for ARG, which is optional
+        p.error("a COMMAND is needed; `liveroom --help` lists them")
+    args = p.parse_args(argv)
+    return COMMANDS[args.command][0](args.args)

@@ -1,5 +1,9 @@
 """Command-line arguments every command declares the same way.
 
+Every command's parser comes from :func:`command_parser`, so each answers
+``--help`` and ``--version`` (the package's version, kept in
+``liveroom.__version__`` and nowhere else).
+
 Numbers are checked by argparse itself, through ``type=`` functions, so a bad
 value gets argparse's usual one line naming the flag and exit status 2::
 
@@ -18,8 +22,9 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from . import __version__
 from .async_client.providers import DEFAULT_BASE_URL
 
 N = TypeVar("N", int, float)
@@ -27,6 +32,16 @@ N = TypeVar("N", int, float)
 BASE_URL_ENV = "OPENAI_BASE_URL"
 API_KEY_ENV = "OPENAI_API_KEY"
 
+
+def command_parser(prog: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """The parser of command ``prog``: argparse's, with ``--version`` beside ``--help``."""
+    p = argparse.ArgumentParser(prog=prog, **kwargs)
+    version = f"liveroom {__version__}" if prog == "liveroom" else f"{prog} (liveroom {__version__})"
+    p.add_argument("--version", action="version", version=version, help="print the version and exit")
+    return p
+
+
+# ----------------------------------------------------------------- numbers
 
 def _bounds(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
     if lo is not None and hi is not None:
@@ -64,6 +79,7 @@ positive_int = number(int, 1, name="positive_int")
 non_negative_int = number(int, 0, name="non_negative_int")
 positive_float = number(float, 0, lo_open=True, name="positive_float")
 non_negative_float = number(float, 0, name="non_negative_float")
+probability = number(float, 0, 1, name="probability")
 port_number = number(int, 0, 65535, name="port")  # 0: the system picks a free one
 
 

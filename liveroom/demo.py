@@ -11,7 +11,7 @@
    and where the HTML report is.
 
 Running it again resumes: the scoring checkpoint is kept, so nothing is sent
-twice. ``--llm local`` scores a handful of pitches through a real local LLM
+twice. ``--backend local`` scores a handful of pitches through a real local LLM
 server (``bin/local-llm``) instead.
 """
 
@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .cliargs import command_parser, non_negative_int, number, positive_int
 from .data.layout import N_PERSONAS, PAY_TARGETS, WATCH_TARGETS
 from .errors import LiveroomError
 from .process import stop_process
@@ -100,8 +101,9 @@ def baseline(pitches: Path) -> dict[str, float]:
     return out
 
 
-def _score_summary(stderr: str) -> str:
-    lines = [s.removeprefix("score: ") for s in stderr.splitlines() if s.startswith("score: ")]
+def _score_summary(stdout: str) -> str:
+    """bin/score's closing line, which it writes on stdout."""
+    lines = [s.removeprefix("score: ") for s in stdout.splitlines() if s.startswith("score: ")]
     return lines[0] if lines else "?"
 
 
@@ -145,17 +147,17 @@ def demo_sim(data: Path, n: int, seed: int, port: int, epochs: int) -> str:
         env = {**os.environ, "OPENAI_BASE_URL": sim.url}
         env.pop("OPENAI_API_KEY", None)
         p = _run(BIN / "score", "--pitches", data / "pitches.csv", "--goods", data / "goods.json",
-                 "--out", data / "run", "--concurrency", "64", "--backoff", "0.2", "--progress-every", "2", env=env)
+                 "--run", data / "run", "--concurrency", "64", "--backoff", "0.2", "--progress-every", "2", env=env)
     finally:
         sim.stop()
-    score_line = _score_summary(p.stderr)
+    score_line = _score_summary(p.stdout)
     _run(BIN / "collect", "--pitches", data / "pitches.csv", "--run", data / "run", "--out", data / "features")
     common = ("--pitches", data / "pitches.csv", "--epochs", str(epochs), "--patience", "10", "--seed", str(seed))
     _run(BIN / "train", *common, "--features", data / "features", "--out", data / "model")
     _run(BIN / "train", *common, "--inputs", "tabular", "--out", data / "model-tabular")
-    _run(BIN / "predict", "--model", data / "model", "--pitches", data / "pitches.csv",
+    _run(BIN / "predict", "--model-dir", data / "model", "--pitches", data / "pitches.csv",
          "--features", data / "features", "--out", data / "predictions.csv")
-    _run(BIN / "report", "--model", data / "model-tabular", "--name", "tabular only", "--model", data / "model",
+    _run(BIN / "report", "--model-dir", data / "model-tabular", "--name", "tabular only", "--model-dir", data / "model",
          "--name", "tabular + LLM", "--run", data / "run", "--pitches", data / "pitches.csv",
          "--features", data / "features", "--out", data / "report.html")
     return report(data, sim.url, score_line, n)
@@ -170,7 +172,7 @@ def demo_local(data: Path, n_local: int, port: int) -> str:
     t0 = time.monotonic()
     p = _run(BIN / "local-llm", "run", "--port", str(port), "--", sys.executable, str(BIN / "score"),
              "--pitches", str(local / "pitches.csv"), "--goods", str(data / "goods.json"),
-             "--out", str(local / "run"), "--response-format", "json_schema", "--concurrency", "4",
+             "--run", str(local / "run"), "--response-format", "json_schema", "--concurrency", "4",
              "--timeout", "300", "--model", "local", check=False)
     elapsed = time.monotonic() - t0
     _run(BIN / "collect", "--pitches", local / "pitches.csv", "--run", local / "run",
@@ -179,7 +181,7 @@ def demo_local(data: Path, n_local: int, port: int) -> str:
     return "\n".join([
         "", "=" * 72,
         f"liveroom demo (LLM=local): {n_local} pitches x {3 * N_PERSONAS} requests through a real local LLM server",
-        f"  scoring: {_score_summary(p.stderr)} ({elapsed:.0f} s with server start-up; exit {p.returncode})",
+        f"  scoring: {_score_summary(p.stdout)} ({elapsed:.0f} s with server start-up; exit {p.returncode})",
         f"  entry scores (pitches x personas):\n{entry}",
         f"  outputs: {local}/run, {local}/features",
         "=" * 72,
@@ -192,34 +194,42 @@ def serve_hint(data: Path, port: int) -> str:
     return "\n".join([
         "forecast new pitches with this model (the page at http://127.0.0.1:8080/):",
         f"  {sim} --port {port} &",
-        f"  {serve} --model {os.path.relpath(data / 'model')} --base-url http://127.0.0.1:{port}/v1",
+        f"  {serve} --model-dir {os.path.relpath(data / 'model')} --base-url http://127.0.0.1:{port}/v1",
     ])
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="demo",
+def parser() -> argparse.ArgumentParser:
+    """``bin/demo``'s flags."""
+    ap = command_parser(
+        "demo",
         description="Run the whole pipeline end to end on the embedded simulator (no API key, no network): "
                     "demo data, bin/score, bin/collect, bin/train, bin/predict, bin/report (HTML), and a summary.")
     ap.add_argument("--data", default=str(ROOT / "data" / "demo"), help="working directory (default: data/demo)")
-    ap.add_argument("--n", type=int, default=400, help="pitches to generate the first time (default: %(default)s)")
-    ap.add_argument("--seed", type=int, default=7, help="(default: %(default)s)")
-    ap.add_argument("--port", type=int, default=18765,
+    ap.add_argument("--n", type=number(int, 10, name="pitches"), default=400,
+                    help="pitches to generate the first time, at least 10: the model splits 70/10/20 "
+                         "(default: %(default)s)")
+    ap.add_argument("--seed", type=non_negative_int, default=7, help="(default: %(default)s)")
+    ap.add_argument("--port", type=number(int, 1, 65534, name="port"), default=18765,
                     help="simulator port (the local LLM server gets port+1); fixed so that a rerun resumes "
                          "the same run (default: %(default)s)")
-    ap.add_argument("--epochs", type=int, default=80, help="training epochs at most (default: %(default)s)")
-    ap.add_argument("--llm", choices=("sim", "local"), default="sim",
-                    help="sim: the simulator (default); local: a few pitches through a real local LLM server")
-    ap.add_argument("--local-pitches", type=int, default=2, help="pitches to score with --llm local (default: %(default)s)")
-    args = ap.parse_args(argv)
-    if args.n < 10:
-        ap.error("--n must be at least 10 (the model splits 70/10/20)")
+    ap.add_argument("--epochs", type=positive_int, default=80, help="training epochs at most (default: %(default)s)")
+    ap.add_argument("--backend", "--llm", dest="backend", choices=("sim", "local"), default="sim",
+                    help="what answers: sim, the simulator (default); local, a real local LLM server scoring "
+                         "a few pitches (--llm: the same)")
+    ap.add_argument("--local-pitches", type=positive_int, default=2,
+                    help="pitches to score with --backend local (default: %(default)s)")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bin/demo``: the pipeline on the simulator (or a few pitches through a local LLM); the summary on stdout."""
+    args = parser().parse_args(argv)
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    text = demo_local(data, args.local_pitches, args.port + 1) if args.llm == "local" else \
+    text = demo_local(data, args.local_pitches, args.port + 1) if args.backend == "local" else \
         demo_sim(data, args.n, args.seed, args.port, args.epochs)
     print(text + f"\n(demo took {time.monotonic() - t0:.0f} s)")
-    if args.llm == "sim":
+    if args.backend == "sim":
         print(serve_hint(data, args.port))
     return 0

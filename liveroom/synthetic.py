@@ -35,7 +35,6 @@ per distinct input (hour x workday, price, clipped word counts) and looked up.
 
 from __future__ import annotations
 
-import argparse
 import json
 from itertools import repeat
 from pathlib import Path
@@ -44,6 +43,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .cliargs import command_parser, non_negative_int, positive_int
 from .data.layout import LLM_FEATURES, PAY_TARGETS, WATCH_TARGETS
 from .data.moment import time_features
 from .data.personas import PERSONA_KEYS
@@ -231,14 +231,15 @@ def write_synthetic(out: str | Path, pitches: pd.DataFrame, showcase: dict[str, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="make-synthetic",
+    ap = command_parser(
+        "make-synthetic",
         description="Write synthetic pitches.csv + goods.json + entry/state/action/read/index .npy "
                     "(features as the simulator scores them) with a planted signal in the targets.")
-    ap.add_argument("--n", type=int, required=True, help="number of pitches")
-    ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    ap.add_argument("--n", type=positive_int, required=True, help="number of pitches")
+    ap.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     ap.add_argument("--out", required=True, help="output directory (created)")
     args = ap.parse_args(argv)
     pitches, showcase, features = make_synthetic(args.n, args.seed)
     write_synthetic(args.out, pitches, showcase, features)
+    print(f"make-synthetic: wrote {args.n} pitches (pitches.csv, goods.json, the feature .npy files) to {args.out}")
     return 0

@@ -101,10 +101,10 @@ def test_usage_json_equals_the_records_after_a_kill_and_a_resume_and_progress_sh
     shown = spent_on_progress(p.stderr)
     assert len(shown) >= 3, p.stderr
     assert shown == sorted(shown) and shown[0] >= saved["cost"] - 0.01 and shown[-1] <= final["cost"] + 0.01
-    assert f"; spent {final['cost']:,.2f} CNY; checkpoint" in p.stderr  # the summary line
+    assert f"; spent {final['cost']:,.2f} CNY; checkpoint" in p.stdout  # the summary line: the result
 
     rerun = score(pitches, goods, out, s.url, *PRICES)
-    assert rerun.returncode == 0 and "nothing sent" in rerun.stderr
+    assert rerun.returncode == 0 and "nothing sent" in rerun.stdout
     assert usage(out) == final  # a rerun with nothing to do writes nothing
 
 

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from liveroom import cli, cliargs
+from liveroom import __version__, cli, cliargs
 from liveroom.async_client.providers import DEFAULT_BASE_URL
 from liveroom.data.inputs import load_pitches
 from liveroom.errors import InputError, LiveroomError
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = sorted(p.name for p in (ROOT / "bin").iterdir() if not p.name.startswith("."))
+
+
+UMBRELLA = "liveroom"  # bin/liveroom: runs the others
 
 
 def entry_of(cmd: str):
@@ -33,7 +36,8 @@ def module_of(cmd: str) -> str:
 
 
 def test_there_are_commands():
-    assert {"score", "collect", "train", "predict"} <= set(COMMANDS)
+    assert {"score", "collect", "train", "predict", UMBRELLA} <= set(COMMANDS)
+    assert sorted(cli.COMMANDS) == [c for c in COMMANDS if c != UMBRELLA]  # liveroom --help lists each
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
@@ -52,20 +56,26 @@ def test_shims_match_the_installed_entry_points():
     for line in cfg["options.entry_points"]["console_scripts"].strip().splitlines():
         name, target = (s.strip() for s in line.split("="))
         scripts[name] = target
-    assert scripts == {f"liveroom-{c}": f"liveroom.cli:{c.replace('-', '_')}_main" for c in COMMANDS}
+    expected = {f"liveroom-{c}": f"liveroom.cli:{c.replace('-', '_')}_main" for c in COMMANDS if c != UMBRELLA}
+    assert scripts == {**expected, UMBRELLA: "liveroom.cli:liveroom_main"}
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)
-def test_help_exits_zero(cmd):
-    module = module_of(cmd)
+def test_help_and_version_exit_zero(cmd):
+    module = module_of(cmd) if cmd != UMBRELLA else "liveroom.cli"
     if importlib.util.find_spec(module) is None:
         pytest.skip(f"bin/{cmd}: {module} is not written yet")
     env = {**os.environ, "PYTHONPATH": ""}
-    proc = subprocess.run([sys.executable, str(ROOT / "bin" / cmd), "--help"], capture_output=True, text=True,
-                          timeout=60, env=env, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    assert "usage" in proc.stdout.lower()
-    assert "Traceback" not in proc.stderr
+    for flag in ("--help", "--version"):
+        proc = subprocess.run([sys.executable, str(ROOT / "bin" / cmd), flag], capture_output=True, text=True,
+                              timeout=60, env=env, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        assert "Traceback" not in proc.stderr
+        if flag == "--help":
+            assert "usage" in proc.stdout.lower() and "--version" in proc.stdout
+        else:  # the package's version, on stdout
+            assert proc.stdout == (f"liveroom {__version__}\n" if cmd == UMBRELLA
+                                   else f"{cmd} (liveroom {__version__})\n"), proc.stdout
 
 
 # --------------------------------------------------------------------------- cli.run

@@ -24,6 +24,8 @@ CASES = [
     ("report", ["--out", "r.html"], 2),  # neither --model nor --run: refused after parsing
     ("serve", ["--help"], 0),
     ("serve", ["--model", "m", "--port", "70000"], 2),
+    ("liveroom", ["--help"], 0),  # the list of commands imports none of them
+    ("liveroom", ["train", "--help"], 0),
 ]
 
 
@@ -43,8 +45,8 @@ def run_entry(command: str, argv: list[str]) -> tuple[int, list[str]]:
     return status, loaded
 
 
-@pytest.mark.parametrize("command, argv, expected", CASES, ids=[f"{c}-{'help' if a == ['--help'] else 'bad'}"
-                                                                  for c, a, _ in CASES])
+@pytest.mark.parametrize("command, argv, expected", CASES, ids=[f"{c}-{'help' if a[-1] == '--help' else 'bad'}-{i}"
+                                                                  for i, (c, a, _) in enumerate(CASES)])
 def test_help_and_bad_arguments_load_no_heavy_library(command, argv, expected):
     status, loaded = run_entry(command, argv)
     assert status == expected

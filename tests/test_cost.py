@@ -164,7 +164,7 @@ def test_batch_prepare_dry_run_says_what_prepare_then_writes(tmp_path, sim):
 
     real = prepare(pitches, goods, out, s.url, "--max-reasks", "1")
     assert real.returncode == 0, real.stderr
-    assert "prepared 5 request(s) in 1 file(s)" in real.stderr and "5 of them re-ask(s)" in real.stderr
+    assert "prepared 5 request(s) in 1 file(s)" in real.stdout and "5 of them re-ask(s)" in real.stdout
 
 
 def test_table_arithmetic_with_a_calibration_sample():

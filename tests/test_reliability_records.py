@@ -176,7 +176,7 @@ def test_a_rerun_with_nothing_to_do_writes_nothing(tmp_path):
         assert score(pitches, goods, run, srv.url, *STAGES).returncode == 0
         before = tree_state(run)
         p = score(pitches, goods, run, srv.url, *STAGES)
-        assert p.returncode == 0 and "nothing sent" in p.stderr
+        assert p.returncode == 0 and "nothing sent" in p.stdout
         after = tree_state(run)
         lock = ".lock"  # the one file a command touches: the lock says who holds the run while it runs
         assert {k: v for k, v in after.items() if k != lock} == {k: v for k, v in before.items() if k != lock}
@@ -200,7 +200,7 @@ def test_a_rerun_over_a_complete_run_on_read_only_media_works(tmp_path):
                            text=True, timeout=120)
         assert "writable" not in p.stdout
         assert p.returncode == 0, p.stderr
-        assert "nothing sent" in p.stderr and "Traceback" not in p.stderr
+        assert "nothing sent" in p.stdout and "Traceback" not in p.stderr
         assert srv.requests == 32
     finally:
         srv.stop()

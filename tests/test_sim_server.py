@@ -417,11 +417,16 @@ async def test_jitter_spreads_latency():
     assert min(times) >= 0.009 and max(times) < 0.4 and max(times) - min(times) > 0.01
 
 
-def test_invalid_settings_are_user_errors():
+def test_invalid_settings_are_user_errors(capsys):
     with pytest.raises(LiveroomError, match="sum to at most 1"):
         SimConfig(p_500=0.7, p_503=0.5).validate()
-    with pytest.raises(LiveroomError, match="--p-reset"):
+    with pytest.raises(SystemExit) as e:  # refused as it is parsed: argparse's one line naming the flag
         main(["--p-reset", "1.5"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == ("sim-server: error: argument --p-reset: must be a number "
+                                                        "in [0, 1], got '1.5'")
+    with pytest.raises(LiveroomError, match="--p-reset"):  # and by the config, for a caller without flags
+        SimConfig(p_reset=1.5).validate()
     with pytest.raises(LiveroomError, match="--fail-first-kind"):
         main(["--fail-first", "1", "--fail-first-kind", "boom"])
 

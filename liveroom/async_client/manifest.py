@@ -93,7 +93,7 @@ class Manifest:
         diffs = _differences(common(old_json, new_json), common(new_json, old_json))
         if diffs:
             raise ManifestMismatch(f"{where} was made by a different command; differences: " + "; ".join(diffs)
-                                   + " (use another --out, or the original settings)")
+                                   + " (use another --run, or the original settings)")
         return Manifest.from_json({**new_json, **{k: {**old_json.get(k, {}), **new_json.get(k, {})}
                                                   for k in EXTENDABLE}})
 

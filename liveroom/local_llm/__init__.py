@@ -19,12 +19,12 @@ installed and where, and a second ``install`` returns at once.
 
 Usage::
 
-    bin/local-llm install [--model smollm2|gemma3|all]
-    bin/local-llm serve [--model smollm2] [--port 0] [--parallel 4] [--threads 1]
+    bin/local-llm install [--local-model smollm2|gemma3|all]
+    bin/local-llm serve [--local-model smollm2] [--port 0] [--parallel 4] [--threads 1]
         # first stdout line: listening on http://127.0.0.1:PORT/v1
     bin/local-llm run [serve options] -- bin/score --response-format json_schema ...
         # the command runs with OPENAI_BASE_URL set; its exit status is returned
-    bin/local-llm path [--model NAME]
+    bin/local-llm path [--local-model NAME]
 
 Small models follow a prompt's JSON format only sometimes; with
 ``response_format: json_schema`` (``bin/score --response-format

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
-from ..cliargs import port_number, positive_int
+from ..cliargs import command_parser, port_number, positive_float, positive_int
 from ..errors import LiveroomError
 from .install import DEFAULT_MODEL, LLAMA_SPEC, MODELS, cache_dir, install, require_installed
 from .logs import last_error, say
@@ -115,14 +115,15 @@ def path(args: argparse.Namespace) -> int:
     for name in MODELS:
         if args.model in (None, name):
             where = inst.models.get(name)
-            print(f"{name} {where if where else '(not installed: bin/local-llm install --model ' + name + ')'}")
+            print(f"{name} {where if where else '(not installed: bin/local-llm install --local-model ' + name + ')'}")
     return 0
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=sorted(MODELS), default=os.environ.get("LIVEROOM_LOCAL_MODEL", DEFAULT_MODEL),
+    p.add_argument("--local-model", "--model", dest="model", choices=sorted(MODELS), metavar="NAME",
+                   default=os.environ.get("LIVEROOM_LOCAL_MODEL", DEFAULT_MODEL),
                    help="smollm2: SmolLM2-135M-Instruct; gemma3: Gemma 3 270M (base model, 'gemma' chat "
-                        "template) (default: $LIVEROOM_LOCAL_MODEL or %(default)s)")
+                        "template) (default: $LIVEROOM_LOCAL_MODEL or %(default)s) (--model: the same)")
     p.add_argument("--port", type=port_number, default=0, help="port on 127.0.0.1; 0 picks a free one (default: 0)")
     p.add_argument("--parallel", type=positive_int, default=4,
                    help="requests decoded together (llama-server slots; default: %(default)s)")
@@ -131,15 +132,15 @@ def _server_options(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--ctx-size", type=positive_int, default=8192,
                    help="context tokens per slot (default: %(default)s)")
-    p.add_argument("--start-timeout", type=float, default=180.0,
+    p.add_argument("--start-timeout", type=positive_float, default=180.0,
                    help="seconds to wait for /health to be ok (default: %(default)s)")
     p.add_argument("--log", metavar="FILE", help="llama-server's output (default: CACHE/logs/server-PORT.log)")
     p.add_argument("--server-args", metavar="ARGS", help="more llama-server flags, one string, e.g. '--seed 1'")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="local-llm",
+    p = command_parser(
+        "local-llm",
         description="A real local LLM for bin/score: llama.cpp's llama-server with a tiny model on the CPU, "
                     "bound to 127.0.0.1 and OpenAI-compatible. Use it with bin/score --response-format "
                     "json_schema (the schema becomes a grammar, so every reply is valid JSON).",
@@ -151,8 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description=f"pip-installs {LLAMA_SPEC} (built from source: about 20 minutes on 2 cores) "
                                    "and the model packages into a virtual environment in the cache. "
                                    "Idempotent: returns at once when everything is there.")
-    i.add_argument("--model", choices=(*sorted(MODELS), "all"), default="all",
-                   help="which model(s) to install (default: %(default)s)")
+    i.add_argument("--local-model", "--model", dest="model", choices=(*sorted(MODELS), "all"), default="all",
+                   metavar="NAME", help=f"which model(s) to install: {', '.join(sorted(MODELS))} or all "
+                                        "(default: %(default)s) (--model: the same)")
     s = sub.add_parser("serve", help="start llama-server; prints 'listening on URL' first; Ctrl-C/SIGTERM stops it",
                        description="Starts llama-server on 127.0.0.1, waits until /health is ok, prints "
                                    "'listening on http://127.0.0.1:PORT/v1' as the first stdout line and runs "
@@ -168,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("path", help="print where llama-server and the models are",
                        description="Prints 'llama-server PATH' and one 'MODEL PATH' line per model; "
                                    "fails with one line when nothing is installed.")
-    w.add_argument("--model", choices=sorted(MODELS), help="only this model (fails if it is not installed)")
+    w.add_argument("--local-model", "--model", dest="model", choices=sorted(MODELS), metavar="NAME",
+                   help="only this model (fails if it is not installed) (--model: the same)")
     return p
 
 

@@ -87,7 +87,7 @@ class Installed:
     def model_path(self, name: str) -> Path:
         if name not in self.models:
             raise LiveroomError(f"model {name} is not installed in {self.root}; "
-                                f"run: bin/local-llm install --model {name}")
+                                f"run: bin/local-llm install --local-model {name}")
         return self.models[name]
 
 

@@ -12,21 +12,23 @@ import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..cliargs import command_parser
 from ..data.inputs import ENCODING_HELP, check_encoding
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="report",
+    ap = command_parser(
+        "report",
         description="Draw trained models (learning curves, predicted against actual log_gmv, audience shares per "
                     "persona, settings and metrics) and a scoring run (mean score per persona and stage, score "
                     "distribution, coverage, tokens) into one self-contained HTML file; the images are also "
                     "written as PNGs beside it (OUT-NAME.png).")
-    ap.add_argument("--model", action="append", default=[], metavar="MODEL_DIR",
-                    help="directory written by bin/train; repeat to draw several models on one set of plots")
+    ap.add_argument("--model-dir", "--model", dest="model_dir", action="append", default=[], metavar="MODEL_DIR",
+                    help="directory written by bin/train; repeat to draw several models on one set of plots "
+                         "(--model: the same)")
     ap.add_argument("--name", action="append", default=[], metavar="NAME",
-                    help="label of each --model, in order (default: the directory's name and its inputs)")
-    ap.add_argument("--run", metavar="RUN_DIR", help="checkpoint directory of bin/score or bin/batch")
+                    help="label of each --model-dir, in order (default: the directory's name and its inputs)")
+    ap.add_argument("--run", metavar="RUN_DIR", help="run directory of bin/score or bin/batch")
     ap.add_argument("--pitches", metavar="P.csv", help="the pitches the models were trained on (default: the file "
                     "named in each model's config); with --run, also counts the requests never finished")
     ap.add_argument("--encoding", default=None, help=ENCODING_HELP + "; without it, a model's own pitches file "
@@ -42,18 +44,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
-    if not args.model and not args.run:
-        ap.error("give --model MODEL_DIR, --run RUN_DIR, or both")
-    if args.name and len(args.name) != len(args.model):
-        ap.error(f"--name given {len(args.name)} time(s) for {len(args.model)} --model(s); give one per model")
+    if not args.model_dir and not args.run:
+        ap.error("give --model-dir MODEL_DIR, --run RUN_DIR, or both")
+    if args.name and len(args.name) != len(args.model_dir):
+        ap.error(f"--name given {len(args.name)} time(s) for {len(args.model_dir)} --model-dir(s); give one per model")
     # torch (gather) and matplotlib (page, sections): only once the arguments are good
     from .gather import load_model_result, load_run_result
     from .page import write_report
     from .sections import model_section, run_section
 
-    names = args.name or [None] * len(args.model)
+    names = args.name or [None] * len(args.model_dir)
     models = [load_model_result(d, name, args.pitches, args.features, args.encoding)
-              for d, name in zip(args.model, names)]
+              for d, name in zip(args.model_dir, names)]
     run = load_run_result(args.run, args.pitches, args.encoding) if args.run else None
     sections = ([model_section(models)] if models else []) + ([run_section(run)] if run else [])
     out = Path(args.out)

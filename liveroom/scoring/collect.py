@@ -18,7 +18,6 @@ written, so a failed collect leaves the old files as they were.
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import sys
@@ -31,6 +30,7 @@ import orjson
 
 from ..async_client.files import write_error
 from ..async_client.run_dir import RunDir
+from ..cliargs import command_parser
 from ..data.inputs import ENCODING_HELP, check_encoding, load_pitches
 from ..data.layout import LLM_FEATURES
 from ..errors import LiveroomError
@@ -120,12 +120,12 @@ def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarra
 
 def main(argv: Sequence[str] | None = None) -> int:
     """bin/collect: 0 when every cell is filled (or --allow-missing), else an error naming one."""
-    p = argparse.ArgumentParser(
-        prog="collect",
+    p = command_parser(
+        "collect",
         description="Build the entry/state/action/read feature matrices (pitches x personas) from a scoring run.",
     )
     p.add_argument("--pitches", required=True, metavar="CSV", help="the pitches file that was scored (row order kept)")
-    p.add_argument("--run", required=True, metavar="RUN_DIR", help="checkpoint directory of bin/score or bin/batch")
+    p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory of bin/score or bin/batch")
     p.add_argument("--out", required=True, metavar="FEATURES_DIR", help="where the .npy files and coverage.json go")
     p.add_argument("--allow-missing", action="store_true",
                    help="write and exit 0 even when cells are missing (NaN) or checkpoint lines are damaged")
@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in usage_lines(report["usage"]):
         print(f"collect: {line}", file=sys.stderr)
     print(f"collect: wrote {', '.join(f'{f}.npy' for f in FEATURES)}, index.npy, coverage.json to {args.out}",
-          file=sys.stderr)
+          flush=True)  # the result
     if total_missing and not args.allow_missing:
         first = next(iter(report["missing"].values()))[0]
         raise LiveroomError(f"{total_missing} cell(s) missing (NaN), e.g. {first['id']}"

@@ -28,7 +28,7 @@ from ..async_client.record import Record
 from ..async_client.run_dir import RunDir
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
-from ..cliargs import positive_float
+from ..cliargs import command_parser, non_negative_float, positive_float
 from ..data.inputs import csv_encoding
 from ..errors import InputError
 from ..locks import run_dir_lock
@@ -121,8 +121,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of bin/score; numbers are checked as they are parsed."""
-    p = argparse.ArgumentParser(
-        prog="score",
+    p = command_parser(
+        "score",
         description="Score pitches with an OpenAI-compatible chat model: every stage x persona x pitch, "
                     "resumable. Killed at any moment, the same command resumes where it stopped.",
         epilog="The API key is read from $OPENAI_API_KEY only (or user:pass@ in the base URL) and is never "
@@ -133,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
                "130/143 interrupted or the endpoint stayed unreachable (rerun to resume).",
     )
     add_request_arguments(p)
-    p.add_argument("--out", required=True, metavar="RUN_DIR", help="checkpoint directory (created or resumed)")
+    p.add_argument("--run", "--out", dest="run", required=True, metavar="RUN_DIR",
+                   help="run directory: manifest and answers, created or resumed (--out: the same)")
     add_engine_arguments(p)
     p.add_argument("--retry-filtered", action="store_true",
                    help="ask again what the provider's content filter refused (else a rerun leaves it)")
-    p.add_argument("--grace", type=float, default=5.0,
+    p.add_argument("--grace", type=non_negative_float, default=5.0,
                    help="seconds in-flight requests may finish after SIGINT/SIGTERM; a second signal stops at once (default: %(default)s)")
-    p.add_argument("--progress-every", type=float, default=10.0,
+    p.add_argument("--progress-every", type=positive_float, default=10.0,
                    help="seconds between progress lines when stderr is not a terminal (default: %(default)s)")
     p.add_argument("--give-up-after", type=positive_float, default=600.0, metavar="SECONDS",
                    help="seconds an endpoint that answered may stay unreachable before the run stops, to be "
@@ -157,26 +158,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = target(chat.base_url, chat.api_key)  # a URL that cannot be used: one line
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
-                         args.prompts, args.out)
+                         args.prompts, args.run)
     plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(price_choice(args), plan.params.model)
     if args.budget is not None and prices is None:
         raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
                          "or --price-file")
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
-        return dry_run(Path(args.out), plan, prices)
+        return dry_run(Path(args.run), plan, prices)
     where.require_key()  # nothing goes to a remote endpoint without a key
-    run_dir = Path(args.out)
+    run_dir = Path(args.run)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = RunDir(run_dir).check(plan.manifest)
         worst = WorstCase(prices, args.max_reasks, args.reask_max_tokens) if prices is not None else None
         meter = Meter(run_dir, plan.manifest.groups, prices, args.budget, worst)
         stats, stopped = run_loop(execute(plan, run_dir, chat, args.progress_every, meter=meter))
     if stats.total == 0:
-        print(f"score: every request is already done in {run_dir}; nothing sent", file=sys.stderr)
+        print(f"score: every request is already done in {run_dir}; nothing sent")
         return 0
     spent = f"; {meter.text()}" if meter.text() else ""
-    print(f"score: {status_line(stats).split(' ETA')[0]}{spent}; checkpoint {run_dir}", file=sys.stderr)
+    print(f"score: {status_line(stats).split(' ETA')[0]}{spent}; checkpoint {run_dir}", flush=True)  # the result
     if stopped == BUDGET_REACHED and meter.totals.prices is not None:  # a stop like an interrupt's
         print(f"score: budget reached: spent {money(meter.spent or 0.0)} of {money(args.budget)} "
               f"{meter.totals.prices.currency}; raise --budget to go on ({stats.total - stats.done} request(s) "

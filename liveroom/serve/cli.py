@@ -16,17 +16,17 @@ from aiohttp import web
 
 from ..async_client.runner import run_loop
 from ..async_client.transport import endpoint_host, target
-from ..cliargs import port_number
+from ..cliargs import command_parser, port_number
 from ..errors import LiveroomError
 from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
 
-CACHE = "forecast-cache"  # under MODEL_DIR unless --cache names another
+CACHE = "forecast-cache"  # under MODEL_DIR unless --run names another
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The flags of bin/serve; numbers are checked as they are parsed."""
-    p = argparse.ArgumentParser(
-        prog="serve",
+    p = command_parser(
+        "serve",
         description="Serve forecasts of new pitches over HTTP: POST /v1/forecast (one pitch), "
                     "POST /v1/forecast:batch (a list), GET /v1/model, GET /healthz, and a page at / to "
                     "compare two pitches. Each pitch's 24 questions (3 stages x 8 personas) go through one "
@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "again sends nothing.",
         epilog="The first line on stdout is 'listening on http://HOST:PORT'. The API key is read from "
                "$OPENAI_API_KEY only and is never shown in a response or the log.")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="directory written by bin/train (best.pt)")
-    p.add_argument("--cache", metavar="RUN_DIR",
-                   help=f"run directory keeping every answer (default: MODEL_DIR/{CACHE})")
+    p.add_argument("--model-dir", "--model", dest="model_dir", required=True, metavar="MODEL_DIR",
+                   help="directory written by bin/train (best.pt) (--model: the same)")
+    p.add_argument("--run", "--cache", dest="run", metavar="RUN_DIR",
+                   help=f"run directory keeping every answer (default: MODEL_DIR/{CACHE}) (--cache: the same)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=port_number, default=8080,
                    help="port to bind; 0 picks a free one (default %(default)s)")
@@ -74,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .app import make_app  # the model, so torch: only once the arguments are good
     from .service import Forecaster
 
-    cache = Path(args.cache) if args.cache else Path(args.model) / CACHE
-    service = Forecaster(args.model, cache, settings)
+    cache = Path(args.run) if args.run else Path(args.model_dir) / CACHE
+    service = Forecaster(args.model_dir, cache, settings)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
-    print(f"serve: model {args.model} ({service.model_brief()['inputs']}); questions to "
+    print(f"serve: model {args.model_dir} ({service.model_brief()['inputs']}); questions to "
           f"{endpoint_host(settings.base_url)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
     run_loop(serve_until_signal(make_app(service), args.host, args.port))
     return 0

@@ -41,6 +41,7 @@ from typing import AsyncIterator, Sequence
 import orjson
 from aiohttp import BodyPartReader, web
 
+from ..cliargs import command_parser, non_negative_float, non_negative_int, port_number, positive_int
 from .batch_jobs import SIM_PROFILES, TERMINAL, Batch, BatchConfig, SimBatchAPI, advance, cancel, new_batch
 from .chat_server import chat_completions
 from .chat_server import make_app as make_sim_app
@@ -259,25 +260,25 @@ async def _serve_until_signal(config: BatchConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m liveroom.sim.batch_server``: serve until SIGINT or SIGTERM."""
-    ap = argparse.ArgumentParser(prog="batch-server", description=(__doc__ or "").split("\n\n")[0])
+    ap = command_parser("batch-server", description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8000)
+    ap.add_argument("--port", type=port_number, default=8000, help="0 picks a free one (default: %(default)s)")
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--profile", choices=tuple(SIM_PROFILES), default="openai",
                     help="answer as this provider's Batch API (default: %(default)s)")
     ap.add_argument("--file-route", action=argparse.BooleanOptionalAction, default=None,
                     help="serve GET /files/{id} (default: as the profile: not for zhipu)")
-    ap.add_argument("--max-file-bytes", type=int, default=None, help="upload size limit (default: the profile's)")
-    ap.add_argument("--max-line-bytes", type=int, default=None,
+    ap.add_argument("--max-file-bytes", type=positive_int, default=None, help="upload size limit (default: the profile's)")
+    ap.add_argument("--max-line-bytes", type=positive_int, default=None,
                     help="request line size limit (default: the profile's; none for openai, zhipu)")
-    ap.add_argument("--polls-per-step", type=int, default=1)
-    ap.add_argument("--file-delay", type=float, default=0.0, help="seconds an upload stays invisible")
-    ap.add_argument("--error-every", type=int, default=0)
-    ap.add_argument("--nonjson-every", type=int, default=0, help="every Nth first-ask line gets prose, no JSON")
+    ap.add_argument("--polls-per-step", type=positive_int, default=1)
+    ap.add_argument("--file-delay", type=non_negative_float, default=0.0, help="seconds an upload stays invisible")
+    ap.add_argument("--error-every", type=non_negative_int, default=0)
+    ap.add_argument("--nonjson-every", type=non_negative_int, default=0, help="every Nth first-ask line gets prose, no JSON")
     ap.add_argument("--nonjson-reasks", action="store_true", help="re-ask lines get prose too")
-    ap.add_argument("--filter-every", type=int, default=0,
+    ap.add_argument("--filter-every", type=non_negative_int, default=0,
                     help="every Nth line is refused by the profile's content filter (zhipu, dashscope)")
-    ap.add_argument("--expire-after", type=int, default=None)
+    ap.add_argument("--expire-after", type=non_negative_int, default=None)
     ap.add_argument("--shuffle", action="store_true")
     args = ap.parse_args(argv)
     config = BatchConfig(SimConfig(host=args.host, port=args.port, api_key=args.api_key),

@@ -24,7 +24,7 @@ Routes (``/v1`` and the bare paths both work for chat completions):
   ``response_format`` (absent, ``json_object`` or ``json_schema``) gets the
   same JSON. A body that is not JSON, lacks ``messages`` or holds a prompt the
   simulator cannot read gets 400 with an OpenAI-style error object.
-* ``GET /v1/models``: the one model, ``--model``.
+* ``GET /v1/models``: the one model, ``--served-model``.
 * ``GET /health``: ``{"status": "ok"}``.
 * ``GET /stats``: counters since start: ``requests`` (chat requests received),
   ``replies`` (by HTTP status), ``faults`` (injected, by kind), ``duplicates``
@@ -106,6 +106,7 @@ import argparse
 from dataclasses import fields
 from typing import Sequence
 
+from ..cliargs import command_parser, non_negative_float, non_negative_int, port_number, probability
 from .chat_server import make_app
 from .config import CAP_CODES, FAULT_KINDS, SimConfig, flag
 from .profiles import PROFILES
@@ -150,47 +151,48 @@ examples:
 def build_parser() -> argparse.ArgumentParser:
     """The flags, one per :class:`SimConfig` field (defaults from it, but --port 8000)."""
     d = SimConfig()
-    ap = argparse.ArgumentParser(
-        prog="sim-server", description=DESCRIPTION, epilog=EPILOG,
+    ap = command_parser(
+        "sim-server", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     ap.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
-    ap.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one (default %(default)s)")
-    ap.add_argument("--seed", type=int, default=d.seed,
+    ap.add_argument("--port", type=port_number, default=8000, help="port to bind; 0 picks a free one (default %(default)s)")
+    ap.add_argument("--seed", type=non_negative_int, default=d.seed,
                     help="seed of fault choice and reason wording; scores do not depend on it (default %(default)s)")
-    ap.add_argument("--model", default=d.model, help="model name reported (default %(default)s)")
+    ap.add_argument("--served-model", "--model", dest="model", default=d.model, metavar="NAME",
+                    help="model name the replies report (default %(default)s) (--model: the same)")
     ap.add_argument("--api-key", default=None, metavar="KEY",
                     help="require 'Authorization: Bearer KEY' (default: no auth)")
-    ap.add_argument("--latency-ms", type=float, default=d.latency_ms, help="mean reply latency (default %(default)s)")
-    ap.add_argument("--jitter-ms", type=float, default=d.jitter_ms,
+    ap.add_argument("--latency-ms", type=non_negative_float, default=d.latency_ms, help="mean reply latency (default %(default)s)")
+    ap.add_argument("--jitter-ms", type=non_negative_float, default=d.jitter_ms,
                     help="latency varies uniformly by +- this much (default %(default)s)")
     g = ap.add_argument_group("fault injection (probability per request)")
     for kind in FAULT_KINDS:
-        g.add_argument(f"--p-{flag(kind)}", dest=f"p_{kind}", type=float, default=0.0, metavar="P")
-    g.add_argument("--retry-after", type=float, default=d.retry_after,
+        g.add_argument(f"--p-{flag(kind)}", dest=f"p_{kind}", type=probability, default=0.0, metavar="P")
+    g.add_argument("--retry-after", type=non_negative_float, default=d.retry_after,
                    help="seconds in Retry-After of injected 429s (default %(default)s)")
-    g.add_argument("--retry-after-ms", type=float, default=None, metavar="MS",
+    g.add_argument("--retry-after-ms", type=non_negative_float, default=None, metavar="MS",
                    help="value of their retry-after-ms header (default: --retry-after in ms)")
-    g.add_argument("--slow-ms", type=float, default=d.slow_ms, help="delay of a 'slow' fault (default %(default)s)")
-    g.add_argument("--fail-first", type=int, default=0, metavar="N",
+    g.add_argument("--slow-ms", type=non_negative_float, default=d.slow_ms, help="delay of a 'slow' fault (default %(default)s)")
+    g.add_argument("--fail-first", type=non_negative_int, default=0, metavar="N",
                    help="the first N chat requests get --fail-first-kind")
     g.add_argument("--fail-first-kind", default=d.fail_first_kind, metavar="KIND",
                    help=f"one of {', '.join(flag(k) for k in FAULT_KINDS)} (default %(default)s)")
     p = ap.add_argument_group("provider limits")
     p.add_argument("--profile", choices=tuple(PROFILES), default=d.profile,
                    help="answer errors with this provider's documented codes and bodies (default %(default)s)")
-    p.add_argument("--rpm-limit", type=int, default=0, metavar="N",
+    p.add_argument("--rpm-limit", type=non_negative_int, default=0, metavar="N",
                    help="answer 429 beyond N requests in any 60-s window (default: no limit)")
-    p.add_argument("--tpm-limit", type=int, default=0, metavar="N",
+    p.add_argument("--tpm-limit", type=non_negative_int, default=0, metavar="N",
                    help="answer 429 beyond N tokens in any 60-s window (default: no limit)")
     p.add_argument("--ratelimit-headers", action="store_true",
                    help="replies carry x-ratelimit-{limit,remaining,reset}-{requests,tokens} of those windows")
-    p.add_argument("--max-inflight", type=int, default=0, metavar="N",
+    p.add_argument("--max-inflight", type=non_negative_int, default=0, metavar="N",
                    help="beyond N requests in flight, answer the profile's cap signal at once (default: no cap)")
     p.add_argument("--cap-code", choices=CAP_CODES, default=d.cap_code,
                    help="'none': the cap answer is OpenAI's rate_limit_exceeded, no provider code "
                         "(default %(default)s)")
-    p.add_argument("--arrears-after", type=int, default=None, metavar="K",
+    p.add_argument("--arrears-after", type=non_negative_int, default=None, metavar="K",
                    help="after K answered requests, every answer is the profile's arrears error")
     ap.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
     return ap

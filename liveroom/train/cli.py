@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from ..cliargs import non_negative_int, number, positive_float, positive_int
+from ..cliargs import command_parser, non_negative_int, number, positive_float, positive_int
 from ..data.inputs import ENCODING_HELP, check_encoding
 from .config import KL_SCHEDULES, PRESETS, TrainConfig
 
@@ -13,8 +13,8 @@ from .config import KL_SCHEDULES, PRESETS, TrainConfig
 def parser() -> argparse.ArgumentParser:
     """``bin/train``'s flags; defaults shown are TrainConfig's."""
     d = TrainConfig("", "")
-    ap = argparse.ArgumentParser(
-        prog="train",
+    ap = command_parser(
+        "train",
         description="Train the sales model (GMV, orders, buyers, viewers, viewer and buyer mix per persona) "
                     "on a pitches CSV and the persona feature matrices. Writes MODEL_DIR/metrics.csv, "
                     "summary.json, best.pt and last.pt.",
@@ -34,10 +34,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=positive_float, default=d.lr, help=f"Adam learning rate (default {d.lr})")
     ap.add_argument("--gamma", type=positive_float, default=d.gamma, help=f"learning-rate decay per epoch (default {d.gamma})")
     ap.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden width H (default {d.hidden})")
-    ap.add_argument("--temperature", type=positive_float, help="softmax temperature of the share heads "
-                    "(default 1, or 500 with --preset reference)")
+    ap.add_argument("--share-temperature", "--temperature", dest="temperature", type=positive_float,
+                    metavar="T", help="softmax temperature of the share heads (default 1, or 500 with --preset "
+                    "reference) (--temperature: the same)")
     ap.add_argument("--dropout", type=number(float, 0, 1, hi_open=True, name="dropout"), default=d.dropout, help=f"default {d.dropout}")
-    ap.add_argument("--seed", type=int, default=d.seed, help=f"default {d.seed}")
+    ap.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"default {d.seed}")
     ap.add_argument("--inputs", choices=("tabular", "tabular+llm"), default=d.inputs,
                     help="model inputs: the 8 tabular columns, or those plus the 32 persona features (default)")
     ap.add_argument("--no-debias", action="store_true", help="do not weight samples by the causal-debias weight "

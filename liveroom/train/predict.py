@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..cliargs import command_parser
 from ..data.inputs import ENCODING_HELP, check_encoding
 from ..data.layout import N_TABULAR, TARGET_COLUMNS
 from ..data.personas import PERSONA_KEYS
@@ -35,31 +36,37 @@ def predict(net: SalesNet, ck: dict[str, Any], x_raw: np.ndarray, chunk: int = 6
         return torch.cat(parts).numpy()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``bin/predict``: read the model and the new pitches, write the forecasts."""
-    ap = argparse.ArgumentParser(
-        prog="predict",
+def parser() -> argparse.ArgumentParser:
+    """``bin/predict``'s flags."""
+    ap = command_parser(
+        "predict",
         description="Write the model's forecasts (index + the 20 target columns) for new pitches.")
-    ap.add_argument("--model", required=True, metavar="MODEL_DIR", help="directory written by bin/train (uses best.pt)")
+    ap.add_argument("--model-dir", "--model", dest="model_dir", required=True, metavar="MODEL_DIR",
+                    help="directory written by bin/train (uses best.pt) (--model: the same)")
     ap.add_argument("--pitches", required=True, metavar="P.csv",
                     help="pitches CSV with index, start, duration, user_cnt (targets not needed)")
     ap.add_argument("--features", metavar="FEATURES_DIR",
                     help="entry/action/read/state.npy for these pitches (needed unless the model is tabular-only)")
     ap.add_argument("--out", required=True, metavar="PRED.csv", help="output CSV")
     ap.add_argument("--encoding", default=None, help=ENCODING_HELP)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``bin/predict``: read the model and the new pitches, write the forecasts."""
+    args = parser().parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before the model is loaded
     from .checkpoint import load_model
     from .data import check_scores, raw_inputs, read_features, read_pitches
 
-    net, ck = load_model(args.model)
+    net, ck = load_model(args.model_dir)
     if ck["personas"] != list(PERSONA_KEYS):
-        raise InputError(f"{args.model}: model was trained for personas {', '.join(ck['personas'])}")
+        raise InputError(f"{args.model_dir}: model was trained for personas {', '.join(ck['personas'])}")
     pitches = read_pitches(args.pitches, with_targets=False, encoding=args.encoding)
     features = None
     if len(ck["inputs"]) > N_TABULAR:
         if not args.features:
-            raise InputError(f"--features is required: the model in {args.model} uses the persona features")
+            raise InputError(f"--features is required: the model in {args.model_dir} uses the persona features")
         features = read_features(args.features, pitches["index"].to_numpy())
         check_scores(features, pitches["index"].to_numpy(), args.features)
     x = raw_inputs(pitches, features)
@@ -70,4 +77,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.insert(0, "index", pitches["index"].to_numpy())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     out.to_csv(args.out, index=False, float_format="%.6g")
+    print(f"predict: wrote {args.out} ({len(out)} pitches)", flush=True)  # the result
     return 0

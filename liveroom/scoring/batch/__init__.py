@@ -6,7 +6,7 @@ stragglers be finished with ``bin/score``; ``bin/collect`` reads either.
 
 ::
 
-    bin/batch prepare --pitches P.csv --goods G.json --out RUN_DIR [--model M] [--stages ...]
+    bin/batch prepare --pitches P.csv --goods G.json --run RUN_DIR [--model M] [--stages ...]
     bin/batch submit  --run RUN_DIR      # upload + create one batch per prepared file
     bin/batch status  --run RUN_DIR      # one line per file
     bin/batch fetch   --run RUN_DIR [--wait]   # poll, download, import

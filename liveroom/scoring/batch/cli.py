@@ -1,6 +1,7 @@
 """``bin/batch``: the command line over the flows, and the words it prints.
 
-Progress goes to stderr as it happens, ``status`` lines to stdout. Exit
+Progress goes to stderr as it happens; the results on stdout: ``status``
+lines and what ``prepare`` wrote. Exit
 status: 0 done, 1 some requests failed or some lines were not usable, 2 bad
 input or a fatal API error (raised, worded by :mod:`liveroom.cli`), 3 fetch
 without ``--wait`` while batches are still running.
@@ -26,7 +27,15 @@ from ...async_client.providers import (
     resolve_provider,
 )
 from ...async_client.transport import endpoint_host
-from ...cliargs import api_key, non_negative_int, number, positive_float, positive_int, resolve_base_url
+from ...cliargs import (
+    api_key,
+    command_parser,
+    non_negative_int,
+    number,
+    positive_float,
+    positive_int,
+    resolve_base_url,
+)
 from ...data.inputs import ENCODING_HELP, check_encoding, csv_encoding
 from ...errors import InputError
 from ..cost_flags import add_cost_arguments, price_choice
@@ -97,7 +106,7 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     the base URL's host names.
     """
     check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
-    name = args.provider or load_state(Path(args.out)).provider
+    name = args.provider or load_state(Path(args.run)).provider
     base_url = resolve_base_url(args.base_url, default_base_url(name))
     u = urlsplit(base_url)
     if u.scheme not in ("http", "https") or not u.hostname:
@@ -110,7 +119,7 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
     with csv_encoding(args.encoding):
         plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
-                         args.out)
+                         args.run)
     return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,
                              args.max_line_bytes or b.max_line_bytes), provider
 
@@ -129,14 +138,14 @@ def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     plan, limits, provider = _prepare_inputs(args)
     if args.dry_run:  # every input checked: print what prepare would write and its cost, write nothing
-        return dry_run(Path(args.out), plan, resolve_prices(price_choice(args), plan.params.model),
-                       Preview(Path(args.out), plan, limits, args.include_submitted, args.max_reasks))
-    run_dir = Path(args.out)
+        return dry_run(Path(args.run), plan, resolve_prices(price_choice(args), plan.params.model),
+                       Preview(Path(args.run), plan, limits, args.include_submitted, args.max_reasks))
+    run_dir = Path(args.run)
     prices = resolve_prices(price_choice(args), plan.params.model)
     r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
     if prices is not None and r.requests:
         _count_usage(run_dir, plan.manifest.groups, prices)
-    _err(_prepared_line(r, args.max_reasks))
+    print(_prepared_line(r, args.max_reasks), flush=True)  # the result: the files written
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
     return 0
@@ -258,8 +267,8 @@ def _add_prepare(sub: Any) -> None:
                                     "Unsubmitted files of an earlier prepare are replaced. The run manifest is "
                                     "the one bin/score with the same flags writes.")
     add_request_arguments(sp)
-    sp.add_argument("--out", "--run", dest="out", required=True, metavar="RUN_DIR",
-                    help="run directory (created or extended)")
+    sp.add_argument("--run", "--out", dest="run", required=True, metavar="RUN_DIR",
+                    help="run directory, created or extended (--out: the same)")
     add_provider_argument(sp, "the one an earlier prepare of RUN_DIR used, else detected from the base URL's "
                               "host; generic for any other")
     sp.add_argument("--endpoint", default=None,
@@ -356,8 +365,8 @@ def _add_import_and_cancel(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="batch",
+    p = command_parser(
+        "batch",
         description="Score pitches through an OpenAI-compatible Batch API (e.g. GLM-4, Qwen, OpenAI), "
                     "into the same run directory as bin/score: prepare request files, submit them, "
                     "fetch and import the results; finish stragglers with bin/batch again or bin/score.",
