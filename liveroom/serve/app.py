@@ -179,9 +179,9 @@ async def errors_and_log(request: web.Request, handler: Handler) -> web.StreamRe
         headers = {k: v for k, v in e.headers.items() if k.lower() == "allow"}
         response = error_response(e.status, e.reason if e.status != 413 else
                                   f"the body is over the limit of {MAX_BODY >> 20} MB", headers=headers)
-    except (ConnectionError, asyncio.IncompleteReadError) as e:  # the client hung up mid-body
-        log(request, t0, 499, f"client gone: {type(e).__name__}")
-        raise
+    except (ConnectionError, asyncio.IncompleteReadError) as e:  # the client hung up mid-body: nobody reads this
+        response = error_response(400, "the connection was lost before the body arrived")
+        request["note"] = f"client gone: {type(e).__name__}"
     if request.path.startswith("/v1/") or response.status >= 400:
         log(request, t0, response.status, request.get("note"))
         request.app[METRICS].responses.labels(str(response.status)).inc()
