@@ -83,8 +83,9 @@ async def serve_until_signal(app: web.Application, host: str, port: int, header_
     """Print ``listening on URL`` once the app is up, then serve until SIGINT or SIGTERM."""
     from .app import http_logger
 
-    # keepalive_timeout also closes a connection that has not sent a whole request line and headers
-    # (aiohttp starts it when the connection is made): a header read timeout
+    # keepalive_timeout also closes a connection that has not sent a whole request line and headers:
+    # aiohttp arms it when the connection is made (aio-libs/aiohttp#13681, in the 3.14.5 setup.cfg
+    # requires), so it is a header read timeout as well as the idle keep-alive time
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=header_timeout,
                            logger=http_logger())
     await runner.setup()  # opens the forecaster: a bad cache fails here, before listening
