@@ -487,13 +487,10 @@ def test_a_file_in_no_known_encoding_gets_the_plain_hint(tmp_path):
     assert "not UTF-8 (byte 0xff)" in msg and "looks like GB18030" not in msg and "iconv" in msg
 
 
-def test_the_encoding_a_command_sets_is_used_and_unknown_ones_are_named(tmp_path):
-    from liveroom.data.inputs import csv_encoding
-
+def test_the_encoding_a_command_passes_is_used_and_unknown_ones_are_named(tmp_path):
     path = write_pitches(tmp_path, sample_rows())
     path.write_bytes(path.read_text(encoding="utf-8").encode("gb18030"))
-    with csv_encoding("gb18030"):
-        assert len(load_pitches(path)) == 4
+    assert len(load_pitches(path, encoding="gb18030")) == 4
     with pytest.raises(InputError, match="not UTF-8"):
         load_pitches(path)
     with pytest.raises(InputError, match="--encoding: unknown encoding 'klingon'"):

@@ -73,10 +73,11 @@ class Server:
         return self.proc.returncode
 
 
-def call(url: str, body: Any = None, timeout: float = 120) -> tuple[int, Any]:
-    """(status, JSON body) of a GET, or a POST of ``body`` (bytes as they are, else JSON)."""
+def call(url: str, body: Any = None, timeout: float = 120, token: str | None = None) -> tuple[int, Any]:
+    """(status, JSON body) of a GET, or a POST of ``body`` (bytes as they are, else JSON), with ``token``."""
     data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as r:
             return r.status, json.load(r)

@@ -4,7 +4,9 @@ Chromium is driven over the DevTools protocol (a websocket, through aiohttp:
 no selenium, no driver). The test types two pitches into the two forms,
 presses the buttons as a user does, reads what the page shows and checks it
 against the API's answer for the same pitches (which are then in the cache:
-the page sent exactly what the API takes). A screenshot of the page is saved
+the page sent exactly what the API takes). The service runs with a token
+(``--token-env``): the page asks for it, as a user gives it, before it can
+forecast. A screenshot of the page is saved
 (``$LIVEROOM_ARTIFACTS`` or the test's temporary directory) and its path
 printed. Skipped without Chromium, unless ``LIVEROOM_REQUIRE_BROWSER=1``.
 """
@@ -185,15 +187,22 @@ def browser() -> str:
     return chromium()
 
 
+TOKEN_ENV, TOKEN = "LIVEROOM_PAGE_TOKEN", "page-token-4b8e1f"
+
+
 @pytest.fixture
 def service(browser: str, model_dir: Path, tmp_path: Path):
-    """(simulator, bin/serve) for one test, stopped after it."""
+    """(simulator, bin/serve with a token) for one test, stopped after it."""
     sim = start_server("sim-server", (), tmp_path / "sim.log", None)
+    os.environ[TOKEN_ENV] = TOKEN
     try:
-        serve = start_server("serve", serve_flags(sim, model_dir, tmp_path / "cache"), tmp_path / "serve.log", KEY)
+        serve = start_server("serve", serve_flags(sim, model_dir, tmp_path / "cache", "--token-env", TOKEN_ENV),
+                             tmp_path / "serve.log", KEY)
     except BaseException:
         sim.stop()
         raise
+    finally:
+        del os.environ[TOKEN_ENV]
     yield sim, serve
     assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
 
@@ -205,7 +214,13 @@ async def test_the_page_shows_what_the_api_answers(browser, service, tmp_path, c
         await page.send("Page.enable")
         await page.send("Page.navigate", url=serve.url + "/")
         await page.until("window.liveroomReady === true")
-        assert "best epoch" in await page.js("document.getElementById('model-line').textContent")
+        # the API answers 401 without the token: the page asks for it
+        assert not await page.js("document.getElementById('token-form').hidden")
+        assert "token" in await page.js("document.getElementById('model-line').textContent")
+        await page.type("#token-form [name=token]", TOKEN)
+        await page.click("#token-form button")
+        await page.until("document.getElementById('model-line').textContent.includes('best epoch')")
+        assert await page.js("document.getElementById('token-form').hidden")
 
         await fill(page, "A", PITCH_A)
         await page.click("#A .go")
@@ -235,11 +250,11 @@ async def test_the_page_shows_what_the_api_answers(browser, service, tmp_path, c
         await page.close()
 
     for column, pitch in (("A", PITCH_A), ("B", PITCH_B)):
-        status, api = call(serve.url + "/v1/forecast", pitch)
+        status, api = call(serve.url + "/v1/forecast", pitch, token=TOKEN)
         assert status == 200 and api["requests_sent"] == 0, api  # the page asked exactly this pitch
         check_shown(shown[column], api)
     assert sim_stats(sim)["requests"] == 48
-    assert KEY not in serve.stderr()
+    assert KEY not in serve.stderr() and TOKEN not in serve.stderr()
     assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with capsys.disabled():
         print(f"\nscreenshot of the forecast page: {shot}")

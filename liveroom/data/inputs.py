@@ -8,8 +8,8 @@ A record with more or fewer fields than the header (an unquoted comma) is
 refused, naming its line; a file that is not in the expected encoding (UTF-8,
 with or without a BOM, unless ``encoding`` says otherwise) is refused naming
 the line, with a hint when it looks like GB18030/GBK. Lengths shown to the
-model are capped: a showcase item name at :data:`MAX_ITEM_NAME` characters
-here, a transcript at 1,024 by the prompts (``stages.TEXT_LIMIT``).
+model are cut and numbers kept to their ranges by the rules of
+:mod:`liveroom.data.pitch`, which the forecast API applies too.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import gc
 import json
 import math
 from contextlib import contextmanager
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, NamedTuple
+from typing import Iterable, Iterator, Mapping
 
 import numpy as np
 import orjson
@@ -31,37 +30,28 @@ import pandas as pd
 from ..errors import InputError
 from .layout import TEXT_COLUMNS, TIME_COLUMNS
 from .moment import CalendarYearError, time_features
+from .pitch import (
+    MAX_ITEM_NAME,
+    MAX_SHOWCASE_ITEMS,
+    START_FORMAT,
+    START_PATTERN,
+    TEXT_LIMITS,
+    Item,
+    cut,
+    keep_items,
+    out_of_range,
+    range_message,
+)
 
-MAX_SHOWCASE_ITEMS = 10
-MAX_ITEM_NAME = 200  # characters of a showcase item's name shown to the model; the rest is cut
+__all__ = ["DEFAULT_ENCODING", "ENCODING_HELP", "MAX_ITEM_NAME", "MAX_SHOWCASE_ITEMS", "Item", "check_encoding",
+           "check_showcase", "load_pitches", "load_showcase"]
+
 DEFAULT_ENCODING = "utf-8-sig"  # UTF-8, a byte-order mark allowed
 #: the help of every command's ``--encoding``, whose value goes through :func:`check_encoding`
 ENCODING_HELP = "text encoding of the pitches CSV, e.g. gb18030 (default: UTF-8, with or without BOM)"
 
-#: the encoding :func:`load_pitches` reads in when not told one (see :func:`csv_encoding`)
-_ENCODING: ContextVar[str | None] = ContextVar("pitches_encoding", default=None)
-
-
-class Item(NamedTuple):
-    """One showcase item as shown to the model."""
-
-    idx: int
-    name: str
-    price: float
-
 
 # --------------------------------------------------------------------------- pitches
-
-@contextmanager
-def csv_encoding(name: str | None) -> Iterator[None]:
-    """Inside the block, :func:`load_pitches` reads files in ``name`` (None: UTF-8)
-    unless told otherwise: for a command whose ``--encoding`` cannot be passed down."""
-    token = _ENCODING.set(name)
-    try:
-        yield
-    finally:
-        _ENCODING.reset(token)
-
 
 def check_encoding(name: str | None) -> str:
     """The codec to read with (UTF-8 allows a BOM); an InputError for a name Python does not know."""
@@ -134,7 +124,6 @@ def _fail(path: Path, row: int, column: str, msg: str, encoding: str = DEFAULT_E
     return InputError(f"{path.name} line {_record_line(path, row, encoding)}: {column} {msg}")
 
 
-_START = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}"
 _INT64 = (-(2**63), 2**63 - 1)
 
 
@@ -174,13 +163,14 @@ def load_pitches(
 
     Time features (``dow_*``, ``hour_*``, ``is_workday``, ``is_holiday``) that
     the file lacks are computed from ``start`` by the official Chinese calendar.
-    Rows keep the file's order. ``encoding`` (default: the one
-    :func:`csv_encoding` set, else UTF-8) is the file's text encoding.
+    Rows keep the file's order. ``encoding`` (default UTF-8) is the file's
+    text encoding. ``title``, ``prod`` and ``text`` are cut, and ``duration``
+    and ``user_cnt`` must lie in their ranges, by the rules of :mod:`liveroom.data.pitch`.
     """
     path = Path(path)
     numeric = tuple(numeric)
     wanted = {"index", "start", *need, *numeric}
-    enc = check_encoding(encoding or _ENCODING.get())
+    enc = check_encoding(encoding)
     try:
         _check_fields(path, enc)
         df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding=enc, index_col=False,
@@ -208,9 +198,9 @@ def load_pitches(
         raise _fail(path, dup, "index", f"{idx.iat[dup]} repeats line {_record_line(path, first, enc)}", enc)
     df["index"] = idx
 
-    start = pd.to_datetime(df["start"], format="%Y-%m-%d %H:%M", errors="coerce")
+    start = pd.to_datetime(df["start"], format=START_FORMAT, errors="coerce")
     # strptime also takes "2024-1-5 6:05", which would then miss its showcase key
-    bad = _first_bad((start.isna() | ~df["start"].str.fullmatch(_START)).to_numpy())
+    bad = _first_bad((start.isna() | ~df["start"].str.fullmatch(START_PATTERN)).to_numpy())
     if bad is not None:
         raise _fail(path, bad, "start", f"{df['start'].iat[bad]!r} is not YYYY-MM-DD HH:MM", enc)
 
@@ -221,7 +211,14 @@ def load_pitches(
         bad = _first_bad(~np.isfinite(values.to_numpy(dtype=float)))
         if bad is not None:
             raise _fail(path, bad, col, f"{df[col].iat[bad]!r} is not a finite number", enc)
+        bad = _first_bad(out_of_range(col, values.to_numpy(dtype=float)))
+        if bad is not None:
+            raise _fail(path, bad, col, f"{df[col].iat[bad]!r} {range_message(col)}", enc)
         df[col] = values.astype(np.float64)
+
+    for col in TEXT_LIMITS:
+        if col in df.columns:
+            df[col] = df[col].map(lambda v, c=col: cut(c, v))
 
     lacking = [c for c in TIME_COLUMNS if c not in df.columns]
     if lacking:
@@ -261,15 +258,12 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-_item = tuple.__new__  # Item(...) without the Python-level __new__ of a NamedTuple: a C call per item
-
-
 def load_showcase(path: str | Path) -> dict[str, list[Item]]:
     """Read the showcase JSON: ``start`` -> list of ``[idx, name, price]``.
 
     Items with price <= 0 are dropped and at most the first 10 of the rest kept;
     the first kept item is the one being promoted. A name is cut to
-    :data:`MAX_ITEM_NAME` characters.
+    :data:`MAX_ITEM_NAME` characters (:func:`liveroom.data.pitch.keep_items`).
     """
     path = Path(path)
     try:
@@ -289,22 +283,12 @@ def _showcase(path: Path, raw: bytes) -> dict[str, list[Item]]:
         data = _read_json_exactly(path, raw)
     if not isinstance(data, dict):
         raise InputError(f"{path.name}: expected a JSON object mapping start time to a list of items")
-    isfinite = math.isfinite
     showcase: dict[str, list[Item]] = {}
     for start, items in data.items():
-        if not isinstance(items, list):
-            raise InputError(f"{path.name}: {start!r}: expected a list of [idx, name, price]")
-        kept: list[Item] = []
-        for n, it in enumerate(items, 1):
-            if type(it) is list and len(it) == 3:
-                idx, name, price = it
-                # exact types: a bool is no idx or price; json reads NaN and Infinity
-                if type(idx) is int and type(name) is str and type(price) in (int, float) and isfinite(price):
-                    if price > 0 and len(kept) < MAX_SHOWCASE_ITEMS:
-                        kept.append(_item(Item, (idx, name[:MAX_ITEM_NAME], float(price))))
-                    continue
-            raise InputError(f"{path.name}: {start!r} item {n}: expected [idx, name, price], "
-                             f"got {json.dumps(it, ensure_ascii=False)[:80]}")
+        try:
+            kept = keep_items(items)
+        except ValueError as e:
+            raise InputError(f"{path.name}: {start!r}: {e}") from None
         showcase[start] = kept
     return showcase
 

@@ -11,12 +11,10 @@ list, numbered from 1, from 0 or by position, with ``want_to_buy`` or ``want``.
 from __future__ import annotations
 
 from statistics import fmean
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ..data.pitch import Pitch
 from .replies import ReplyError, as_score, extract_json, pick
-
-if TYPE_CHECKING:
-    from .stages import Pitch
 
 SCORE: dict[str, Any] = {"type": "integer", "enum": [1, 2, 3, 4, 5]}
 

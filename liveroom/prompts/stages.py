@@ -34,8 +34,8 @@ from typing import Any
 
 import pandas as pd
 
-from ..data.inputs import Item
 from ..data.personas import Persona
+from ..data.pitch import START_FORMAT, TEXT_LIMITS, Item, Pitch
 from .answers import buy_schema, entry_schema, parse_buy, parse_entry, parse_read, read_schema
 from .wording import DEFAULT_PROMPTS, WORDINGS, Wording
 
@@ -45,21 +45,9 @@ __all__ = [
     "parse_read", "reask_messages", "request_id", "stages_of", "system_message",
 ]
 
-TEXT_LIMIT = 1024  # transcript characters shown to the model
+TEXT_LIMIT = TEXT_LIMITS["text"]  # transcript characters shown to the model (the pitch rules cut it there)
 
 REASK = "你的回答无法使用：{reason}。请只输出符合要求的JSON，不要输出其他内容。"
-
-
-@dataclass(frozen=True)
-class Pitch:
-    """What the prompts show of one pitch."""
-
-    index: int
-    start: dt.datetime
-    title: str
-    prod: str
-    text: str
-    items: tuple[Item, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -176,7 +164,7 @@ def reask_messages(messages: Sequence[Mapping[str, str]], reply: str, reason: st
 
 def iter_pitches(df: pd.DataFrame, showcase: Mapping[str, list[Item]] | None = None) -> Iterator[Pitch]:
     """Pitches of a loaded pitches frame, in file order, lazily."""
-    starts = pd.to_datetime(df["start"], format="%Y-%m-%d %H:%M")
+    starts = pd.to_datetime(df["start"], format=START_FORMAT)
     for index, start, s, title, prod, text in zip(
         df["index"], starts, df["start"], df["title"], df["prod"], df["text"]
     ):

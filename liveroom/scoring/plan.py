@@ -163,16 +163,17 @@ def choose_prompts(name: str | None, run_dir: str | Path | None = None) -> str:
 
 def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
               params: ModelParams, base_url: str, prompts: str | None = None,
-              run_dir: str | Path | None = None) -> Plan:
+              run_dir: str | Path | None = None, encoding: str | None = None) -> Plan:
     """Load and check every input and build the run manifest; nothing is sent.
 
     ``prompts`` names the prompt set; None means the one ``run_dir`` was made
-    with, or the default for a new run (:func:`choose_prompts`).
+    with, or the default for a new run (:func:`choose_prompts`). ``encoding``
+    is the pitches file's (``--encoding``; None: UTF-8).
     """
     prompt_set = choose_prompts(prompts, run_dir)
     chosen = parse_stages(stages, prompt_set)
     persona_set = load_personas(personas) if personas else WORDINGS[prompt_set].personas
-    df = load_pitches(pitches)
+    df = load_pitches(pitches, encoding=encoding)
     showcase = None
     inputs = {"pitches": sha256_file(pitches)}
     if needing := [s.name for s in chosen if s.needs_showcase]:

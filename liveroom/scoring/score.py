@@ -29,7 +29,6 @@ from ..async_client.run_dir import RunDir
 from ..async_client.runner import run_loop
 from ..async_client.transport import target
 from ..cliargs import command_parser, non_negative_float, positive_float
-from ..data.inputs import csv_encoding
 from ..errors import InputError
 from ..locks import run_dir_lock
 from ..prompts.stages import PROMPT_SETS, STAGES
@@ -156,9 +155,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chat = chat_settings(args, args.model, grace=args.grace, give_up_after=args.give_up_after)
     where = target(chat.base_url, chat.api_key)  # a URL that cannot be used: one line
-    with csv_encoding(args.encoding):
-        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
-                         args.prompts, args.run)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
+                     args.prompts, args.run, encoding=args.encoding)
     plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(price_choice(args), plan.params.model)
     if args.budget is not None and prices is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -16,11 +17,12 @@ from aiohttp import web
 
 from ..async_client.runner import run_loop
 from ..async_client.transport import endpoint_host, target
-from ..cliargs import command_parser, port_number
-from ..errors import LiveroomError
+from ..cliargs import command_parser, non_negative_int, port_number, positive_float
+from ..errors import InputError, LiveroomError
 from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
 
 CACHE = "forecast-cache"  # under MODEL_DIR unless --run names another
+PER_MINUTE = 60  # new pitches per client per minute, unless --pitches-per-minute says otherwise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,14 +43,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=port_number, default=8080,
                    help="port to bind; 0 picks a free one (default %(default)s)")
+    g = p.add_argument_group("who may spend the key (see the README's threat model)")
+    g.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="also answer requests whose Host is NAME (the name clients use, e.g. behind a reverse "
+                        "proxy); repeatable. This machine's names and the bound address are always answered; "
+                        "any other Host is refused with 421")
+    g.add_argument("--token-env", metavar="NAME",
+                   help="require 'Authorization: Bearer TOKEN' on the API and /metrics, TOKEN read from the "
+                        "environment variable NAME (the page asks for it); required when --host is not a "
+                        "loopback address")
+    g.add_argument("--pitches-per-minute", type=non_negative_int, default=PER_MINUTE, metavar="N",
+                   help="new pitches (not all answered in the cache) one client address may send in any 60 s; "
+                        "past it 429 with Retry-After; 0: no limit (default %(default)s)")
+    g.add_argument("--header-timeout", type=positive_float, default=15.0, metavar="S",
+                   help="close a connection whose request line and headers have not all arrived within S "
+                        "seconds, and an idle kept-alive one after S (default %(default)s)")
+    g.add_argument("--body-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="answer 408 when a request body takes longer than S seconds to arrive (default %(default)s)")
     add_model_arguments(p, "--llm")
     add_engine_arguments(p, over=" over all forecasts", limit="the one live limit of all forecasts")
     return p
 
 
-async def serve_until_signal(app: web.Application, host: str, port: int) -> None:
+def read_token(env: str | None, host: str) -> str | None:
+    """The token of ``--token-env``, or None; an InputError when it is unset, or missing off loopback."""
+    from .guard import is_loopback
+
+    if env is None:
+        if not is_loopback(host):
+            raise InputError(f"--host {host} serves other machines: give --token-env NAME with a token in $NAME, "
+                             "so that only those who hold it spend the key")
+        return None
+    token = os.environ.get(env, "").strip()
+    if not token:
+        raise InputError(f"--token-env {env}: ${env} is not set or empty")
+    return token
+
+
+async def serve_until_signal(app: web.Application, host: str, port: int, header_timeout: float = 15.0) -> None:
     """Print ``listening on URL`` once the app is up, then serve until SIGINT or SIGTERM."""
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+    from .app import http_logger
+
+    # keepalive_timeout also closes a connection that has not sent a whole request line and headers:
+    # aiohttp arms it when the connection is made (aio-libs/aiohttp#13681, in the 3.14.5 setup.cfg
+    # requires), so it is a header read timeout as well as the idle keep-alive time
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=header_timeout,
+                           logger=http_logger())
     await runner.setup()  # opens the forecaster: a bad cache fails here, before listening
     try:
         site = web.TCPSite(runner, host, port)
@@ -72,7 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = chat_settings(args, args.llm)
     target(settings.base_url, settings.api_key).require_key()  # a remote endpoint without a key: before serving
+    token = read_token(args.token_env, args.host)
     from .app import make_app  # the model, so torch: only once the arguments are good
+    from .guard import Rules, served_names
     from .service import Forecaster
 
     cache = Path(args.run) if args.run else Path(args.model_dir) / CACHE
@@ -80,5 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
     print(f"serve: model {args.model_dir} ({service.model_brief()['inputs']}); questions to "
           f"{endpoint_host(settings.base_url)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
-    run_loop(serve_until_signal(make_app(service), args.host, args.port))
+    rules = Rules(served_names(args.host, args.allowed_host), token)
+    app = make_app(service, rules, args.pitches_per_minute, args.body_timeout)
+    run_loop(serve_until_signal(app, args.host, args.port, args.header_timeout))
     return 0

@@ -160,6 +160,18 @@ class Forecaster:
 
     # ------------------------------------------------------------- describing
 
+    def is_cached(self, pitch: Pitch) -> bool:
+        """Whether every question of ``pitch`` has its answer here (a forecast of it sends nothing)."""
+        return all(i in self.answers for i in request_ids(pitch, self.stages, self.personas))
+
+    def concurrency_limit(self) -> float:
+        """The live limit of questions in flight over all forecasts."""
+        return self._limiter.current if self._limiter is not None else self.settings.engine.concurrency
+
+    def in_flight(self) -> float:
+        """Questions asked and not answered yet."""
+        return len(self._pending)
+
     def model_brief(self) -> dict[str, Any]:
         """What a forecast says about the model that made it."""
         return {"dir": self.model_dir.name, "inputs": "tabular+llm" if self.with_llm else "tabular",

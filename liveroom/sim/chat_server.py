@@ -234,6 +234,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if isinstance(read, web.Response):
         return read
     body, messages, prompt = read
+    if cfg.record_requests:
+        with open(cfg.record_requests, "ab") as f:
+            f.write(orjson.dumps(body) + b"\n")
 
     if st.gated and (refusal := st.gate(messages, model_of(body, cfg.model))) is not None:
         return st.reply(*refusal, note=f"refused {refusal[0]}")

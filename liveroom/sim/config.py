@@ -56,6 +56,7 @@ class SimConfig:
     cap_code: str = "profile"
     arrears_after: int | None = None
     log_requests: bool = False
+    record_requests: str | None = None  # a file each chat request body is appended to, one JSON line each
 
     def __post_init__(self) -> None:
         if isinstance(self.fail_first_kind, str):

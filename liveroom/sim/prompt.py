@@ -34,7 +34,8 @@ from string import Formatter
 from typing import Any, Sequence
 
 from ..data.inputs import Item
-from ..prompts.stages import PROMPT_SETS, Pitch
+from ..data.pitch import Pitch
+from ..prompts.stages import PROMPT_SETS
 from ..prompts.wording import DEFAULT_PROMPTS, WORDINGS
 
 NAME_TO_KEY: dict[str, str] = {p.name: p.key for w in WORDINGS.values() for p in w.personas}

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arrears-after", type=non_negative_int, default=None, metavar="K",
                    help="after K answered requests, every answer is the profile's arrears error")
     ap.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
+    ap.add_argument("--record-requests", metavar="FILE",
+                    help="append every readable chat request body to FILE, one JSON line each (what a client sent)")
     return ap
 
 

@@ -36,7 +36,7 @@ from ...cliargs import (
     positive_int,
     resolve_base_url,
 )
-from ...data.inputs import ENCODING_HELP, check_encoding, csv_encoding
+from ...data.inputs import ENCODING_HELP, check_encoding
 from ...errors import InputError
 from ..cost_flags import add_cost_arguments, price_choice
 from ..dry_run import dry_run
@@ -117,9 +117,8 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     if not endpoint.startswith("/"):
         raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {endpoint!r}")
     params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
-    with csv_encoding(args.encoding):
-        plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
-                         args.run)
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
+                     args.run, encoding=args.encoding)
     return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,
                              args.max_line_bytes or b.max_line_bytes), provider
 

@@ -1,5 +1,6 @@
 // The forecast page: two pitches side by side, each a form and its forecast.
-// Plain JS, no build step. Talks to POST /v1/forecast and GET /v1/model only.
+// Plain JS, no build step. Talks to POST /v1/forecast and GET /v1/model only, in JSON, with the
+// server's token (asked for when the API answers 401, kept for this tab only) when it has one.
 "use strict";
 
 const TARGETS = ["log_gmv", "log_deal_order_cnt", "log_live_deal_user_cnt", "log_watch_user_cnt"];
@@ -13,7 +14,25 @@ const EXAMPLE = {
   showcase: "加厚保暖羊毛袜, 29.9\n羊绒围巾, 259\n真丝睡衣两件套, 399",
 };
 
-const state = { personas: {}, results: {} };
+const state = { personas: {}, results: {}, token: sessionStorage.getItem("liveroom-token") || "" };
+
+// ------------------------------------------------------------------ the API
+
+/** fetch() of an API path with the token, if one is known; a 401 asks the user for it. */
+async function api(path, options = {}) {
+  const headers = { ...(options.headers || {}) };
+  if (state.token) headers.Authorization = `Bearer ${state.token}`;
+  const resp = await fetch(path, { ...options, headers });
+  if (resp.status === 401) askToken(state.token ? "that token was refused; enter this server's token" : "");
+  return resp;
+}
+
+function askToken(message) {
+  const form = document.getElementById("token-form");
+  form.hidden = false;
+  form.querySelector(".token-error").textContent = message;
+  document.body.dataset.auth = "needed";
+}
 
 // ------------------------------------------------------------------ numbers as shown
 
@@ -164,7 +183,7 @@ async function forecast(col) {
   col.dataset.state = "loading";
   const t0 = performance.now();
   try {
-    const resp = await fetch("/v1/forecast", { method: "POST", headers: { "Content-Type": "application/json" },
+    const resp = await api("/v1/forecast", { method: "POST", headers: { "Content-Type": "application/json" },
       body: JSON.stringify(pitch) });
     const body = await resp.json().catch(() => ({ error: { message: `HTTP ${resp.status}` } }));
     if (!resp.ok) {
@@ -198,22 +217,40 @@ function column(name, other) {
   return col;
 }
 
-async function start() {
-  const columns = document.getElementById("columns");
-  columns.append(column("A", "B"), column("B", "A"));
-  fillForm(document.querySelector("#A form"), EXAMPLE);
+async function loadModel() {
+  const line = document.getElementById("model-line");
   try {
-    const info = await (await fetch("/v1/model")).json();
+    const resp = await api("/v1/model");
+    if (resp.status === 401) {
+      line.textContent = "this server needs its token to forecast";
+      return;
+    }
+    const info = await resp.json();
     state.personas = info.persona_names || {};
     const test = info.test || {};
     const rmse = test.rmse_log_gmv === undefined ? "" : ` · test RMSE log_gmv ${test.rmse_log_gmv.toFixed(3)}`;
-    document.getElementById("model-line").textContent =
+    line.textContent =
       `model ${info.dir} (${info.inputs}, best epoch ${info.best_epoch}${rmse}) · ` +
       `${info.questions.per_pitch} questions per pitch to ${info.questions.model} · ` +
       `${info.cache.answers} answers cached`;
   } catch (e) {
-    document.getElementById("model-line").textContent = `model info unavailable: ${e.message}`;
+    line.textContent = `model info unavailable: ${e.message}`;
   }
+}
+
+async function start() {
+  const columns = document.getElementById("columns");
+  columns.append(column("A", "B"), column("B", "A"));
+  fillForm(document.querySelector("#A form"), EXAMPLE);
+  document.getElementById("token-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    state.token = e.target.elements.token.value.trim();
+    sessionStorage.setItem("liveroom-token", state.token);
+    e.target.hidden = true;
+    document.body.dataset.auth = "";
+    await loadModel();
+  });
+  await loadModel();
   window.liveroomReady = true;
 }
 
