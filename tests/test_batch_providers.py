@@ -124,7 +124,7 @@ def test_profiles_are_detected_from_the_host():
         resolve_provider("nope", "http://x/v1")
     assert default_base_url("zhipu") == "https://open.bigmodel.cn/api/paas/v4"
     assert default_base_url(None) == default_base_url("generic") == "https://api.openai.com/v1"
-    assert set(BATCH_PROVIDERS) == {"openai", "zhipu", "dashscope", "generic"}
+    assert set(BATCH_PROVIDERS) == {"openai", "zhipu", "dashscope", "generic", "vllm"}
 
 
 def test_batch_settings_per_profile():

@@ -58,6 +58,7 @@ class BatchProfile:
     file_status: FileStatus = "poll"
     auto_delete_input_file: bool = False     # the create call documents auto_delete_input_file
     list_limit: int = 100                    # page size when listing batches (after/limit/has_more)
+    api: bool = True                         # False: no Batch API; the files are run by the user's runner
 
     def check_window(self, window: str | None, provider: str) -> str | None:
         """``window`` when this provider takes it (None: the profile's default); else InputError."""
@@ -252,14 +253,18 @@ DASHSCOPE = Provider(
 # any OpenAI-compatible server: bin/batch as it always was; a --completion-window is passed on unchecked
 GENERIC = Provider("generic", None, (), BatchProfile(window_hours=None))
 
-# local servers (PROVIDERS.md 1.4, 1.5): no Batch API, no host to detect, no default address: the user names it
-VLLM = Provider("vllm", None)
+# local servers (PROVIDERS.md 1.4, 1.5): no host to detect, no default address: the user names it.
+# vLLM has no Batch API; its offline runner ``vllm run-batch -i IN -o OUT --model M`` takes the same request
+# lines (vllm/entrypoints/openai/run_batch.py: BatchRequestInput, chat only at url "/v1/chat/completions")
+# and streams the file line by line, so it has no file or line limit (PROVIDERS.md section 4.1)
+VLLM = Provider("vllm", None, batch=BatchProfile(max_requests=10**9, max_bytes=10**15, completion_window=None,
+                                                 window_hours=None, file_status="absent", api=False))
 LLAMACPP = Provider("llamacpp", None, errors=ErrorProfile(LLAMACPP_CODES))
 
-#: the providers of bin/batch (each has a Batch API profile)
-BATCH_PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC)}
+#: the providers of bin/batch (each has a batch profile; vllm's files go to ``vllm run-batch``, not to an API)
+BATCH_PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC, VLLM)}
 #: the providers of bin/score: the batch ones and the local servers
-CHAT_PROVIDERS: dict[str, Provider] = {**BATCH_PROVIDERS, VLLM.name: VLLM, LLAMACPP.name: LLAMACPP}
+CHAT_PROVIDERS: dict[str, Provider] = {**BATCH_PROVIDERS, LLAMACPP.name: LLAMACPP}
 
 
 def detect(base_url: str) -> Provider:

@@ -11,6 +11,8 @@ Usage::
     bin/sim-server --port 8000 --latency-ms 200 --jitter-ms 50 --p-429 0.05 --seed 1
     bin/sim-server --api-key secret --rpm-limit 600
     bin/sim-server --profile zhipu --max-inflight 16 --latency-ms 200 --arrears-after 5000
+    bin/sim-server run-batch -i requests.jsonl -o output.jsonl [--model M] [--p-error 0.1]
+                                                 # vLLM's offline runner: see liveroom.sim.run_batch
 
 Routes (``/v1`` and the bare paths both work for chat completions):
 
@@ -103,10 +105,12 @@ The same server is available in-process: :class:`~liveroom.sim.config.SimConfig`
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import fields
 from typing import Sequence
 
 from ..cliargs import command_parser, non_negative_float, non_negative_int, port_number, probability
+from . import run_batch
 from .chat_server import make_app
 from .config import CAP_CODES, FAULT_KINDS, SimConfig, flag
 from .profiles import PROFILES
@@ -145,7 +149,8 @@ examples:
   bin/sim-server --port 8000 --latency-ms 200 --jitter-ms 50 --p-429 0.05 --seed 1
   bin/sim-server --api-key KEY --rpm-limit 600 --fail-first 3 --fail-first-kind 503
   bin/sim-server --profile zhipu --max-inflight 16 --latency-ms 200 --arrears-after 5000
-  bin/sim-server --rpm-limit 600 --tpm-limit 200000 --ratelimit-headers"""
+  bin/sim-server --rpm-limit 600 --tpm-limit 200000 --ratelimit-headers
+  bin/sim-server run-batch -i IN -o OUT --model M --p-error 0.1   (as vllm run-batch; see run-batch --help)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,7 +214,10 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``bin/sim-server``: serve until SIGINT or SIGTERM."""
+    """``bin/sim-server``: serve until SIGINT or SIGTERM; ``bin/sim-server run-batch ...``: vLLM's batch runner."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["run-batch"]:
+        return run_batch.main(argv[1:])
     config = config_from_args(build_parser().parse_args(argv))
     serve_command(make_app(config), config.host, config.port)
     return 0

@@ -14,6 +14,9 @@ stragglers be finished with ``bin/score``; ``bin/collect`` reads either.
     bin/batch import  --run RUN_DIR --id-scheme reference --pitches P.csv --goods G.json FILE...
                                          # the reference's own output files, one per stage
     bin/batch cancel  --run RUN_DIR      # cancel the batches still running
+    bin/batch prepare --provider vllm --shards N ...   # no Batch API: N files and the
+                                         # `vllm run-batch` command of each (stdout); their
+                                         # outputs come back through bin/batch import
 
 Layout under ``RUN_DIR/batch/``:
 
@@ -47,7 +50,8 @@ reference's (``s{stage}_v{version}_i{row}_c{persona}``), rows mapped through the
 run's pitches file.
 
 The rooms: :mod:`.state` (state.json, typed shards, the run directory's lock), :mod:`.prepare`
-(request files), :mod:`.importer` (provider lines -> records), :mod:`.reference`
+(request files), :mod:`.runner` (the commands of a provider without a Batch API),
+:mod:`.importer` (provider lines -> records), :mod:`.reference`
 (the reference's ids -> this run's), :mod:`.flows`
 (submit, status, fetch, cancel, import: results, no printing) and :mod:`.cli`
 (flags, words, exit status).

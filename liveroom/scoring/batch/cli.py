@@ -59,6 +59,7 @@ from .flows import (
 )
 from .prepare import DEFAULT_ENDPOINT, PrepareResult, Preview, ShardLimits, prepare
 from .reference import reference_hint, reference_scheme
+from .runner import import_command, run_commands
 from .state import load_state, locked, read_manifest
 
 _SAID = {
@@ -120,7 +121,7 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
                      args.run, encoding=args.encoding)
     return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,
-                             args.max_line_bytes or b.max_line_bytes), provider
+                             args.max_line_bytes or b.max_line_bytes, args.shards), provider
 
 
 def _prepared_line(r: PrepareResult, max_reasks: int) -> str:
@@ -141,10 +142,20 @@ def cmd_prepare(args: argparse.Namespace) -> int:
                        Preview(Path(args.run), plan, limits, args.include_submitted, args.max_reasks))
     run_dir = Path(args.run)
     prices = resolve_prices(price_choice(args), plan.params.model)
-    r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name)
+    r = prepare(run_dir, plan, limits, args.include_submitted, args.max_reasks, provider.name,
+                number_on=not provider.batch.api)
     if prices is not None and r.requests:
         _count_usage(run_dir, plan.manifest.groups, prices)
-    print(_prepared_line(r, args.max_reasks), flush=True)  # the result: the files written
+    line = _prepared_line(r, args.max_reasks)
+    if r.requests == 0:
+        _err(line)
+    elif provider.batch.api:
+        print(line, flush=True)  # the result: the files written
+    else:  # no API to submit to: the result is the command each machine runs
+        _err(line)
+        print("\n".join(run_commands(run_dir, r.written, plan.params.model)), flush=True)
+        _err(f"batch: run each command on one machine, bring the output files back, then: "
+             f"{import_command(run_dir, r.written)}")
     if r.requests == 0:
         _err(f"batch: nothing to prepare: every request is done in {run_dir} or on its way")
     return 0
@@ -256,7 +267,8 @@ def _add_api(sp: argparse.ArgumentParser) -> None:
 
 def _each(name: str) -> str:
     """A batch setting of every provider, for the help: ``openai 50000, zhipu 50000, ...``."""
-    return ", ".join(f"{p.name} {getattr(p.batch, name) or 'none'}" for p in BATCH_PROVIDERS.values())
+    return ", ".join(f"{p.name} {getattr(p.batch, name) or 'none'}" for p in BATCH_PROVIDERS.values()
+                     if p.batch.api)
 
 
 def _add_prepare(sub: Any) -> None:
@@ -280,6 +292,9 @@ def _add_prepare(sub: Any) -> None:
     sp.add_argument("--max-line-bytes", type=number(int, 1024, name="bytes"), default=None,
                     help="bytes per request line, a longer one is refused (default: the provider's: "
                          + _each("max_line_bytes") + ")")
+    sp.add_argument("--shards", type=positive_int, default=None, metavar="N",
+                    help="N request files of equal size (one line more or less), one per machine; with "
+                         "--provider vllm each one's vllm run-batch command is printed")
     sp.add_argument("--max-reasks", type=non_negative_int, default=EngineConfig.max_reasks,
                     help="re-asks of a request whose replies were unusable, counted over every import; "
                          "after them prepare leaves it out (default: %(default)s, as bin/score)")

@@ -24,6 +24,7 @@ from ...async_client.transport import endpoint_host
 from ...cliargs import BASE_URL_ENV
 from ...errors import InputError, LiveroomError
 from .importer import Ids, ImportReport, finish_covered, import_files
+from .runner import no_api
 from .state import (
     BatchState,
     Shard,
@@ -113,6 +114,12 @@ def open_run(run_dir: Path, base_url: str | None, provider: str | None = None) -
     return PreparedRun(run_dir, manifest, state, url, resolve_provider(provider or state.provider, url))
 
 
+def _needs_api(run: PreparedRun) -> None:
+    """Refused, saying what to do instead, for a provider whose files the user runs (vLLM)."""
+    if not run.provider.batch.api:
+        raise InputError(no_api(run.provider.name, run.dir))
+
+
 def _batch_id(s: Shard) -> str:
     if not s.batch_id:
         raise LiveroomError(f"{s.name}: no batch yet")  # callers pick shards with one
@@ -149,6 +156,7 @@ class Creation:
 def submit(run: PreparedRun, api: Api, wait: UploadWait = UploadWait(), notify: Notify = _quiet,
            creation: Creation | None = None) -> SubmitResult:
     """Upload every prepared file without a batch and create its batch, never a second one."""
+    _needs_api(run)
     with locked(run.dir):
         state = load_state(run.dir)
         wait = replace(wait, mode=wait.mode or run.provider.batch.file_status)
@@ -272,6 +280,7 @@ def status(run: PreparedRun, api: Api, offline: bool = False) -> list[Shard]:
 
 def cancel(run: PreparedRun, api: Api) -> list[Shard]:
     """Cancel the batches still running; the shards cancelled."""
+    _needs_api(run)
     return update_live(run, api, BatchClient.cancel_batch)[1]
 
 
@@ -292,6 +301,7 @@ def fetch(run: PreparedRun, api: Api, wait: bool = False, interval: float = 30.0
           accept: Sequence[str] = ()) -> FetchResult:
     """Poll the batches; download and import those that ended (every poll until all have, with ``wait``);
     replies of a model other than the run's are imported only when ``accept`` names it."""
+    _needs_api(run)
     with locked(run.dir):
         state = load_state(run.dir)
         return asyncio.run(_fetch(run.dir, state, api, wait, interval, notify, accept))

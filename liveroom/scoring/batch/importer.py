@@ -6,10 +6,11 @@ reply: the next prepare re-asks it) or ``error`` (the provider's error). A
 record's ``reasks`` is the number of invalid records its id had before, so
 the run directory shows each attempt of a request across batch rounds.
 
-Failed lines come in two shapes, both read: OpenAI's (``response`` with a
-non-200 ``status_code`` and an error ``body``) and ``error: {code, message}``
+Failed lines come in three shapes, all read: OpenAI's (``response`` with a
+non-200 ``status_code`` and an error ``body``), ``error: {code, message}``
 without a response (DashScope's; Zhipu documents neither, see
-docs/PROVIDERS.md section 4). The provider's code is kept in the record's
+docs/PROVIDERS.md section 4) and vLLM's (``response`` with a non-200
+``status_code`` and ``body: null``, the error beside it: section 4.1). The provider's code is kept in the record's
 ``error``; a content filter's code (:func:`~liveroom.async_client.providers.is_content_filter`)
 or a ``finish_reason`` saying the reply was filtered makes it start
 ``content_filter:``.
@@ -158,7 +159,12 @@ def _completed(cid: str, body: Any, meta: dict[str, Any], expect: Expect) -> Rec
 def _failure(code: Any, body: Any, err: Any) -> str:
     """What went wrong with a line that has no usable completion, the provider's code in it."""
     if code is not None:
-        text, provider_code = f"HTTP {code}: {error_text(body)}", error_info(body)[1]
+        # vLLM's error lines have a response without a body and the error beside it (its ErrorResponse, or the
+        # text of an exception): vllm/entrypoints/openai/run_batch.py, docs/PROVIDERS.md section 4.1
+        detail = err if body is None and err else body
+        message, provider_code = error_info(detail)
+        shown = message if message and provider_code == str(code) else error_text(detail)  # vLLM: code = status
+        text = f"HTTP {code}: {shown}"
     elif err:
         text, provider_code = error_text(err), error_info(err)[1]
     else:

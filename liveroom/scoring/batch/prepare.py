@@ -13,6 +13,14 @@ mode's re-ask: the conversation with each bad reply and its reason appended
 (:meth:`~liveroom.scoring.plan.StageTask.reask`), up to ``max_reasks``
 re-asks; after that it is left out, for ``bin/score`` to ask afresh.
 
+With ``shards`` (``--shards N``) the requests go into N files whose sizes
+differ by at most one line (:func:`even_sizes`), for N machines that each run
+one; the provider's file limits still hold, and a file they would cut is
+refused. A provider without a Batch API (vLLM: the files go to ``vllm
+run-batch``) has nothing submitted, so every prepare replaces every file of
+the previous one, numbered on after them so that a new round never takes the
+name of an output file brought back from an earlier one.
+
 Which requests go out (:func:`batch_requests`), what a line is
 (:func:`request_line`) and where a file ends (:class:`FileSplit`) are decided
 once, for prepare and for its dry run (:class:`Preview`, which writes nothing).
@@ -48,6 +56,7 @@ class ShardLimits:
     max_requests: int = 50000
     max_bytes: int = 200_000_000
     max_line_bytes: int | None = None  # a request line over it is refused; None: no limit
+    shards: int | None = None  # so many files of equal size (one line more or less); None: as the limits split
 
 
 @dataclass
@@ -65,8 +74,10 @@ class PrepareResult:
 
 
 def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: bool = False,
-            max_reasks: int = EngineConfig.max_reasks, provider: str | None = None) -> PrepareResult:
-    """Write the request files of every request not yet ok (nor on its way) and name them in the state."""
+            max_reasks: int = EngineConfig.max_reasks, provider: str | None = None,
+            number_on: bool = False) -> PrepareResult:
+    """Write the request files of every request not yet ok (nor on its way) and name them in the state;
+    ``number_on``: the new files are numbered after every file of the state, not only the submitted ones."""
     run_dir = Path(run_dir)
     records = RunDir(run_dir)
     with locked(run_dir):  # one writer: not while bin/score or another bin/batch works on the run
@@ -77,7 +88,7 @@ def prepare(run_dir: Path, plan: Plan, limits: ShardLimits, include_submitted: b
         d = batch_dir(run_dir)
         result = PrepareResult(d)
         jobs = batch_requests(run_dir, plan, scan_done(plan, records), state, include_submitted, max_reasks, result)
-        written = write_shards(d, jobs, _next_number(kept), limits)
+        written = write_shards(d, jobs, _next_number(state.shards if number_on else kept), limits)
         records.open(plan.manifest)  # the manifest bin/score would write
         records.close()
         _put_in_place(d, dropped, written)
@@ -128,13 +139,24 @@ def request_line(job: Job, endpoint: str) -> bytes:
     return orjson.dumps({"custom_id": job.id, "method": "POST", "url": endpoint, "body": job.payload}) + b"\n"
 
 
+def even_sizes(n: int, shards: int) -> list[int]:
+    """The sizes of ``n`` requests in ``shards`` files, larger ones first, differing by one line at most;
+    never an empty file (fewer files when there are fewer requests)."""
+    q, r = divmod(n, shards)
+    return [q + 1] * r + [q] * (shards - r if q else 0)
+
+
 class FileSplit:
     """Where the request files end: a new file whenever the next line would pass a limit of the current
-    one; a line over a limit on its own is refused with the limit named."""
+    one, or with ``sizes`` (:func:`even_sizes`) whenever the current file has its size, a limit it passes
+    then being refused; a line over a limit on its own is refused with the limit named."""
 
-    def __init__(self, limits: ShardLimits) -> None:
-        self.limits = limits
+    def __init__(self, limits: ShardLimits, sizes: list[int] | None = None) -> None:
+        self.limits, self.sizes = limits, sizes
         self.files = self._requests = self._bytes = 0
+        if sizes and sizes[0] > limits.max_requests:
+            raise InputError(f"--shards {limits.shards}: files of {sizes[0]} requests, over --max-requests "
+                             f"{limits.max_requests}; give more shards")
 
     def add(self, job_id: str, size: int) -> bool:
         """Count a line of ``size`` bytes; True when it starts a new file."""
@@ -144,7 +166,13 @@ class FileSplit:
         if lim.max_line_bytes is not None and size > lim.max_line_bytes:
             raise InputError(f"request {job_id} is {size} bytes, over --max-line-bytes "
                              f"{lim.max_line_bytes}, the provider's limit per line")
-        new = not self.files or self._requests >= lim.max_requests or self._bytes + size > lim.max_bytes
+        if self.sizes is None:
+            new = not self.files or self._requests >= lim.max_requests or self._bytes + size > lim.max_bytes
+        else:
+            new = not self.files or self._requests >= self.sizes[self.files - 1]
+            if not new and self._bytes + size > lim.max_bytes:
+                raise InputError(f"--shards {lim.shards}: file {self.files} of {self.sizes[self.files - 1]} "
+                                 f"requests passes --max-bytes {lim.max_bytes}; give more shards")
         if new:
             self.files, self._requests, self._bytes = self.files + 1, 0, 0
         self._requests, self._bytes = self._requests + 1, self._bytes + size
@@ -162,9 +190,14 @@ class Preview:
 
     def __call__(self, done: DoneTable) -> Iterator[Job]:
         state = load_state(self.run_dir)  # unreadable state: refused, as prepare refuses it
-        for job in batch_requests(self.run_dir, self.plan, done, state, self.include_submitted, self.max_reasks,
-                                  self.result):
-            self.split.add(job.id, len(request_line(job, self.split.limits.endpoint)))
+        jobs: Iterable[Job] = batch_requests(self.run_dir, self.plan, done, state, self.include_submitted,
+                                             self.max_reasks, self.result)
+        lim = self.split.limits
+        if lim.shards:  # split as the writer splits: the sizes need the count first
+            jobs = list(jobs)
+            self.split = FileSplit(lim, even_sizes(len(jobs), lim.shards))
+        for job in jobs:
+            self.split.add(job.id, len(request_line(job, lim.endpoint)))
             yield job
 
     @property
@@ -197,7 +230,11 @@ def _put_in_place(d: Path, dropped: list[Shard], written: list[Shard]) -> None:
 def write_shards(d: Path, jobs: Iterable[Job], first: int, limits: ShardLimits) -> list[Shard]:
     """``requests-NNNN.jsonl.tmp`` and their meta files from ``first`` on, fsynced; nothing left on error."""
     d.mkdir(parents=True, exist_ok=True)
-    writer = _ShardWriter(d, first, limits)
+    sizes = None
+    if limits.shards:
+        jobs = list(jobs)
+        sizes = even_sizes(len(jobs), limits.shards)
+    writer = _ShardWriter(d, first, limits, sizes)
     try:
         for job in jobs:
             writer.add(job)
@@ -215,9 +252,9 @@ def write_shards(d: Path, jobs: Iterable[Job], first: int, limits: ShardLimits) 
 class _ShardWriter:
     """Request lines into the current pair of ``.tmp`` files, a new pair whenever a limit is reached."""
 
-    def __init__(self, d: Path, first: int, limits: ShardLimits):
+    def __init__(self, d: Path, first: int, limits: ShardLimits, sizes: list[int] | None = None):
         self.d, self.first, self.limits = d, first, limits
-        self.split = FileSplit(limits)
+        self.split = FileSplit(limits, sizes)
         self.written: list[Shard] = []
         self._files: tuple[IO[bytes], IO[bytes]] | None = None
         self._hash = hashlib.sha256()
