@@ -200,6 +200,72 @@ def sim() -> Iterator[Callable[..., Sim]]:
         s.stop()
 
 
+
+# ----------------------------------------------------------------- bin/batch's tests: the Batch API server, its key, inputs
+# (kit.py holds the classes and helpers; it is imported here when a fixture runs, as it imports this module)
+
+@pytest.fixture
+def server() -> Iterator[Callable[..., Any]]:
+    """Start Batch API servers (``server(**BatchConfig fields)``, :class:`kit.BatchServer`) in threads of the
+    test; each is stopped after it."""
+    from kit import BATCH_KEY, BatchServer
+    from liveroom.sim.batch_jobs import BatchConfig
+    from liveroom.sim.config import SimConfig
+
+    started: list[BatchServer] = []
+
+    def start(**kw: Any) -> BatchServer:
+        started.append(BatchServer(BatchConfig(sim=SimConfig(api_key=BATCH_KEY), **kw)))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of an in-process bin/batch: :data:`kit.BATCH_KEY`, no base URL or model of the user's."""
+    from kit import BATCH_KEY
+
+    monkeypatch.setenv("OPENAI_API_KEY", BATCH_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """(pitches, goods) of :data:`kit.BATCH_PITCHES` pitches."""
+    from kit import BATCH_PITCHES, make_inputs
+
+    return make_inputs(tmp_path, BATCH_PITCHES)
+
+# ----------------------------------------------------------------- bin/serve's tests: a model, servers
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with the persona features, trained on synthetic pitches (:func:`kit.train_tiny_model`)."""
+    from kit import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("syn"), tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """start(kind, *flags, key=...) runs bin/serve or bin/sim-server (:func:`kit.start_server`) for the test;
+    all are stopped (and must exit 0) after."""
+    from kit import Listening, start_server
+
+    started: list[Listening] = []
+
+    def start(kind: str, *flags: str, key: str | None = None) -> Listening:
+        started.append(start_server(kind, flags, tmp_path / f"{kind}-{len(started)}.log", key))
+        return started[-1]
+
+    yield start
+    for s in started:
+        assert s.stop() == 0, s.stderr()
+
 # ----------------------------------------------------------------- no process left behind
 
 #: every process the tests start inherits this mark in its environment, so that one that lost

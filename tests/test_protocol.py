@@ -18,6 +18,7 @@ import sys
 import pytest
 
 from conftest import Sim, pitch_row, write_goods, write_pitches
+from kit import BIN
 from liveroom.async_client.checkpoint import ManifestMismatch, check_manifest
 from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
@@ -27,7 +28,6 @@ from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import PROMPT_SETS, STAGES, TEXT_LIMIT, Pitch, build_request, iter_requests
 from liveroom.prompts.wording import DEFAULT_PROMPTS, WORDINGS
 from liveroom.scoring.plan import ModelParams, choose_prompts, make_plan
-from test_score import BIN
 
 ITEMS = (Item(0, "电动牙刷", 199.0), Item(5, "替换刷头四支装", 59.9), Item(2, "旅行收纳盒", 12.5))
 PITCH = Pitch(3, dt.datetime(2024, 3, 12, 10, 0), "国庆囤货专场，全场包邮", "电动牙刷", "宝子们这款牙刷，三档模式", ITEMS)

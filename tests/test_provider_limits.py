@@ -8,8 +8,9 @@ only, a full rate window that pauses everyone instead of being hammered,
 arrears that stop the run at once, a content filter that fails one request
 (and a rerun that leaves it), reasoning replies. What is checked is what
 happened (counts, records, exit status, lines), never how fast; the speed
-figures are bench/bench_engine.py's ``limits`` table. The limiter, the
-error-code table and the header readers are checked directly at the end.
+figures are bench/bench_engine.py's ``limits`` table. The limiter alone is
+checked in test_engine_concurrency.py; the error-code tables and the header
+readers in test_engine_providers.py.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from test_reliability_kit import Server, completion, env_for, one_line_error, records
-from test_score import BIN, make_inputs, score
+from kit import BIN, Server, completion, env_for, make_inputs, one_line_error, records, score
 
 PROFILES = ("openai", "zhipu", "dashscope")
 LIMIT = re.compile(r"limit (\d+)/(\d+)")

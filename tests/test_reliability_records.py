@@ -22,9 +22,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from liveroom.async_client.checkpoint import Checkpoint
-from liveroom.async_client.record import Record, dumps
-from test_reliability_kit import (
+from kit import (
     STAGES,
     Server,
     collect,
@@ -39,6 +37,8 @@ from test_reliability_kit import (
     score,
     score_cmd,
 )
+from liveroom.async_client.checkpoint import Checkpoint
+from liveroom.async_client.record import Record, dumps
 
 needs_namespaces = pytest.mark.skipif(not have_namespaces(), reason="no private mount namespaces (unshare -rm)")
 
