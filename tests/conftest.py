@@ -201,7 +201,7 @@ def sim() -> Iterator[Callable[..., Sim]]:
 
 
 
-# ----------------------------------------------------------------- bin/batch's tests: the Batch API server, its key, inputs
+# ----------------------------------------------------------------- bin/batch's tests: Batch API server, key, inputs
 # (kit.py holds the classes and helpers; it is imported here when a fixture runs, as it imports this module)
 
 @pytest.fixture

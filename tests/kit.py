@@ -1,4 +1,4 @@
-"""What the tests share beside the fixtures of conftest.py: inputs, servers on loopback, the commands as a user runs them.
+"""What the tests share beside conftest.py's fixtures: inputs, servers on loopback, the commands as a user runs them.
 
 - :func:`make_inputs`: a pitches CSV and its showcase JSON of ``n`` pitches.
 - :class:`Server`: a chat-completions server in a thread of the test, answering from

@@ -10,15 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
+import kit
 from conftest import Sim, pitch_row, write_goods, write_pitches
-from kit import BIN
 from liveroom.async_client.checkpoint import ManifestMismatch, check_manifest
 from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
@@ -261,10 +259,7 @@ def test_bin_score_asks_the_set_named_and_resumes_it_without_the_flag(tmp_path):
     sim = Sim()
     try:
         def score(*flags: str) -> subprocess.CompletedProcess:
-            cmd = [sys.executable, str(BIN / "score"), "--pitches", pitches, "--goods", goods, "--out", str(run),
-                   "--base-url", sim.url, "--stages", "entry", *flags]
-            env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+            return kit.score(pitches, goods, run, sim.url, "--stages", "entry", *flags)
 
         first = score("--prompts", "legacy")
         assert first.returncode == 0, first.stderr

@@ -19,16 +19,14 @@ job's worst case, its re-asks counted; with C = 4: under 5 worst cases.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from kit import BATCH_PITCHES, BIN, batch_state, make_inputs, records, score
+from kit import BATCH_PITCHES, batch_state, env_for, make_inputs, records, score, score_cmd
 from kit import batch_inline as batch_cmd
 from kit import get_with_key as get
 from liveroom.async_client.engine import Job
@@ -65,11 +63,8 @@ def test_usage_json_equals_the_records_after_a_kill_and_a_resume_and_progress_sh
     pitches, goods = make_inputs(tmp_path, 12)  # 288 requests
     s = sim("--fail-first", "9", "--fail-first-kind", "nonjson", "--latency-ms", "40")
     out = tmp_path / "run"
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    env.pop("OPENAI_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-                             "--out", str(out), "--concurrency", "2", "--max-reasks", "0", *PRICES], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, "--concurrency", "2", "--max-reasks", "0", *PRICES),
+                            env=env_for(s.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not ((out / USAGE).exists() and len(records(out)) >= 100) and time.time() < deadline:
         time.sleep(0.05)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kit import make_inputs, records, score
+from kit import env_for, make_inputs, records, score, score_cmd
 from liveroom.async_client.record import Record
 from liveroom.errors import InputError
 from liveroom.prompts.stages import STAGES
@@ -180,10 +180,7 @@ def test_usage_totals_recompute_equal_the_sum_over_records_across_a_kill_and_res
     kept.prices = Prices(2.0, 8.0)
     kept.save(out)  # what the run had used when it stopped
 
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    env.pop("OPENAI_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-                             "--out", str(out), "--concurrency", "4"], env=env,
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, "--concurrency", "4"), env=env_for(s.url),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while len(records(out)) < 120 and time.time() < deadline:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from kit import BIN, collect, make_inputs, ok_ids, one_line_error, score
+from kit import BIN, collect, make_inputs, ok_ids, one_line_error, records, score, start_score
 from liveroom.data.inputs import load_showcase
 from liveroom.data.moment import day_facts
 from liveroom.data.personas import PERSONA_KEYS
@@ -84,7 +83,7 @@ def test_all_faults_survived_with_exact_results(tmp_path, sim):
         np.testing.assert_array_equal(got[name], want[name])
     ids = ok_ids(tmp_path / "run")
     assert len(ids) == len(set(ids)) == 5 * 24
-    recs = [json.loads(line) for f in (tmp_path / "run").glob("*.jsonl") for line in f.read_text().splitlines()]
+    recs = records(tmp_path / "run")
     assert any(r["reasks"] > 0 for r in recs) and any(r["attempts"] > 1 for r in recs)
     assert "retries" in p.stderr and "invalid" in p.stderr
 
@@ -154,10 +153,7 @@ def test_kill_9_then_rerun_loses_nothing_and_resends_at_most_concurrency(tmp_pat
     pitches, goods = make_inputs(tmp_path, 40)
     s = sim("--latency-ms", "40", "--jitter-ms", "30")
     run = tmp_path / "run"
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
-           "--concurrency", "16"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_score(pitches, goods, run, s.url, "--concurrency", "16")
     deadline = time.time() + 60
     while time.time() < deadline:
         lines = sum(f.read_bytes().count(b"\n") for f in run.glob("*.jsonl")) if run.exists() else 0
@@ -185,10 +181,7 @@ def test_sigterm_flushes_and_says_how_to_resume(tmp_path, sim):
     pitches, goods = make_inputs(tmp_path, 20)
     s = sim("--latency-ms", "100")
     run = tmp_path / "run"
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
-           "--concurrency", "8", "--grace", "2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_score(pitches, goods, run, s.url, "--concurrency", "8", "--grace", "2")
     while not run.exists() or sum(f.stat().st_size for f in run.glob("*.jsonl")) == 0:
         time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
@@ -204,10 +197,7 @@ def test_a_second_signal_stops_at_once(tmp_path, sim):
     pitches, goods = make_inputs(tmp_path, 4)
     s = sim("--latency-ms", "20000")  # nothing would finish within the grace period
     run = tmp_path / "run"
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
-           "--concurrency", "8", "--grace", "60"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = start_score(pitches, goods, run, s.url, "--concurrency", "8", "--grace", "60")
     deadline = time.time() + 30
     while s.stats()["in_flight"] < 8 and time.time() < deadline:
         time.sleep(0.05)
@@ -255,7 +245,7 @@ def test_a_scattered_429_delays_its_own_request_only(tmp_path, sim):
     run = tmp_path / "run"
     p = score(pitches, goods, run, s.url, "--stages", "entry", "--concurrency", "4")
     assert p.returncode == 0, p.stderr
-    recs = [json.loads(line) for line in (run / "entry.jsonl").read_text().splitlines()]
+    recs = records(run, ("entry",))
     t = sorted(r["t"] for r in recs)
     # the first request gets a 429 at once and waits its Retry-After holding no slot:
     # the other 31 are answered meanwhile, well under a second

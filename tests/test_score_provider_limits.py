@@ -19,7 +19,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kit import BIN, Server, completion, env_for, make_inputs, one_line_error, records, score
+from kit import Server, completion, env_for, make_inputs, one_line_error, records, score, score_cmd
 
 PROFILES = ("openai", "zhipu", "dashscope")
 LIMIT = re.compile(r"limit (\d+)/(\d+)")
@@ -94,16 +93,15 @@ def test_a_scattered_429_delays_its_own_request_and_nobody_else(tmp_path, sim, p
 def run_for(pitches: Path, goods: Path, out: Path, url: str, seconds: float, *flags: str,
             until: Any = None) -> subprocess.CompletedProcess[str]:
     """bin/score for ``seconds`` (or until ``until()``), then SIGTERM."""
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(out),
-           "--backoff", "0.05", *flags]
-    proc = subprocess.Popen(cmd, env=env_for(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, *flags), env=env_for(url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + seconds
     while time.monotonic() < end and proc.poll() is None and not (until and until()):
         time.sleep(0.05)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     out_, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out_, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out_, err)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -247,7 +245,6 @@ def test_extra_body_goes_into_every_request_and_the_manifest(tmp_path):
 def test_a_local_server_provider_needs_its_address(tmp_path):
     pitches, goods = make_inputs(tmp_path, 1)
     env = env_for(None)
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-           "--out", str(tmp_path / "run"), "--provider", "vllm"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(score_cmd(pitches, goods, tmp_path / "run", "--provider", "vllm"), env=env, capture_output=True,
+                       text=True, timeout=60)
     assert "--provider vllm: name the server with --base-url" in one_line_error(p)
