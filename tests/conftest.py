@@ -200,7 +200,6 @@ def sim() -> Iterator[Callable[..., Sim]]:
         s.stop()
 
 
-
 # ----------------------------------------------------------------- bin/batch's tests: Batch API server, key, inputs
 # (kit.py holds the classes and helpers; it is imported here when a fixture runs, as it imports this module)
 
@@ -240,6 +239,7 @@ def inputs(tmp_path: Path) -> tuple[Path, Path]:
 
     return make_inputs(tmp_path, BATCH_PITCHES)
 
+
 # ----------------------------------------------------------------- bin/serve's tests: a model, servers
 
 @pytest.fixture(scope="module")
@@ -265,6 +265,7 @@ def servers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield start
     for s in started:
         assert s.stop() == 0, s.stderr()
+
 
 # ----------------------------------------------------------------- no process left behind
 
