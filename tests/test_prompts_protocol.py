@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 import kit
-from conftest import Sim, pitch_row, write_goods, write_pitches
+from conftest import Sim
 from liveroom.async_client.checkpoint import ManifestMismatch, check_manifest
 from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
@@ -196,9 +196,7 @@ def test_the_legacy_set_renders_exactly_as_before():
 # --------------------------------------------------------------------------- the set of a run
 
 def _inputs(tmp_path):
-    rows = [pitch_row(10, "2024-03-12 10:00"), pitch_row(11, "2024-09-30 21:30")]
-    goods = {"2024-03-12 10:00": [[1, "袜子", 29.0]], "2024-09-30 21:30": [[1, "围巾", 99.0], [2, "手套", 39.0]]}
-    return str(write_pitches(tmp_path, rows)), str(write_goods(tmp_path, goods))
+    return tuple(str(p) for p in kit.make_inputs(tmp_path, 2))
 
 
 def _plan(tmp_path, prompts=None, run_dir=None):
