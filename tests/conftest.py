@@ -1,5 +1,6 @@
-"""Shared fixtures: small input files in the reference format, built per test, and
-bin/sim-server processes (:class:`Sim`, the ``sim`` fixture).
+"""Shared fixtures: small input files in the reference format, built per test,
+bin/sim-server processes (:class:`Sim`, the ``sim`` fixture), and the check
+that no test leaves a process behind (:func:`no_process_left`).
 
 The column list and the sample rows are written out here by hand (not taken
 from the package) so that tests check the package against the format, not
@@ -12,10 +13,13 @@ import csv
 import datetime as dt
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -194,3 +198,181 @@ def sim() -> Iterator[Callable[..., Sim]]:
     yield start
     for s in servers:
         s.stop()
+
+
+# ----------------------------------------------------------------- bin/batch's tests: Batch API server, key, inputs
+# (kit.py holds the classes and helpers; it is imported here when a fixture runs, as it imports this module)
+
+@pytest.fixture
+def server() -> Iterator[Callable[..., Any]]:
+    """Start Batch API servers (``server(**BatchConfig fields)``, :class:`kit.BatchServer`) in threads of the
+    test; each is stopped after it."""
+    from kit import BATCH_KEY, BatchServer
+    from liveroom.sim.batch_jobs import BatchConfig
+    from liveroom.sim.config import SimConfig
+
+    started: list[BatchServer] = []
+
+    def start(**kw: Any) -> BatchServer:
+        started.append(BatchServer(BatchConfig(sim=SimConfig(api_key=BATCH_KEY), **kw)))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment of an in-process bin/batch: :data:`kit.BATCH_KEY`, no base URL or model of the user's."""
+    from kit import BATCH_KEY
+
+    monkeypatch.setenv("OPENAI_API_KEY", BATCH_KEY)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> tuple[Path, Path]:
+    """(pitches, goods) of :data:`kit.BATCH_PITCHES` pitches."""
+    from kit import BATCH_PITCHES, make_inputs
+
+    return make_inputs(tmp_path, BATCH_PITCHES)
+
+
+# ----------------------------------------------------------------- bin/serve's tests: a model, servers
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model with the persona features, trained on synthetic pitches (:func:`kit.train_tiny_model`)."""
+    from kit import train_tiny_model
+
+    return train_tiny_model(tmp_path_factory.mktemp("syn"), tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """start(kind, *flags, key=...) runs bin/serve or bin/sim-server (:func:`kit.start_server`) for the test;
+    all are stopped (and must exit 0) after."""
+    from kit import Listening, start_server
+
+    started: list[Listening] = []
+
+    def start(kind: str, *flags: str, key: str | None = None) -> Listening:
+        started.append(start_server(kind, flags, tmp_path / f"{kind}-{len(started)}.log", key))
+        return started[-1]
+
+    yield start
+    for s in started:
+        assert s.stop() == 0, s.stderr()
+
+
+@pytest.fixture(scope="module")
+def plain(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
+    """(simulator, service) shared by the tests that only read counts before and after."""
+    from kit import SERVE_KEY, serve_flags, start_server
+
+    d = tmp_path_factory.mktemp("plain")
+    sim = start_server("sim-server", (), d / "sim.log", None)
+    serve = start_server("serve", serve_flags(sim, model_dir, d / "cache"), d / "serve.log", SERVE_KEY)
+    yield sim, serve
+    assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
+
+
+# ----------------------------------------------------------------- no process left behind
+
+#: every process the tests start inherits this mark in its environment, so that one that lost
+#: its parent (a shell's background job after the shell exited) is still known as the tests'
+RUN_MARK = "LIVEROOM_TEST_RUN"
+os.environ[RUN_MARK] = uuid.uuid4().hex
+#: how long a process that is on its way out may take to be gone
+EXIT_GRACE_S = 5.0
+
+
+def _proc_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process on the machine (threads not listed)."""
+    table = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{name}/stat").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces and parentheses
+        table[int(name)] = (int(fields[1]), fields[0].decode())
+    return table
+
+
+def _carries_mark(pid: int) -> bool:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:  # gone, or not ours to read
+        return False
+    return f"{RUN_MARK}={os.environ[RUN_MARK]}".encode() in env.split(b"\0")
+
+
+def started_processes() -> set[int]:
+    """The live processes the tests started: descendants of this one, or orphans carrying the run's mark.
+
+    Zombies (dead, only not yet reaped) do not count.
+    """
+    me, table = os.getpid(), _proc_table()
+    ours: set[int] = set()
+    for pid, (_, state) in table.items():
+        if pid == me or state in ("Z", "X"):
+            continue
+        chain, p = set(), pid
+        while p > 1 and p not in chain and p != me:
+            chain.add(p)
+            p = table.get(p, (0, ""))[0]
+        if p == me or _carries_mark(pid):
+            ours.add(pid)
+    return ours
+
+
+def _left_after(before: set[int]) -> dict[int, str]:
+    """The processes started since ``before`` still alive after the grace; pid -> command line."""
+    deadline = time.monotonic() + EXIT_GRACE_S
+    while (left := started_processes() - before) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out = {}
+    for pid in left:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+    return out
+
+
+def _fail_if_left(before: set[int], when: str) -> None:
+    left = _left_after(before)
+    for pid in left:  # so that one leak fails one test, not every test after it
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if left:
+        pytest.fail(f"{when} left {len(left)} process(es) running: "
+                    + "; ".join(f"pid {pid}: {cmd[:200]}" for pid, cmd in sorted(left.items())), pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left_by_the_session() -> Iterator[None]:
+    """After the last test, no process a test or a fixture started is alive."""
+    before = started_processes()
+    yield
+    _fail_if_left(before, "the test session (a module- or session-scoped fixture)")
+
+
+@pytest.fixture(autouse=True)
+def no_process_left(no_process_left_by_the_session: None) -> Iterator[None]:
+    """The test fails when a process it started is still alive after it (and its fixtures) ended.
+
+    Being autouse and function-scoped, this is set up after the module- and session-scoped
+    fixtures (whose servers may outlive one test) and before the test's own fixtures, and torn
+    down after them; so what it sees left was started by the test or by a function-scoped fixture.
+    """
+    before = started_processes()
+    yield
+    _fail_if_left(before, "this test")

@@ -15,11 +15,18 @@ import json
 import shlex
 from pathlib import Path
 
-import test_batch
-from test_batch import N_REQUESTS, batch, prepare, records
-from test_batch_import_again import OTHER, SUBMIT, WAIT, downloaded, import_
+from kit import BATCH_REQUESTS as N_REQUESTS
+from kit import BATCH_SUBMIT as SUBMIT
+from kit import BATCH_WAIT as WAIT
+from kit import batch_inline as batch
+from kit import downloaded, records
+from kit import prepare_inline as prepare
 
-server, env, inputs = test_batch.server, test_batch.env, test_batch.inputs  # the fixtures of test_batch
+OTHER = "glm-4-flash"  # another model than the run's (the default, gpt-4o-mini)
+
+
+def import_(capsys, run: Path, *files_and_flags: str) -> tuple[int, str]:
+    return batch(capsys, "import", "--run", str(run), *files_and_flags)
 
 
 def tree(run: Path) -> dict[str, bytes]:

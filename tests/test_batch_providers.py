@@ -1,6 +1,6 @@
 """bin/batch against the Zhipu- and DashScope-profile Batch API simulators, and the profiles themselves.
 
-The servers run in-process as in ``tests/test_batch.py`` (real HTTP on
+The servers run in-process as in ``test_batch_lifecycle.py`` (real HTTP on
 loopback, real files); the commands go through ``bin/batch``'s entry point.
 Each full run goes prepare -> submit -> fetch --wait -> (prepare -> submit ->
 fetch --wait for the re-asks) -> collect and must give the matrices direct
@@ -15,7 +15,16 @@ import json
 import numpy as np
 import pytest
 
-import test_batch
+from kit import BATCH_KEY as KEY
+from kit import BATCH_PITCHES as N_PITCHES
+from kit import BATCH_REQUESTS as N_REQUESTS
+from kit import BATCH_WAIT as WAIT
+from kit import BatchServer as Server
+from kit import assert_no_key, records, score
+from kit import batch_inline as batch
+from kit import batch_state as state
+from kit import collect_inline as collect
+from kit import prepare_inline as prepare
 from liveroom.async_client.batch_api import BatchClient
 from liveroom.async_client.providers import (
     BATCH_PROVIDERS,
@@ -36,25 +45,8 @@ from liveroom.scoring.batch.state import Shard
 from liveroom.sim.batch_jobs import BatchConfig, new_batch
 from liveroom.sim.batch_server import BATCH_STATE
 from liveroom.sim.config import SimConfig
-from test_batch import (
-    KEY,
-    N_PITCHES,
-    N_REQUESTS,
-    Server,
-    assert_no_key,
-    batch,
-    collect,
-    prepare,
-    records,
-    score,
-    state,
-)
 
 FAST = ("--backoff", "0.01")
-WAIT = ("--wait", "--interval", "0.01", *FAST)
-
-
-server, env, inputs = test_batch.server, test_batch.env, test_batch.inputs  # the fixtures of test_batch
 
 
 def request_lines(run, name: str) -> list[dict]:
@@ -64,7 +56,7 @@ def request_lines(run, name: str) -> list[dict]:
 def direct_matrices(tmp_path, capsys, inputs, url: str) -> dict[str, np.ndarray]:
     """What bin/score gives against the same server (the simulator's heuristic answers)."""
     d = tmp_path / "direct"
-    p = score(inputs, d, url, "--concurrency", "8")
+    p = score(*inputs, d, url, "--concurrency", "8", key=KEY)
     assert p.returncode == 0, p.stderr
     return collect(capsys, inputs[0], d, tmp_path / "direct-features")
 

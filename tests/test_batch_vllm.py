@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kit
 from liveroom.scoring.batch.prepare import even_sizes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +39,7 @@ def command(*argv: str | Path) -> subprocess.CompletedProcess:
 
 def prepare(pitches: Path, goods: Path, run: Path, *flags: str) -> subprocess.CompletedProcess:
     return command(BIN / "batch", "prepare", "--provider", "vllm", "--pitches", pitches, "--goods", goods,
-                   "--out", run, "--model", MODEL, "--extra-body", json.dumps(EXTRA), *flags)
+                   "--run", run, "--model", MODEL, "--extra-body", json.dumps(EXTRA), *flags)
 
 
 def run_printed(cmd: str, *faults: str) -> subprocess.CompletedProcess:
@@ -53,16 +54,15 @@ def lines(path: Path) -> list[dict]:
 
 
 def records(run: Path) -> dict[str, list[dict]]:
-    """Request id -> its records, oldest first."""
+    """Request id -> its records (:func:`kit.records`), oldest first."""
     out: dict[str, list[dict]] = {}
-    for g in ("entry", "buy", "read"):
-        for r in lines(run / f"{g}.jsonl"):
-            out.setdefault(r["id"], []).append(r)
+    for r in kit.records(run):
+        out.setdefault(r["id"], []).append(r)
     return out
 
 
 def collect(pitches: Path, run: Path, out: Path) -> dict[str, np.ndarray]:
-    p = command(BIN / "collect", "--pitches", pitches, "--run", run, "--out", out)
+    p = kit.collect(pitches, run, out)
     assert p.returncode == 0, p.stderr
     return {f: np.load(out / f"{f}.npy") for f in ("entry", "state", "action", "read")}
 

@@ -18,12 +18,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import test_serve
+from kit import SERVE_KEY as KEY
+from kit import Server as Recorder
+from kit import call, make_pitch, serve_flags, sim_stats
 from liveroom.scoring.engine_flags import chat_settings
 from liveroom.scoring.score import build_parser as score_parser
 from liveroom.serve.cli import build_parser as serve_parser
-from test_reliability_kit import Server as Recorder
-from test_serve import KEY, call, make_pitch, serve_flags, sim_stats
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
@@ -32,7 +32,6 @@ SHARED = ("--base-url", "--response-format", "--temperature", "--max-tokens", "-
           "--reask-max-tokens", "--timeout", "--backoff")
 SCORE_ONLY = ("--out", "--retry-filtered", "--grace", "--progress-every", "--give-up-after", "--encoding",
               "--budget", "--price-input", "--dry-run")
-model_dir, servers = test_serve.model_dir, test_serve.servers  # bin/serve's tests' fixtures
 SCORE_ARGS = ["--pitches", "p.csv", "--out", "o"]
 SERVE_ARGS = ["--model", "m"]
 

@@ -26,10 +26,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from test_serve import KEY, call, make_pitch, model_dir, serve_flags, sim_stats, start_server
+from kit import SERVE_KEY as KEY
+from kit import call, make_pitch, serve_flags, sim_stats, start_server
 
 pytestmark = pytest.mark.browser
-__all__ = ["model_dir"]  # the trained-model fixture, shared with test_serve
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -9,10 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from test_serve import make_pitch, model_dir, serve_over, servers
-from test_serve_security import host_of, raw
-
-__all__ = ["model_dir", "servers"]  # fixtures shared with test_serve
+from kit import host_of, make_pitch, raw, serve_over
 
 
 @pytest.fixture

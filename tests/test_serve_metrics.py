@@ -6,9 +6,7 @@ import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from test_serve import call, make_pitch, model_dir, serve_over, servers, sim_stats
-
-__all__ = ["model_dir", "servers"]  # fixtures shared with test_serve
+from kit import call, make_pitch, serve_over, sim_stats
 
 
 def scrape(url: str) -> dict[str, float]:

@@ -20,12 +20,10 @@ import orjson
 import pytest
 
 from conftest import write_goods, write_pitches
+from kit import BIN, call, make_pitch, serve_over, sim_stats
 from liveroom.data.inputs import load_pitches, load_showcase
 from liveroom.data.pitch import MAX_ITEM_NAME, NUMBER_RANGES, TEXT_LIMITS
 from liveroom.errors import InputError
-from test_serve import BIN, call, make_pitch, model_dir, plain, serve_over, servers, sim_stats
-
-__all__ = ["model_dir", "plain", "servers"]  # fixtures shared with test_serve
 
 LONG = make_pitch(7, title="标题很长" * 80, prod="讲解的商品" * 60, text="家人们看过来，" * 400,
                   showcase=[[0, "加厚保暖羊毛袜" * 40, 29.9], [1, "羊绒围巾", 259], [2, "赠品", 0]])

@@ -7,46 +7,16 @@ hand, and counts on the simulator that nothing was asked.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import subprocess
 import sys
-from typing import Any
 from urllib.parse import urlsplit
 
-from test_serve import BIN, KEY, call, make_pitch, model_dir, serve_over, servers, sim_stats
-
-__all__ = ["model_dir", "servers"]  # fixtures shared with test_serve
+from kit import BIN, call, host_of, make_pitch, raw, serve_over, sim_stats
+from kit import SERVE_KEY as KEY
 
 TOKEN = "tok-7c1d9e0b55a04f2e"
-
-
-def raw(url: str, method: str, path: str, headers: dict[str, str], body: bytes | None = None
-        ) -> tuple[int, dict[str, str], Any]:
-    """(status, headers, JSON body or text) of one request sent with exactly ``headers`` (Host included)."""
-    u = urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=60)
-    try:
-        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
-        for k, v in headers.items():
-            conn.putheader(k, v)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        r = conn.getresponse()
-        data = r.read()
-        try:
-            parsed: Any = json.loads(data)
-        except ValueError:
-            parsed = data.decode(errors="replace")
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, parsed
-    finally:
-        conn.close()
-
-
-def host_of(url: str) -> str:
-    return urlsplit(url).netloc
 
 
 def test_a_cross_site_form_post_is_refused_and_asks_nothing(servers, model_dir, tmp_path):

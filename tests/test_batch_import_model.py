@@ -9,10 +9,9 @@ key is masked out of reply text.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
-from test_reliability_kit import batch, make_inputs, records
+from kit import batch, make_inputs, records
 
 KEY = "sk-batch-echo-0123456789"
 
@@ -45,9 +44,7 @@ def test_import_refuses_another_model_unless_accepted_and_keeps_the_model(tmp_pa
         + [line(c, "gpt-4o") for c in ids[8:12]]
         + [line(c, "gpt-4o-mini", "{" * 20_000) for c in ids[12:14]]
         + [line(c, "gpt-4o-mini", f'{{"want_to_enter": 2, "reason": "echo {KEY}"}}') for c in ids[14:]]) + "\n")
-    t0 = time.monotonic()
-    p = batch("import", "--run", str(run), str(out), key=KEY)
-    assert time.monotonic() - t0 < 20
+    p = batch("import", "--run", str(run), str(out), key=KEY)  # the looping replies do not stall it (kit's timeout)
     assert p.returncode == 1, p.stderr
     assert "4 line(s) of another model not imported (pass --accept-model NAME to import them)" in p.stderr
     assert f"{ids[8]}: gpt-4o (output.jsonl line 9; the run is for gpt-4o-mini)" in p.stderr

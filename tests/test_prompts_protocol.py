@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 
-from conftest import Sim, pitch_row, write_goods, write_pitches
+import kit
+from conftest import Sim
 from liveroom.async_client.run_dir import ManifestMismatch, RunDir
 from liveroom.cli import batch_main
 from liveroom.data.inputs import Item
@@ -27,7 +26,6 @@ from liveroom.prompts.replies import ReplyError
 from liveroom.prompts.stages import PROMPT_SETS, STAGES, TEXT_LIMIT, Pitch, build_request, iter_requests
 from liveroom.prompts.wording import DEFAULT_PROMPTS, WORDINGS
 from liveroom.scoring.plan import ModelParams, choose_prompts, make_plan
-from test_score import BIN
 
 ITEMS = (Item(0, "电动牙刷", 199.0), Item(5, "替换刷头四支装", 59.9), Item(2, "旅行收纳盒", 12.5))
 PITCH = Pitch(3, dt.datetime(2024, 3, 12, 10, 0), "国庆囤货专场，全场包邮", "电动牙刷", "宝子们这款牙刷，三档模式", ITEMS)
@@ -198,9 +196,7 @@ def test_the_legacy_set_renders_exactly_as_before():
 # --------------------------------------------------------------------------- the set of a run
 
 def _inputs(tmp_path):
-    rows = [pitch_row(10, "2024-03-12 10:00"), pitch_row(11, "2024-09-30 21:30")]
-    goods = {"2024-03-12 10:00": [[1, "袜子", 29.0]], "2024-09-30 21:30": [[1, "围巾", 99.0], [2, "手套", 39.0]]}
-    return str(write_pitches(tmp_path, rows)), str(write_goods(tmp_path, goods))
+    return tuple(str(p) for p in kit.make_inputs(tmp_path, 2))
 
 
 def _plan(tmp_path, prompts=None, run_dir=None):
@@ -262,10 +258,7 @@ def test_bin_score_asks_the_set_named_and_resumes_it_without_the_flag(tmp_path):
     sim = Sim()
     try:
         def score(*flags: str) -> subprocess.CompletedProcess:
-            cmd = [sys.executable, str(BIN / "score"), "--pitches", pitches, "--goods", goods, "--out", str(run),
-                   "--base-url", sim.url, "--stages", "entry", *flags]
-            env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+            return kit.score(pitches, goods, run, sim.url, "--stages", "entry", *flags)
 
         first = score("--prompts", "legacy")
         assert first.returncode == 0, first.stderr

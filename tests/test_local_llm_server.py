@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import kit
 from conftest import PERSONA_ORDER, pitch_row, write_goods, write_pitches
 from liveroom import local_llm
 from liveroom.errors import LiveroomError
@@ -94,8 +95,9 @@ def server(tmp_path_factory):
     s.stop()
 
 
-def make_inputs(tmp_path: Path) -> tuple[Path, Path]:
-    """Two pitches in the reference format, with three and two showcase items."""
+def real_pitches(tmp_path: Path) -> tuple[Path, Path]:
+    """Two pitches worded as real ones are (kit.make_inputs' are terse), with three and two showcase items:
+    what a small real model is asked here."""
     rows = [
         pitch_row(501, "2024-03-12 20:00", title="春季护肤专场，买一送一", prod="保湿面霜",
                   text="家人们，这款面霜特别滋润，敏感肌也能用，今天直播间买一送一，库存不多了。"),
@@ -110,17 +112,15 @@ def make_inputs(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def score(pitches: Path, goods: Path, out: Path, url: str, *stages: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OPENAI_BASE_URL": url}
-    env.pop("OPENAI_API_KEY", None)
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-           "--out", str(out), "--stages", ",".join(stages or STAGES), "--model", MODEL,
-           "--response-format", "json_schema", "--concurrency", "4", "--timeout", "300",
-           "--max-tokens", "400", "--backoff", "0.5"]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=SCORE_TIMEOUT)
+    """kit.score with what a small real model needs: a JSON schema, room to answer, patience."""
+    return kit.score(pitches, goods, out, url, "--stages", ",".join(stages or STAGES), "--model", MODEL,
+                     "--response-format", "json_schema", "--concurrency", "4", "--timeout", "300",
+                     "--max-tokens", "400", "--backoff", "0.5", timeout=SCORE_TIMEOUT)
 
 
 def records(run: Path) -> dict[str, list[dict]]:
-    return {s: [json.loads(line) for line in (run / f"{s}.jsonl").read_text().splitlines()] for s in STAGES}
+    """The run's records, stage by stage."""
+    return {s: kit.records(run, (s,)) for s in STAGES}
 
 
 def check_record(r: dict) -> None:
@@ -264,7 +264,7 @@ def test_a_second_install_waits_for_the_first(cache):
 
 @pytest.mark.llm
 def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
-    pitches, goods = make_inputs(tmp_path)
+    pitches, goods = real_pitches(tmp_path)
     run, feat = tmp_path / "run", tmp_path / "features"
     n = 2 * len(STAGES) * len(PERSONA_ORDER)
 

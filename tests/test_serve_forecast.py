@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,128 +17,19 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from conftest import write_goods, write_pitches
-from liveroom.cli import train_main
+from kit import SERVE_KEY as KEY
+from kit import call, make_pitch, serve_flags, serve_over, sim_stats
 from liveroom.data.inputs import load_pitches, load_showcase
 from liveroom.errors import InputError
 from liveroom.serve.forecast import FieldError, check_pitch
-from liveroom.synthetic import make_synthetic, write_synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = ROOT / "bin"
 PERSONAS = ("Z", "exquisite_mother", "new_white", "deep_middle", "city_blue", "city_old", "town_youth", "town_old")
-KEY = "sk-servetest-5f3a9c1e7b"  # what the service is given; must never come back
-
-
-def make_pitch(n: int = 0, **change: Any) -> dict[str, Any]:
-    """A valid API pitch; ``n`` makes a different one (other title, so other questions)."""
-    pitch = {"start": "2024-03-08 20:00", "title": f"女神节宠粉专场第{n}场", "prod": "加厚保暖羊毛袜",
-             "text": "家人们看过来，这款羊毛袜加厚保暖，今天三双只要二十九块九，库存不多。",
-             "duration": 3, "user_cnt": 12000, "showcase": [[0, "加厚保暖羊毛袜", 29.9], [1, "羊绒围巾", 259]]}
-    pitch.update(change)
-    return pitch
-
-
-# ----------------------------------------------------------------- processes
-
-
-class Server:
-    """A command that prints ``listening on URL`` first; stderr kept in a file."""
-
-    def __init__(self, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.log = log
-        self._err = log.open("w")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._err, text=True, env=env)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        assert line.startswith("listening on "), line + self.stderr()
-        self.url = line.split()[-1]
-
-    def stderr(self) -> str:
-        if not self._err.closed:
-            self._err.flush()
-        return self.log.read_text()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(15)
-        self._err.close()
-        return self.proc.returncode
-
-
-def call(url: str, body: Any = None, timeout: float = 120, token: str | None = None) -> tuple[int, Any]:
-    """(status, JSON body) of a GET, or a POST of ``body`` (bytes as they are, else JSON), with ``token``."""
-    data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
-    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
-    req = urllib.request.Request(url, data=data, headers=headers)
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, json.load(r)
-    except urllib.error.HTTPError as e:
-        return e.code, json.load(e)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny model with the persona features, trained on synthetic pitches."""
-    syn = tmp_path_factory.mktemp("syn")
-    write_synthetic(syn, *make_synthetic(200, seed=5))
-    out = tmp_path_factory.mktemp("model")
-    assert train_main(["--pitches", str(syn / "pitches.csv"), "--features", str(syn), "--out", str(out),
-                       "--epochs", "2", "--hidden", "16"]) == 0
-    return out
-
-
-def start_server(kind: str, flags: tuple[str, ...], log: Path, key: str | None) -> Server:
-    """bin/sim-server or bin/serve on a free port, with ``key`` as the only API key in its environment."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    if key:
-        env["OPENAI_API_KEY"] = key
-    return Server([sys.executable, str(BIN / kind), "--port", "0", *flags], log, env)
-
-
-@pytest.fixture
-def servers(tmp_path: Path):
-    """start(kind, *flags, key=...) runs a server for the test; all are stopped (and must exit 0) after."""
-    started: list[Server] = []
-
-    def start(kind: str, *flags: str, key: str | None = None) -> Server:
-        started.append(start_server(kind, flags, tmp_path / f"{kind}-{len(started)}.log", key))
-        return started[-1]
-
-    yield start
-    for s in started:
-        assert s.stop() == 0, s.stderr()
-
-
-@pytest.fixture(scope="module")
-def plain(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """(simulator, service) shared by the tests that only read counts before and after."""
-    d = tmp_path_factory.mktemp("plain")
-    sim = start_server("sim-server", (), d / "sim.log", None)
-    serve = start_server("serve", serve_flags(sim, model_dir, d / "cache"), d / "serve.log", KEY)
-    yield sim, serve
-    assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
-
-
-def sim_stats(sim: Server) -> dict[str, Any]:
-    return call(sim.url.removesuffix("/v1") + "/stats")[1]
-
-
-def serve_flags(sim: Server, model_dir: Path, cache: Path, *flags: str) -> tuple[str, ...]:
-    return ("--model", str(model_dir), "--cache", str(cache), "--base-url", sim.url, "--llm", "liveroom-sim",
-            "--backoff", "0.05", *flags)
-
-
-def serve_over(servers, sim: Server, model_dir: Path, cache: Path, *flags: str) -> Server:
-    return servers("serve", *serve_flags(sim, model_dir, cache, *flags), key=KEY)
-
-
 # ----------------------------------------------------------------- forecasts
 
 

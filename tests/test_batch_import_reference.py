@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 
 from conftest import pitch_row, write_goods, write_pitches
-from liveroom.cli import batch_main, collect_main
+from kit import batch_inline as batch
+from kit import records
+from liveroom.cli import collect_main
 from liveroom.data.personas import PERSONA_KEYS
 
 N_PITCHES = 5
@@ -83,13 +85,6 @@ def reference_file(tmp_path: Path, stage: str, rows=range(N_PITCHES), personas=r
     return path
 
 
-def batch(capsys, *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = batch_main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out + out.err
-
-
 @pytest.fixture
 def run(tmp_path, capsys, inputs, monkeypatch) -> Path:
     """A run directory made by bin/batch prepare (its request files are not used)."""
@@ -114,11 +109,6 @@ def collect(capsys, pitches: Path, run: Path, out: Path, *flags: str) -> tuple[i
     if rc:
         return rc, {}
     return rc, {f: np.load(out / f"{f}.npy") for f in ("entry", "state", "action", "read", "index")}
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(x) for g in ("entry", "buy", "read") if (run / f"{g}.jsonl").exists()
-            for x in (run / f"{g}.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 # --------------------------------------------------------------------------- tests

@@ -14,9 +14,9 @@ import time
 import pytest
 from aiohttp import web
 
+from kit import Server, completion, make_inputs, python_steps, records, score, start_score
 from liveroom.prompts.answers import parse_buy, parse_entry
 from liveroom.prompts.replies import MAX_REPLY_CHARS, ReplyError, extract_json
-from test_reliability_kit import Server, completion, make_inputs, records, score, start_score
 
 MB = 1_000_000
 
@@ -31,25 +31,35 @@ def shaped(unit: str, size: int) -> str:
     return (unit * (size // len(unit) + 1))[:size]
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
-def test_a_megabyte_reply_of_any_shape_is_refused_in_under_50_ms(name):
-    text = shaped(SHAPES[name], MB)
-    t0 = time.perf_counter()
-    with pytest.raises(ReplyError, match="reply too long"):
+def refusal(text: str) -> str:
+    """What extract_json says of ``text`` ('' when it is taken)."""
+    try:
         extract_json(text)
-    assert time.perf_counter() - t0 < 0.05
+    except ReplyError as e:
+        return str(e)
+    return ""
 
 
-@pytest.mark.parametrize("name", sorted(SHAPES))
-def test_a_reply_just_under_the_cap_of_any_shape_is_parsed_or_refused_quickly(name):
-    text = shaped(SHAPES[name], MAX_REPLY_CHARS)
-    t0 = time.perf_counter()
+def parse_all_three(text: str) -> None:
     for parse in (extract_json, parse_entry, lambda t: parse_buy(t, 3)):
         try:
             parse(text)
         except ReplyError:
             pass
-    assert time.perf_counter() - t0 < 0.5  # three parsers; each took 10-25 ms here, 3 s for 8 KB before
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_a_megabyte_reply_of_any_shape_is_refused_before_any_parsing(name):
+    text, said = shaped(SHAPES[name], MB), []
+    assert python_steps(lambda: said.append(refusal(text))) < 200  # its length is looked at, not its characters
+    assert said[0].startswith("reply too long"), said
+
+
+@pytest.mark.parametrize("name", sorted(SHAPES))
+def test_a_reply_just_under_the_cap_of_any_shape_is_parsed_or_refused_in_bounded_work(name):
+    """A few passes and a bounded number of candidates: about 400,000 Python steps for the three parsers at
+    the cap, whatever the shape; trying every opening bracket (3 s for 8 KB before) is billions."""
+    assert python_steps(lambda: parse_all_three(shaped(SHAPES[name], MAX_REPLY_CHARS))) < 2_000_000
 
 
 def test_json_after_a_long_run_of_brackets_is_still_found():
@@ -66,10 +76,8 @@ def test_a_looping_model_neither_stalls_the_run_nor_delays_a_signal(tmp_path):
     srv = Server(looping)
     run = tmp_path / "run"
     try:
-        t0 = time.monotonic()
         p = score(pitches, goods, run, srv.url, "--stages", "entry,read", "--concurrency", "8", timeout=120)
         assert p.returncode == 1, p.stderr
-        assert time.monotonic() - t0 < 60
         recs = records(run)
         assert len(recs) == 96 and all(r["status"] == "invalid" and r["reasks"] == 2 for r in recs)
         assert recs[0]["error"] == "no JSON object found in the reply"
@@ -79,11 +87,9 @@ def test_a_looping_model_neither_stalls_the_run_nor_delays_a_signal(tmp_path):
         deadline = time.time() + 30
         while srv.requests < 300 + 20 and time.time() < deadline:
             time.sleep(0.02)
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=30)[1]
+        err = proc.communicate(timeout=30)[1]  # 98 s before: the loop was busy parsing
         assert proc.returncode == 130, err
-        assert time.monotonic() - t0 < 3, err  # 98 s before
     finally:
         srv.stop()
 

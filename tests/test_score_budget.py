@@ -19,16 +19,16 @@ job's worst case, its re-asks counted; with C = 4: under 5 worst cases.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-import test_batch
+from kit import BATCH_PITCHES, batch_state, env_for, make_inputs, records, score, score_cmd
+from kit import batch_inline as batch_cmd
+from kit import get_with_key as get
 from liveroom.async_client.engine import Job
 from liveroom.async_client.record import Record
 from liveroom.prompts.stages import STAGES
@@ -36,18 +36,10 @@ from liveroom.scoring.budget import REASK_WORDS, WorstCase
 from liveroom.scoring.plan import DEFAULT_MODEL, ModelParams, make_plan, plan_jobs, scan_done
 from liveroom.scoring.prices import Prices
 from liveroom.scoring.usage import FIELDS, USAGE, check_usage
-from test_batch import KEY, get
-from test_batch import batch as batch_cmd
-from test_batch import make_inputs as batch_inputs
-from test_batch import state as batch_state
-from test_cost import BIN, make_inputs, records, score
 
 PRICES = ("--price-input", "2000", "--price-output", "8000")
 P = Prices(2000.0, 8000.0)
 MAX_TOKENS = 100  # the simulator's replies here take 18 to 77 tokens
-
-
-server = test_batch.server  # the Batch API server fixture of test_batch
 
 
 def by_hand(recs: list[dict]) -> dict[str, int]:
@@ -72,11 +64,8 @@ def test_usage_json_equals_the_records_after_a_kill_and_a_resume_and_progress_sh
     pitches, goods = make_inputs(tmp_path, 12)  # 288 requests
     s = sim("--fail-first", "9", "--fail-first-kind", "nonjson", "--latency-ms", "40")
     out = tmp_path / "run"
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    env.pop("OPENAI_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-                             "--out", str(out), "--concurrency", "2", "--max-reasks", "0", *PRICES], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, "--concurrency", "2", "--max-reasks", "0", *PRICES),
+                            env=env_for(s.url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while not ((out / USAGE).exists() and len(records(out)) >= 100) and time.time() < deadline:
         time.sleep(0.05)
@@ -127,7 +116,7 @@ def budget_run(pitches: Path, goods: Path, out: Path, url: str, budget: float, c
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_a_budget_stop_lands_within_the_worst_cases_in_flight_and_a_higher_budget_completes(tmp_path, sim,
                                                                                            concurrency):
-    pitches, goods = make_inputs(tmp_path)  # 144 requests, about 103 CNY in all at these prices
+    pitches, goods = make_inputs(tmp_path, 6)  # 144 requests, about 103 CNY in all at these prices
     s = sim("--latency-ms", "5")
     out = tmp_path / "run"
     w = worst_of_every_job(pitches, goods, reasks=2)  # --max-reasks 2, the default: three asks each
@@ -183,15 +172,8 @@ def test_budget_needs_prices_and_a_worst_case_counts_every_ask(tmp_path, sim):
 
 # ----------------------------------------------------------------------------- batch imports
 
-@pytest.fixture
-def batch_env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
-
-
-def test_batch_fetch_and_import_update_usage_json_at_the_batch_price(tmp_path, capsys, server, batch_env):
-    pitches, goods = batch_inputs(tmp_path)
+def test_batch_fetch_and_import_update_usage_json_at_the_batch_price(tmp_path, capsys, server, env):
+    pitches, goods = make_inputs(tmp_path, BATCH_PITCHES)
     srv = server(shuffle=True)
     run = tmp_path / "run"
     prep = ("prepare", "--pitches", str(pitches), "--goods", str(goods), "--base-url", srv.url, *PRICES)

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from conftest import PITCH_COLUMNS
-from test_reliability_kit import Server, collect, make_inputs, one_line_error, score
+from kit import Server, collect, make_inputs, one_line_error, score
 
 
 def rewrite(path: Path, line_no: int, change) -> None:

@@ -22,9 +22,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
-from liveroom.async_client.record import Record, dumps
-from liveroom.async_client.run_dir import RunDir
-from test_reliability_kit import (
+from kit import (
     STAGES,
     Server,
     collect,
@@ -39,14 +37,18 @@ from test_reliability_kit import (
     score,
     score_cmd,
 )
+from liveroom.async_client.record import Record, dumps
+from liveroom.async_client.run_dir import RunDir
 
 needs_namespaces = pytest.mark.skipif(not have_namespaces(), reason="no private mount namespaces (unshare -rm)")
 
-#: fills the disk holding argv[1] until it is full, holds it full a moment, frees it, again and again
+#: fills the disk holding argv[1] until it is full, holds it full a moment, frees it, again and again,
+#: until it is killed or its shell is gone
 FILLER = textwrap.dedent("""
     import os, sys, time
     path = os.path.join(sys.argv[1], "filler")
-    while True:
+    shell = os.getppid()
+    while os.getppid() == shell:
         try:
             with open(path, "wb") as f:
                 while True:
@@ -74,10 +76,11 @@ def test_a_disk_that_fills_and_frees_never_leaves_a_record_inside_another(tmp_pa
     disk.mkdir()
     (tmp_path / "filler.py").write_text(FILLER)
     cmd = " ".join(f"'{c}'" for c in score_cmd(pitches, goods, disk / "run", *STAGES, "--concurrency", "8"))
-    script = (f"mount -t tmpfs -o size=256k tmpfs '{disk}' && mkdir '{disk}/run' && "
-              f"{{ '{sys.executable}' '{tmp_path / 'filler.py'}' '{disk}' & }} && sleep 0.2 && "
-              f"{{ {cmd} 2> '{tmp_path / 'stderr'}'; echo $? > '{tmp_path / 'rc'}'; }}; "
-              f"kill %1; cp -a '{disk}/run' '{kept}'")
+    # the filler is stopped by its pid and waited for (``kill %1`` would kill nothing: sh -c has no job control)
+    script = (f"mount -t tmpfs -o size=256k tmpfs '{disk}' && mkdir '{disk}/run' || exit 1; "
+              f"'{sys.executable}' '{tmp_path / 'filler.py'}' '{disk}' & filler=$!; sleep 0.2; "
+              f"{cmd} 2> '{tmp_path / 'stderr'}'; echo $? > '{tmp_path / 'rc'}'; "
+              f"kill $filler; wait $filler; cp -a '{disk}/run' '{kept}'")
     try:
         for _ in range(5):  # the disk must have been full at a write at least once
             subprocess.run(["unshare", "-rm", "sh", "-c", script], env=env_for(srv.url), timeout=120, check=True)

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from test_reliability_kit import (
+from kit import (
     STAGES,
     Server,
     collect,
@@ -35,11 +35,9 @@ def test_a_full_disk_stops_the_run_with_one_line_and_every_record_whole(tmp_path
     srv = Server()
     run = tmp_path / "run"
     try:
-        t0 = time.monotonic()
         p = score(pitches, goods, run, srv.url, *STAGES, "--concurrency", "8", timeout=60,
                   preexec_fn=file_size_limit(8000))
         line = one_line_error(p)
-        assert time.monotonic() - t0 < 30
         assert f"cannot write {run}/" in line and "File too large" in line and "ulimit -f" in line, line
         assert "run the same command again to resume" in line
         for f in run.glob("*.jsonl"):  # whole lines only: the failed write was cut back
@@ -77,10 +75,8 @@ def test_retry_after_soon_and_usage_that_is_no_object_are_read_as_the_defaults(t
     srv = Server(odd)
     run = tmp_path / "run"
     try:
-        t0 = time.monotonic()
-        p = score(pitches, goods, run, srv.url, *STAGES, timeout=60)
+        p = score(pitches, goods, run, srv.url, *STAGES, timeout=60)  # not Retry-After's 'soon' read as long
         assert p.returncode == 0, p.stderr
-        assert time.monotonic() - t0 < 30
         recs = records(run)
         assert len(recs) == 32 and all(r["status"] == "ok" and r["attempts"] == 2 for r in recs)
         assert all(r["usage"] == {} for r in recs)  # none of those usages is an object of counts
@@ -140,15 +136,13 @@ def test_sigint_ends_at_once_when_every_worker_is_waiting_out_a_long_retry_after
     srv = Server(busy)
     run = tmp_path / "run"
     try:
-        proc = start_score(pitches, goods, run, srv.url, *STAGES, "--concurrency", "4", "--grace", "60")
+        proc = start_score(pitches, goods, run, srv.url, *STAGES, "--concurrency", "4", "--grace", "3600")
         deadline = time.time() + 30
         while srv.requests < 4 and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
-        t0 = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        err = proc.communicate(timeout=20)[1]
-        assert time.monotonic() - t0 < 3, err
+        err = proc.communicate(timeout=120)[1]  # ended at once: waiting out the grace would take an hour
         assert proc.returncode == 130, err
         assert "run the same command again to resume" in err and "Traceback" not in err
         assert records(run) == []  # nothing failed for it: the next run asks again

@@ -3,178 +3,41 @@
 The server (:mod:`liveroom.sim.batch_server`) runs in a thread of the test
 process and really processes batches with the simulator's answers; the
 commands run in-process through the same entry points as ``bin/*`` (one runs
-as a subprocess, to be killed). Real files, real HTTP, no mocks.
+as a subprocess, to be killed). Real files, real HTTP, no mocks. The
+fixtures ``server``, ``env`` and ``inputs`` are conftest.py's, the helpers kit.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
-import datetime as dt
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import pitch_row, write_goods, write_pitches
-from liveroom.cli import batch_main, collect_main
+from kit import BATCH_KEY as KEY
+from kit import BATCH_PITCHES as N_PITCHES
+from kit import BATCH_REQUESTS as N_REQUESTS
+from kit import BatchServer as Server
+from kit import assert_no_key, prepared_ids, records, score
+from kit import batch_inline as batch
+from kit import batch_state as state
+from kit import collect_inline as collect
+from kit import get_with_key as get
+from kit import prepare_inline as prepare
 from liveroom.prompts.stages import reask_messages
 from liveroom.scoring.batch import flows
 from liveroom.scoring.batch.state import TERMINAL, Shard, ended, load_state, save_state
-from liveroom.sim.batch_jobs import BatchConfig, new_batch
-from liveroom.sim.batch_server import BATCH_STATE, make_app, run_batch_server
-from liveroom.sim.chat_server import STATE
-from liveroom.sim.config import SimConfig
+from liveroom.sim.batch_jobs import new_batch
+from liveroom.sim.batch_server import BATCH_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
-KEY = "sk-batchtest-0123456789abcdef"
-N_PITCHES = 5
-N_REQUESTS = N_PITCHES * 3 * 8
 FAST = ("--backoff", "0.01")
-
-
-# ----------------------------------------------------------------- fixtures
-
-def make_inputs(tmp_path: Path) -> tuple[Path, Path]:
-    titles = ("清晨好物分享", "午间秒杀会场", "下班放松专场", "深夜宠粉福利", "周末家居节")
-    texts = ("全场包邮，今天限时优惠，福利多多", "这款面料柔软，大家放心买", "库存不多了，马上涨价", "",
-             "买一送一，只有今天，赶紧下单")
-    rows, goods = [], {}
-    base = dt.datetime(2024, 4, 8, 7, 20)
-    for i in range(N_PITCHES):
-        start = (base + dt.timedelta(hours=9 * i + 3)).strftime("%Y-%m-%d %H:%M")
-        rows.append(pitch_row(200 + i, start, title=titles[i], prod=f"测试商品{i}", text=texts[i]))
-        goods[start] = [[j, f"货品{i}-{j}", float(15 * (i + 1) * (j + 2))] for j in range(1 + i % 3)]
-    return write_pitches(tmp_path, rows), write_goods(tmp_path, goods)
-
-
-class Server:
-    """The Batch API server in a thread with its own event loop."""
-
-    def __init__(self, config: BatchConfig):
-        self.config = config
-        self.app = make_app(config)
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        async def start() -> None:
-            self._cm = run_batch_server(config, self.app)
-            self.url = await self._cm.__aenter__()
-
-        def run() -> None:
-            asyncio.set_event_loop(self.loop)
-            self.loop.run_until_complete(start())
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        assert ready.wait(10)
-
-    @property
-    def counts(self) -> dict:
-        return self.app[BATCH_STATE].stats()
-
-    @property
-    def chat_requests(self) -> int:
-        return self.app[STATE].requests
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._cm.__aexit__(None, None, None), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def server():
-    """Start Batch API servers (``server(**BatchConfig fields)``) in threads; each is stopped after the test."""
-    started: list[Server] = []
-
-    def start(**kw) -> Server:
-        started.append(Server(BatchConfig(sim=SimConfig(api_key=KEY), **kw)))
-        return started[-1]
-
-    yield start
-    for s in started:
-        s.stop()
-
-
-@pytest.fixture
-def env(monkeypatch):
-    monkeypatch.setenv("OPENAI_API_KEY", KEY)
-    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    monkeypatch.delenv("LIVEROOM_MODEL", raising=False)
-
-
-@pytest.fixture
-def inputs(tmp_path):
-    return make_inputs(tmp_path)
-
-
-def batch(capsys, *argv: str) -> tuple[int, str]:
-    capsys.readouterr()
-    rc = batch_main(list(argv))
-    out = capsys.readouterr()
-    return rc, out.out + out.err
-
-
-def prepare(capsys, inputs, run: Path, url: str, *flags: str) -> tuple[int, str]:
-    pitches, goods = inputs
-    return batch(capsys, "prepare", "--pitches", str(pitches), "--goods", str(goods), "--out", str(run),
-                 "--base-url", url, *flags)
-
-
-def score(inputs, run: Path, url: str, *flags: str) -> subprocess.CompletedProcess:
-    """bin/score, as a user runs it."""
-    cmd = [sys.executable, str(ROOT / "bin" / "score"), "--pitches", str(inputs[0]), "--goods", str(inputs[1]),
-           "--out", str(run), "--base-url", url, *flags]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-
-
-def collect(capsys, pitches: Path, run: Path, out: Path) -> dict[str, np.ndarray]:
-    capsys.readouterr()
-    assert collect_main(["--pitches", str(pitches), "--run", str(run), "--out", str(out)]) == 0, \
-        capsys.readouterr().err
-    return {f: np.load(out / f"{f}.npy") for f in ("entry", "state", "action", "read")}
-
-
-def state(run: Path) -> dict:
-    return json.loads((run / "batch" / "state.json").read_text())
-
-
-def prepared_ids(run: Path) -> set[str]:
-    """custom_ids of the request files not yet submitted."""
-    out = set()
-    for s in state(run)["shards"]:
-        if not s["file_id"] and not s["batch_id"]:
-            for line in (run / "batch" / s["name"]).read_text().splitlines():
-                out.add(json.loads(line)["custom_id"])
-    return out
-
-
-def records(run: Path) -> list[dict]:
-    return [json.loads(line) for g in ("entry", "buy", "read") if (run / f"{g}.jsonl").exists()
-            for line in (run / f"{g}.jsonl").read_text().splitlines()]
-
-
-def assert_no_key(run: Path) -> None:
-    for path in run.rglob("*"):
-        if path.is_file():
-            assert KEY.encode() not in path.read_bytes(), path
-            assert b"batchtest" not in path.read_bytes(), path
-
-
-def get(url: str, path: str) -> bytes:
-    req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {KEY}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return r.read()
 
 
 @pytest.fixture
@@ -182,7 +45,7 @@ def direct(tmp_path, capsys, env, inputs):
     """The matrices direct mode (bin/score) gives against the simulator."""
     def run(srv: Server) -> tuple[dict[str, np.ndarray], dict]:
         d = tmp_path / "direct"
-        p = score(inputs, d, srv.url, "--concurrency", "8")
+        p = score(*inputs, d, srv.url, "--concurrency", "8", key=KEY)
         assert p.returncode == 0, p.stderr
         return collect(capsys, inputs[0], d, tmp_path / "direct-features"), json.loads(
             (d / "manifest.json").read_text())
@@ -395,7 +258,7 @@ def test_expired_batch_then_prepare_and_score_finish(tmp_path, capsys, server, e
     all_ids = {r["id"] for r in records(tmp_path / "direct")}
     assert prepared_ids(run) == all_ids - ok
     before = srv.chat_requests
-    p = score(inputs, run, srv.url)
+    p = score(*inputs, run, srv.url, key=KEY)
     assert p.returncode == 0, p.stderr
     assert srv.chat_requests - before == N_REQUESTS - 30  # only the stragglers, in direct mode
     got = collect(capsys, inputs[0], run, tmp_path / "features")
@@ -621,10 +484,10 @@ def test_a_remote_endpoint_needs_a_key_and_a_held_run_refuses_every_writing_verb
         "role": "assistant", "content": '{"want_to_enter": 3, "reason": "好"}'}}]}
     out, ref = tmp_path / "out.jsonl", tmp_path / "reference.jsonl"
     own = sorted(prepared_ids(run))
-    assert "entry:200:Z" in own and "entry:200:city_old" in own
-    # a reply each, in either scheme: entry:200:city_old as the run names it, entry:200:Z (row 0, persona 0)
+    assert "entry:100:Z" in own and "entry:100:city_old" in own
+    # a reply each, in either scheme: entry:100:city_old as the run names it, entry:100:Z (row 0, persona 0)
     # as the reference does
-    for path, cid in ((out, "entry:200:city_old"), (ref, "sentry_v3_i0_c0")):
+    for path, cid in ((out, "entry:100:city_old"), (ref, "sentry_v3_i0_c0")):
         path.write_text(json.dumps({"custom_id": cid, "response": {"status_code": 200, "body": body}}) + "\n")
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     with run_dir_lock(run, "bin/score"):
@@ -640,4 +503,4 @@ def test_a_remote_endpoint_needs_a_key_and_a_held_run_refuses_every_writing_verb
     assert batch(capsys, "import", "--run", str(run), str(out))[0] == 0  # and once free, each file goes in
     assert batch(capsys, "import", "--run", str(run), "--id-scheme", "reference", "--pitches", str(inputs[0]),
                  "--goods", str(inputs[1]), str(ref))[0] == 0
-    assert sorted(r["id"] for r in records(run)) == ["entry:200:Z", "entry:200:city_old"]
+    assert sorted(r["id"] for r in records(run)) == ["entry:100:Z", "entry:100:city_old"]

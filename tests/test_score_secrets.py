@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from test_reliability_kit import Server, completion, make_inputs, records, score
+from kit import Server, completion, make_inputs, records, score
 
 KEY = "sk-echo-0123456789abcdef"
 USER, PASSWORD = "alice", "s3cret-pw-42"

@@ -21,14 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-import test_batch
-from test_batch import N_REQUESTS, assert_no_key, batch, collect, get, prepare, records, state
+from kit import BATCH_REQUESTS as N_REQUESTS
+from kit import BATCH_SUBMIT as SUBMIT
+from kit import BATCH_WAIT as WAIT
+from kit import assert_no_key, downloaded, records
+from kit import batch_inline as batch
+from kit import batch_state as state
+from kit import collect_inline as collect
+from kit import prepare_inline as prepare
 
 OTHER = "glm-4-flash"  # the model the other run asked; this run is for the default, gpt-4o-mini
-SUBMIT = ("--file-poll", "0.05", "--backoff", "0.01")
-WAIT = ("--wait", "--interval", "0.01", "--backoff", "0.01")
-
-server, env, inputs = test_batch.server, test_batch.env, test_batch.inputs  # the fixtures of test_batch
 
 
 def other_model_run(tmp_path: Path, capsys, inputs, srv) -> tuple[Path, Path]:
@@ -39,20 +41,6 @@ def other_model_run(tmp_path: Path, capsys, inputs, srv) -> tuple[Path, Path]:
     rc, err = batch(capsys, "fetch", "--run", str(run), *WAIT)
     assert rc in (0, 1), err
     return run, run / "batch" / "requests-0001.output.jsonl"
-
-
-def downloaded(srv, run: Path) -> tuple[list[str], list[str]]:
-    """The output and error lines of the run's one batch, downloaded by hand once it has completed."""
-    (shard,) = state(run)["shards"]
-    for _ in range(20):
-        b = json.loads(get(srv.url, f"/batches/{shard['batch_id']}"))
-        if b["status"] == "completed":
-            break
-    assert b["status"] == "completed"
-    def lines(key: str) -> list[str]:
-        return get(srv.url, f"/files/{b[key]}/content").decode().splitlines() if b.get(key) else []
-
-    return lines("output_file_id"), lines("error_file_id")
 
 
 def import_(capsys, run: Path, *files_and_flags: str) -> tuple[int, str]:
@@ -206,7 +194,7 @@ def test_prepare_reads_a_gb18030_pitches_file_with_encoding_as_the_utf8_one(tmp_
     for name in ("requests-0001.jsonl", "requests-0001.meta.jsonl"):
         want = (utf8_run / "batch" / name).read_bytes()
         assert (gb_run / "batch" / name).read_bytes() == want and want.count(b"\n") == N_REQUESTS
-    assert "清晨好物分享" in (gb_run / "batch" / "requests-0001.jsonl").read_text(encoding="utf-8")
+    assert "宠粉专场第0场" in (gb_run / "batch" / "requests-0001.jsonl").read_text(encoding="utf-8")
     # and its estimate is the UTF-8 file's (any spelling of the name will do)
     dry = [prepare(capsys, files, tmp_path / "dry", url, "--dry-run", *flags)
            for files, flags in ((inputs, ()), ((gb, goods), ("--encoding", "GB18030")))]
@@ -231,7 +219,7 @@ def test_prepare_reads_a_gb18030_pitches_file_with_encoding_as_the_utf8_one(tmp_
     assert records(gb_run) == []
     rc, err = batch(capsys, *reference, "--encoding", "gb18030")
     assert rc == 0 and "imported 1 ok" in err, err
-    assert [r["id"] for r in records(gb_run)] == ["entry:200:Z"]
+    assert [r["id"] for r in records(gb_run)] == ["entry:100:Z"]
 
 
 def test_prepare_merges_extra_body_into_every_line_and_the_manifest(tmp_path, capsys, server, env, inputs):

@@ -7,7 +7,6 @@ process on loopback, whose ``/stats`` counts every request it got.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import pitch_row, write_goods, write_pitches
+from kit import env_for, make_inputs, records, score, score_cmd
 from liveroom.async_client.record import Record
 from liveroom.errors import InputError
 from liveroom.prompts.stages import STAGES
@@ -34,26 +33,11 @@ EXAMPLE = ROOT / "data" / "prices.example.json"
 N = 6  # pitches: 6 x 3 stages x 8 personas = 144 requests
 
 
-def make_inputs(tmp_path: Path, n: int = N) -> tuple[Path, Path]:
-    rows, goods = [], {}
-    base = dt.datetime(2024, 3, 1, 0, 15)
-    for i in range(n):
-        start = (base + dt.timedelta(hours=7 * i)).strftime("%Y-%m-%d %H:%M")
-        rows.append(pitch_row(100 + i, start, title=f"宠粉专场第{i}场", prod=f"好物{i}号", text="今天限时优惠，全场包邮" * (i + 1)))
-        goods[start] = [[j, f"商品{i}-{j}", float(20 * (i + 1) * (j + 1))] for j in range(1 + i % 3)]
-    return write_pitches(tmp_path, rows), write_goods(tmp_path, goods)
-
-
 def run(cmd: str, *args: str, url: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OPENAI_BASE_URL": url}
     env.pop("OPENAI_API_KEY", None)
     return subprocess.run([sys.executable, str(BIN / cmd), *args], env=env, capture_output=True, text=True,
                           timeout=120)
-
-
-def score(pitches: Path, goods: Path, out: Path, url: str, *flags: str) -> subprocess.CompletedProcess:
-    return run("score", "--pitches", str(pitches), "--goods", str(goods), "--out", str(out), "--backoff", "0.05",
-               *flags, url=url)
 
 
 def prepare(pitches: Path, goods: Path, out: Path, url: str, *flags: str) -> subprocess.CompletedProcess:
@@ -80,14 +64,10 @@ def number(cell: str) -> int:
     return int(cell.replace(",", ""))
 
 
-def records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for f in sorted(run_dir.glob("*.jsonl")) for line in f.read_text().splitlines()]
-
-
 # ----------------------------------------------------------------------------- dry runs
 
 def test_dry_run_of_a_new_run_sends_nothing_and_writes_nothing(tmp_path, sim):
-    pitches, goods = make_inputs(tmp_path)
+    pitches, goods = make_inputs(tmp_path, N)
     s = sim()
     out = tmp_path / "run"
     p = score(pitches, goods, out, s.url, "--dry-run", "--price-input", "2", "--price-output", "8")
@@ -103,7 +83,7 @@ def test_dry_run_of_a_new_run_sends_nothing_and_writes_nothing(tmp_path, sim):
 
 
 def test_dry_run_of_a_half_done_run_counts_exactly_changes_nothing_and_is_calibrated(tmp_path, sim):
-    pitches, goods = make_inputs(tmp_path)
+    pitches, goods = make_inputs(tmp_path, N)
     s = sim("--fail-first", "7", "--fail-first-kind", "500")
     out = tmp_path / "run"
     first = score(pitches, goods, out, s.url, "--max-retries", "0", "--concurrency", "4")
@@ -142,7 +122,7 @@ def test_dry_run_refuses_a_run_made_by_another_command(tmp_path, sim):
 
 
 def test_batch_prepare_dry_run_says_what_prepare_then_writes(tmp_path, sim):
-    pitches, goods = make_inputs(tmp_path)
+    pitches, goods = make_inputs(tmp_path, N)
     s = sim("--fail-first", "5", "--fail-first-kind", "nonjson")
     out = tmp_path / "run"
     first = score(pitches, goods, out, s.url, "--max-reasks", "0", "--concurrency", "4")
@@ -191,10 +171,7 @@ def test_usage_totals_recompute_equal_the_sum_over_records_across_a_kill_and_res
     kept.prices = Prices(2.0, 8.0)
     kept.save(out)  # what the run had used when it stopped
 
-    env = {**os.environ, "OPENAI_BASE_URL": s.url}
-    env.pop("OPENAI_API_KEY", None)
-    proc = subprocess.Popen([sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-                             "--out", str(out), "--concurrency", "4"], env=env,
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, "--concurrency", "4"), env=env_for(s.url),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 60
     while len(records(out)) < 120 and time.time() < deadline:

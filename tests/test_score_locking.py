@@ -19,8 +19,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from kit import Server, batch, completion, make_inputs, ok_ids, one_line_error, score, start_score
 from liveroom.locks import RUN_DIR_LOCK
-from test_reliability_kit import Server, batch, completion, make_inputs, ok_ids, one_line_error, score, start_score
 
 
 class Held:

@@ -8,8 +8,9 @@ only, a full rate window that pauses everyone instead of being hammered,
 arrears that stop the run at once, a content filter that fails one request
 (and a rerun that leaves it), reasoning replies. What is checked is what
 happened (counts, records, exit status, lines), never how fast; the speed
-figures are bench/bench_engine.py's ``limits`` table. The limiter, the
-error-code table and the header readers are checked directly at the end.
+figures are bench/bench_engine.py's ``limits`` table. The limiter alone is
+checked in test_engine_concurrency.py; the error-code tables and the header
+readers in test_engine_providers.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,12 +26,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from liveroom.async_client.concurrency import ConcurrencyLimit, Slot
-from liveroom.async_client.errors import Fatal, Filtered, Rejected, Retryable
-from liveroom.async_client.providers import DASHSCOPE, OPENAI, ZHIPU, rule_for
-from liveroom.async_client.transport import http_error, rate_window, read_completion, reset_seconds, retry_after
-from test_reliability_kit import Server, completion, env_for, one_line_error, records
-from test_score import BIN, make_inputs, score
+from kit import Server, completion, env_for, make_inputs, one_line_error, records, score, score_cmd
 
 PROFILES = ("openai", "zhipu", "dashscope")
 LIMIT = re.compile(r"limit (\d+)/(\d+)")
@@ -98,16 +93,15 @@ def test_a_scattered_429_delays_its_own_request_and_nobody_else(tmp_path, sim, p
 def run_for(pitches: Path, goods: Path, out: Path, url: str, seconds: float, *flags: str,
             until: Any = None) -> subprocess.CompletedProcess[str]:
     """bin/score for ``seconds`` (or until ``until()``), then SIGTERM."""
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--out", str(out),
-           "--backoff", "0.05", *flags]
-    proc = subprocess.Popen(cmd, env=env_for(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, *flags), env=env_for(url), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     end = time.monotonic() + seconds
     while time.monotonic() < end and proc.poll() is None and not (until and until()):
         time.sleep(0.05)
     time.sleep(1.0)
     proc.send_signal(signal.SIGTERM)
     out_, err = proc.communicate(timeout=30)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out_, err)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out_, err)
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -251,136 +245,6 @@ def test_extra_body_goes_into_every_request_and_the_manifest(tmp_path):
 def test_a_local_server_provider_needs_its_address(tmp_path):
     pitches, goods = make_inputs(tmp_path, 1)
     env = env_for(None)
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-           "--out", str(tmp_path / "run"), "--provider", "vllm"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(score_cmd(pitches, goods, tmp_path / "run", "--provider", "vllm"), env=env, capture_output=True,
+                       text=True, timeout=60)
     assert "--provider vllm: name the server with --base-url" in one_line_error(p)
-
-
-# ----------------------------------------------------------------------------- the limiter alone
-
-def test_clean_replies_raise_the_limit_one_slot_per_round_trip():
-    lim = ConcurrencyLimit(64)
-    lim.limit = 10.0
-    lim.active = 10
-    for _ in range(10):  # one round trip's worth of replies
-        lim.ok(lim.send())
-    assert 10.9 < lim.limit < 11.1
-    lim.active = 2  # the limit is not what holds sends back: nothing to learn
-    lim.ok(lim.send())
-    assert lim.limit < 11.1
-
-
-def test_a_cap_cuts_once_per_round_trip_and_clamps_to_what_is_out():
-    lim = ConcurrencyLimit(64)
-    stamps = [lim.send() for _ in range(64)]
-    assert lim.throttled(stamps[20], cap=True)
-    assert lim.limit == pytest.approx(64 * 0.9) and lim.cuts == 1
-    for st in stamps[21:40]:  # the rest of that burst: old news, no more cuts, but never more than is out
-        lim.throttled(st, cap=True)
-    assert lim.cuts == 1 and lim.limit == lim.sending == 44
-    later = lim.send()
-    assert lim.throttled(later, cap=True) and lim.cuts == 2  # sent after the cut: a new round trip
-
-
-def test_random_429s_at_a_steady_share_move_nothing():
-    lim = ConcurrencyLimit(64)
-    x = 12345
-    for _ in range(20_000):  # a 10% share, whatever the load
-        x = (x * 1103515245 + 12345) % 2**31
-        stamp = lim.send()
-        if x % 10 == 0:
-            assert not lim.throttled(stamp, cap=False)
-        else:
-            lim.ok(stamp)
-    assert lim.limit == 64 and lim.cuts == 0
-
-
-def test_a_rising_429_share_is_a_cap_signal_and_fixed_never_moves():
-    for adaptive in (True, False):
-        lim = ConcurrencyLimit(32, adaptive)
-        over = [lim.throttled(lim.send(), cap=False) for _ in range(12)]
-        assert over[:9] == [False] * 9 and all(over[9:])
-        assert (lim.limit < 32) is adaptive
-
-
-async def test_a_job_waiting_for_its_retry_lends_its_slot_and_comes_back_first():
-    import asyncio
-
-    lim = ConcurrencyLimit(1)
-    waiting, new = Slot(lim), Slot(lim)
-    await waiting.take()
-    waiting.park()  # its retry wait: the one slot is free for another job
-    await asyncio.wait_for(new.take(), 1)
-    back = asyncio.create_task(waiting.resume())
-    later = asyncio.create_task(Slot(lim).take())
-    await asyncio.sleep(0)
-    new.release()
-    await asyncio.wait_for(back, 1)  # ahead of the job that asked after it
-    assert not later.done() and lim.active == 1
-    waiting.release()
-    await asyncio.wait_for(later, 1)
-
-
-# ----------------------------------------------------------------------------- what the server sends
-
-@pytest.mark.parametrize("text, seconds", [("1s", 1.0), ("6m0s", 360.0), ("20ms", 0.02), ("1.5s", 1.5),
-                                           ("1h0m0s", 3600.0), ("2", 2.0), ("0s", 0.0), ("soon", None),
-                                           ("", None), ("5x", None), ("-1s", None), (None, None)])
-def test_reset_durations_as_openai_writes_them(text, seconds):
-    assert reset_seconds(text) == (pytest.approx(seconds) if seconds is not None else None)
-
-
-def test_rate_limit_headers_and_junk():
-    w = rate_window({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s",
-                     "x-ratelimit-remaining-tokens": "lots", "x-ratelimit-reset-tokens": "20ms"})
-    assert w is not None and (w.requests, w.requests_reset, w.tokens, w.tokens_reset) == (0, 360.0, None, 0.02)
-    assert rate_window({"content-type": "application/json"}) is None
-    for junk in ("soon", "NaN", "inf", "Wed, 99 Foo", "-"):
-        assert retry_after({"Retry-After": junk}) is None
-
-
-def test_a_completion_with_odd_fields_gets_sane_defaults():
-    body = {"choices": [{"message": {"content": "{}"}, "finish_reason": 7}], "usage": "lots", "model": None}
-    reply = read_completion(body)
-    assert (reply.text, reply.usage, reply.model, reply.finish_reason) == ("{}", {}, "", "")
-    empty = read_completion({"choices": [{"message": {"content": None}, "finish_reason": "length"}]})
-    assert empty.text == "" and empty.finish_reason == "length"
-    with pytest.raises(Filtered, match="^content_filter: finish_reason content_filter"):
-        read_completion({"choices": [{"message": {"content": None}, "finish_reason": "content_filter"}]})
-
-
-@pytest.mark.parametrize("status, body, kind, signal", [
-    (429, b'{"error": {"code": "1113", "message": "Insufficient balance"}}', Fatal, None),
-    (429, b'{"error": {"code": "1302", "message": "High concurrency"}}', Retryable, "cap"),
-    (429, b'{"error": {"code": "1305", "message": "busy"}}', Retryable, "rate"),
-    (400, b'{"error": {"code": "1301", "message": "unsafe"}}', Filtered, None),
-    (400, b'{"error": {"code": "data_inspection_failed", "type": "data_inspection_failed"}}', Filtered, None),
-    (400, b'{"error": {"code": "Arrearage", "message": "Access denied"}}', Fatal, None),
-    (400, b'{"error": {"code": "context_length_exceeded", "message": "too long"}}', Rejected, None),
-    (429, b'{"error": {"code": "rate_limit_exceeded", "message": "Request too large for gpt-4o"}}', Rejected, None),
-    (429, b"<html>Too Many Requests</html>", Retryable, "rate"),
-    (502, b"Bad Gateway", Retryable, None),
-])
-def test_what_an_error_answer_means_comes_from_its_code_first(status, body, kind, signal):
-    err = http_error(status, {}, body, None, "http://x/v1")
-    assert type(err) is kind, err
-    if isinstance(err, Retryable):
-        assert err.signal == signal
-    if isinstance(err, Fatal):
-        assert "then run the same command again to resume" in str(err) and "\n" not in str(err)
-
-
-def test_the_error_table_follows_providers_md():
-    fatal = ["1000", "1001", "1002", "1003", "1004", "1110", "1111", "1112", "1113", "1120", "1121", "1304", "1308",
-             "1309", "1310", "1311", "1313"]
-    assert all(rule_for(ZHIPU, c).action == "fatal" for c in fatal)
-    assert [rule_for(ZHIPU, c).action for c in ("1301", "1300", "1302", "1303", "1305", "1312", "1261", "500")] == [
-        "filter", "filter", "cap", "rate", "rate", "rate", "request", "retry"]
-    assert rule_for(OPENAI, "insufficient_quota").action == "fatal"
-    assert rule_for(None, "insufficient_quota").action == "fatal"  # no provider known: OpenAI's meaning
-    assert rule_for(DASHSCOPE, "insufficient_quota", "You exceeded your current quota").action == "rate"
-    assert rule_for(DASHSCOPE, "Throttling.AllocationQuota", "Free allocated quota exceeded.").action == "fatal"
-    assert rule_for(DASHSCOPE, "InternalError.Algo.DataInspectionFailed").action == "filter"
-    assert rule_for(DASHSCOPE, "InvalidParameter", "enable_thinking must be false").action == "fatal"
-    assert rule_for(None, "nothing-known") is None
