@@ -124,11 +124,14 @@ def budget_run(pitches: Path, goods: Path, out: Path, url: str, budget: float, c
                  "--concurrency", str(concurrency), "--budget", str(budget), *PRICES)
 
 
-@pytest.mark.parametrize("concurrency, budget", [(1, 60.0), (8, 60.0), (8, 25.0)])
+@pytest.mark.parametrize("concurrency, budget, faults", [
+    (1, 60.0, ()), (8, 60.0, ()), (8, 25.0, ()),
+    (8, 25.0, ("--p-429", "0.3", "--retry-after", "0.05")),  # jobs parked for a retry come back to a slot
+])
 def test_a_budget_stop_lands_within_one_worst_case_and_a_higher_budget_completes(tmp_path, sim, concurrency,
-                                                                                budget):
+                                                                                budget, faults):
     pitches, goods = make_inputs(tmp_path)  # 144 requests, about 103 CNY in all at these prices
-    s = sim("--latency-ms", "5")
+    s = sim("--latency-ms", "5", *faults)
     out = tmp_path / "run"
     w = worst_of_every_job(pitches, goods, reasks=2)  # --max-reasks 2, the default: three asks each
     assert 25.0 < 3 * w  # a small budget: under three worst cases, where a round of C = 8 may hold eight
@@ -142,13 +145,14 @@ def test_a_budget_stop_lands_within_one_worst_case_and_a_higher_budget_completes
                                    + sum(r["usage"]["completion_tokens"] for r in records(out)) * 8000) / 1e6)
     assert spent <= budget  # never passed
     assert budget - spent < w  # a refused job waited for those in flight: it stopped with nothing in flight
+    assert bool(faults) == (s.stats()["requests"] > len(records(out)))  # the 429s were retried
     print(f"\nconcurrency {concurrency}: budget {budget}, spent {spent}, worst case of a job {w:.4f}, "
           f"short by {budget - spent:.4f}, exit {p.returncode}, {len(records(out))} of 144 requests")
 
     # the same budget again: a job with a smaller worst case than the one refused may still fit
     again = budget_run(pitches, goods, out, s.url, budget, concurrency)
     assert again.returncode == 130 and spent <= usage(out)["cost"] <= budget
-    assert budget - usage(out)["cost"] < w and s.stats()["requests"] == len(records(out))
+    assert budget - usage(out)["cost"] < w and sum(r["attempts"] for r in records(out)) == s.stats()["requests"]
     if concurrency == 1:  # the job refused is the first one asked again: nothing is sent
         assert usage(out)["cost"] == spent
 

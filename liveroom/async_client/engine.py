@@ -153,8 +153,8 @@ class Engine:
         while isinstance(verdict := self.admission.reserve(job), asyncio.Event):
             slot.park()
             await verdict.wait()
-        if verdict is None and not slot.held:
-            await slot.take()
+        if verdict is None:
+            await slot.resume()  # let in already (its cost held): ahead of new jobs
         return verdict
 
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
