@@ -6,7 +6,7 @@ default 3) and reports the median; ratios are computed within the same run.
 
     python bench/bench_engine.py all [--write-docs]      # every table (about 40 minutes)
     python bench/bench_engine.py --quick all             # small sizes, one repeat: a smoke test
-    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit|limits [...]
+    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit|limits|budget|scattered [...]
 
 Tables:
 
@@ -37,6 +37,9 @@ Tables:
   without a provider code, scattered 429s, a server-side rpm window, arrears),
   the live concurrency limit against ``--fixed-concurrency`` in the same run
   (:mod:`bench_limits`).
+* ``budget``: where ``--budget`` stops, in worst cases of one job (:mod:`bench_budget`).
+* ``scattered``: 10% scattered 429s at 200 ms, ``--repeats`` runs, the time split into the slot-time
+  bound and the tail, beside a client without overhead (:mod:`bench_scattered`).
 
 The helpers every table shares (child processes, the simulator, inputs, the Markdown
 tables and the docs they go to) are :mod:`harness`'s.
@@ -59,8 +62,10 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from bench_budget import bench_budget
 from bench_limits import bench_limits
 from bench_scale import bench_memory, bench_ratelimit, bench_resume
+from bench_scattered import bench_scattered
 from harness import (
     PY,
     ROOT,
@@ -312,7 +317,8 @@ def bench_oldway(o: argparse.Namespace, rep: Report) -> dict:
 
 
 COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_oldway,
-            "resume": bench_resume, "memory": bench_memory, "ratelimit": bench_ratelimit, "limits": bench_limits}
+            "resume": bench_resume, "memory": bench_memory, "ratelimit": bench_ratelimit, "limits": bench_limits,
+            "budget": bench_budget, "scattered": bench_scattered}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,20 +6,20 @@ whose replies carry ``usage`` (half a token a character); the batch commands
 run against the local Batch API server, in-process through bin/batch's entry
 point. Prices are made up, large enough that each request costs about one unit.
 
-What the budget test holds to: the rule "spent + worst case of the jobs in
+What the budget tests hold to: the rule "spent + worst case of the jobs in
 flight <= budget" is checked before each job is sent, so the spent cost never
-passes the budget (while no request costs more than its worst case). Where it
-stops, spent + (the jobs in flight) + W(refused job) > budget, and the jobs in
-flight end within their worst cases: so budget - spent < W(refused) + the sum
-of the worst cases of the C jobs in flight. With ``--concurrency 1`` (and no
-retry, so no job is parked) nothing else is in flight: budget - spent < one
-job's worst case, its re-asks counted; with C = 4: under 5 worst cases.
+passes the budget (while no request costs more than its worst case). A job that
+does not fit waits for the jobs in flight to be released and is asked again; the
+run stops only when a job does not fit with nothing in flight: there
+budget - spent < W(refused job) <= the largest worst case of a job, whatever
+the concurrency (``--concurrency 8`` as much as 1).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -113,14 +113,17 @@ def budget_run(pitches: Path, goods: Path, out: Path, url: str, budget: float, c
                  "--concurrency", str(concurrency), "--budget", str(budget), *PRICES)
 
 
-@pytest.mark.parametrize("concurrency", [1, 4])
-def test_a_budget_stop_lands_within_the_worst_cases_in_flight_and_a_higher_budget_completes(tmp_path, sim,
-                                                                                           concurrency):
+@pytest.mark.parametrize("concurrency, budget, faults", [
+    (1, 60.0, ()), (8, 60.0, ()), (8, 25.0, ()),
+    (8, 25.0, ("--p-429", "0.3", "--retry-after", "0.05")),  # jobs parked for a retry come back to a slot
+])
+def test_a_budget_stop_lands_within_one_worst_case_and_a_higher_budget_completes(tmp_path, sim, concurrency,
+                                                                                budget, faults):
     pitches, goods = make_inputs(tmp_path, 6)  # 144 requests, about 103 CNY in all at these prices
-    s = sim("--latency-ms", "5")
+    s = sim("--latency-ms", "5", *faults)
     out = tmp_path / "run"
     w = worst_of_every_job(pitches, goods, reasks=2)  # --max-reasks 2, the default: three asks each
-    budget = 60.0
+    assert 25.0 < 3 * w  # a small budget: under three worst cases, where a round of C = 8 may hold eight
 
     p = budget_run(pitches, goods, out, s.url, budget, concurrency)
     assert p.returncode == 130, p.stderr
@@ -130,15 +133,16 @@ def test_a_budget_stop_lands_within_the_worst_cases_in_flight_and_a_higher_budge
     assert spent == pytest.approx((sum(r["usage"]["prompt_tokens"] for r in records(out)) * 2000
                                    + sum(r["usage"]["completion_tokens"] for r in records(out)) * 8000) / 1e6)
     assert spent <= budget  # never passed
-    assert budget - spent < (concurrency + 1) * w  # the refused job and those then in flight
+    assert budget - spent < w  # a refused job waited for those in flight: it stopped with nothing in flight
+    assert bool(faults) == (s.stats()["requests"] > len(records(out)))  # the 429s were retried
     print(f"\nconcurrency {concurrency}: budget {budget}, spent {spent}, worst case of a job {w:.4f}, "
           f"short by {budget - spent:.4f}, exit {p.returncode}, {len(records(out))} of 144 requests")
 
-    # the same budget again: what the jobs then in flight held and did not use may let a few more go
+    # the same budget again: a job with a smaller worst case than the one refused may still fit
     again = budget_run(pitches, goods, out, s.url, budget, concurrency)
     assert again.returncode == 130 and spent <= usage(out)["cost"] <= budget
-    assert budget - usage(out)["cost"] < (concurrency + 1) * w and s.stats()["requests"] == len(records(out))
-    if concurrency == 1:  # nothing was in flight: nothing more fits
+    assert budget - usage(out)["cost"] < w and sum(r["attempts"] for r in records(out)) == s.stats()["requests"]
+    if concurrency == 1:  # the job refused is the first one asked again: nothing is sent
         assert usage(out)["cost"] == spent
 
     done = budget_run(pitches, goods, out, s.url, 1000.0, concurrency)  # raised: it resumes and completes
@@ -147,6 +151,30 @@ def test_a_budget_stop_lands_within_the_worst_cases_in_flight_and_a_higher_budge
     assert len(recs) == 144 and all(r["status"] == "ok" for r in recs)
     assert {k: usage(out)[k] for k in by_hand(recs)} == by_hand(recs)
     assert usage(out)["cost"] <= 1000.0 and check_usage(out, STAGES)["usage_json"] == "agrees"
+
+
+def test_a_stop_ends_the_jobs_waiting_for_room_in_the_budget(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 6)  # 144 requests
+    s = sim("--latency-ms", "1500")
+    out = tmp_path / "run"
+    w = worst_of_every_job(pitches, goods, reasks=2)
+    proc = subprocess.Popen(score_cmd(pitches, goods, out, "--model", DEFAULT_MODEL, "--max-tokens", str(MAX_TOKENS),
+                                      "--concurrency", "8", "--budget", str(2.5 * w), *PRICES),
+                            env=env_for(s.url), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while s.stats()["requests"] < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert s.stats()["requests"] == 2  # two fit; the other workers wait for room
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)  # the waits end: no hang
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert proc.returncode == 130, err
+    assert "sigint: 142 request(s) left" in err, err  # the two in flight finished in the grace, nothing else sent
+    assert s.stats()["requests"] == len(records(out)) == 2
 
 
 def test_budget_needs_prices_and_a_worst_case_counts_every_ask(tmp_path, sim):

@@ -8,6 +8,7 @@ meta fields for the record and a token estimate; what a reply means is the task'
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -45,8 +46,9 @@ class Task(Protocol):
 class Admission(Protocol):
     """A gate the caller sets on sending (a budget), asked for each job as it is about to be sent."""
 
-    def reserve(self, job: Job) -> str | None:
-        """None: ``job`` may be sent (what it may cost is held until :meth:`release`); else why the run stops."""
+    def reserve(self, job: Job) -> str | asyncio.Event | None:
+        """None: ``job`` may be sent (what it may cost is held until :meth:`release`); an Event: not
+        now, ask again once it is set (a job in flight was released); a str: why the run stops."""
 
     def release(self, job: Job, record: Record) -> None:
         """``job`` is done: ``record`` is written (and passed to ``on_record``)."""

@@ -145,6 +145,18 @@ class Engine:
         """
         await slot.take()
 
+    async def _reserve(self, job: Job, slot: Slot) -> str | None:
+        """The caller's :class:`Admission` on ``job``: None once it may go (with a slot), else why the
+        run stops. A job held back waits, its slot lent (a job in flight may need it for a retry),
+        until a job in flight is released, and is asked again; a stop cancels the wait."""
+        assert self.admission is not None
+        while isinstance(verdict := self.admission.reserve(job), asyncio.Event):
+            slot.park()
+            await verdict.wait()
+        if verdict is None:
+            await slot.resume()  # let in already (its cost held): ahead of new jobs
+        return verdict
+
     async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
         slot = Slot(self.limiter)
         try:
@@ -159,7 +171,7 @@ class Engine:
             job = await queue.get()
             if job is None or self._stop.is_set():
                 return
-            refused = self.admission.reserve(job) if self.admission is not None else None
+            refused = await self._reserve(job, slot) if self.admission is not None else None
             if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
                 slot.release()  # before the sleep: the slot is not this worker's any more
                 await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns

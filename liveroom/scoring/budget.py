@@ -10,11 +10,12 @@ writer), and no file is read per record. With a budget it is also the
 engine's :class:`~liveroom.async_client.engine.Admission`: a job is sent only
 while the cost spent (every run of the directory, batch imports at their
 price) plus the worst case of every job in flight, this one included, stays
-within the budget. So the spent cost never passes the budget while no
-request costs more than its worst case; where it stops, the budget less the
-spent is under the worst case of the refused job plus what the jobs then in
-flight did not use (with one job in flight at a time: under one job's worst
-case).
+within the budget. A job that does not fit waits for a job in flight to be
+released (its record counted: the money it did not use is room again) and is
+asked again; the run stops when one does not fit with nothing in flight. So
+the spent cost never passes the budget while no request costs more than its
+worst case, and where it stops the budget less the spent is under the worst
+case of the job refused: one job's worst case, whatever the concurrency.
 
 The worst case of a job (:class:`WorstCase`) is every ask it may take: the
 first and ``--max-reasks`` re-asks, each billed its prompt and its whole
@@ -32,6 +33,7 @@ assumes, later worst cases are raised by that ratio.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -106,6 +108,7 @@ class Meter:
         self.recent = UsageTotals(prices=prices)  # records written since the totals last caught up
         self.held: dict[str, float] = {}  # job id -> its worst case, while in flight
         self.reached = False
+        self._settled = asyncio.Event()  # set (and replaced) by each release: the waiting jobs try again
         self._saved = time.monotonic()
 
     def open(self) -> None:
@@ -145,19 +148,26 @@ class Meter:
             + f" {p.currency}"
 
     # -- the engine's Admission --------------------------------------------------------
-    def reserve(self, job: Job) -> str | None:
-        """Let ``job`` go while the spent cost and the worst cases in flight, its own too, stay within the budget."""
+    def reserve(self, job: Job) -> str | asyncio.Event | None:
+        """Let ``job`` go while the spent cost and the worst cases in flight, its own too, stay within
+        the budget; when they would not, wait (the Event) for a job in flight to be released, or,
+        with none in flight, stop the run."""
         if self.budget is None or self.worst is None:
             return None
         worst = self.worst(job)
-        if self.reached or (self.spent or 0.0) + sum(self.held.values()) + worst > self.budget:
+        if not self.reached and (self.spent or 0.0) + sum(self.held.values()) + worst <= self.budget:
+            self.held[job.id] = worst
+            return None
+        if self.reached or not self.held:  # nothing in flight will leave more room
             self.reached = True  # no later job goes, however small
             return BUDGET_REACHED
-        self.held[job.id] = worst
-        return None
+        return self._settled
 
     def release(self, job: Job, record: Record) -> None:
-        """``job``'s record is counted (by :meth:`counted`): its worst case is no longer held."""
+        """``job``'s record is counted (by :meth:`counted`): its worst case is no longer held, and the
+        jobs waiting for room are asked again."""
         self.held.pop(job.id, None)
         if self.worst is not None:
             self.worst.learn(job, record)
+        self._settled.set()
+        self._settled = asyncio.Event()

@@ -24,9 +24,10 @@ def add_cost_arguments(p: argparse.ArgumentParser, batch: bool = False) -> None:
                    help="JSON or TOML of model -> prices (e.g. data/prices.example.json); the two flags above win")
     if not batch:
         g.add_argument("--budget", type=non_negative_float, metavar="AMOUNT",
-                       help="stop sending before the run's cost (usage.json, every earlier run counted) plus the "
-                            "worst case of the requests in flight would pass AMOUNT; needs the prices; the stop "
-                            "exits 130, as an interrupt does, and a rerun with a higher --budget goes on")
+                       help="send a request only while the run's cost (usage.json, every earlier run counted) plus "
+                            "the worst case of the requests in flight stays within AMOUNT, else wait for those "
+                            "to finish; stop when one does not fit with none in flight; needs the prices; the "
+                            "stop exits 130, as an interrupt does, and a rerun with a higher --budget goes on")
     if batch:
         g.add_argument("--batch-discount", type=number(float, 0, 1, name="share"), default=None,
                        help="the batch price as a share of the prices (default: the price file's, else "
