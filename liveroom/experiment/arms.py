@@ -92,7 +92,8 @@ class Experiment:
         """The TrainConfig of model (arm, seed): ``bin/train``'s for :func:`train_argv`."""
         arm_fields = dict(ARMS[arm][1])
         settings = {**PRESETS[arm_fields.get("preset", "default")], "patience": self.patience, **arm_fields}
-        return TrainConfig(pitches=self.pitches, out=str(self.model_dir(arm, seed)), features=self.features,
+        features = self.features if arm_fields["inputs"] != "tabular" else None  # not read: not recorded
+        return TrainConfig(pitches=self.pitches, out=str(self.model_dir(arm, seed)), features=features,
                            encoding=self.encoding, device=self.device, epochs=self.epochs,
                            batch_size=self.batch_size, lr=self.lr, gamma=self.gamma, hidden=self.hidden,
                            dropout=self.dropout, seed=seed, drop_missing=self.drop_missing, **settings)
