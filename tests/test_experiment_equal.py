@@ -125,3 +125,22 @@ def test_knets_step_equals_fast_step_model_by_model(syn):
         for got, want in ((knets.W1.grad[k], fast.gW1), (knets.Wh.grad[k], fast.gWh), (knets.bh.grad[k], fast.gbh),
                           (knets.Wo.grad[k], fast.gWo), (knets.bo.grad[k], fast.gbo), (knets.b1.grad[k], fast.gb1)):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("at_once", [5, "per batch"])
+def test_masks_drawn_ahead_or_per_batch_are_bin_trains(syn, tmp_path, monkeypatch, at_once):
+    """Dropout masks drawn several batches at a time (where the sampler allows) or batch by batch."""
+    from liveroom.experiment import group
+
+    if at_once == "per batch":
+        monkeypatch.setattr(group, "draws_concatenate", lambda *a: False)
+    else:
+        monkeypatch.setattr(group, "MASK_BATCHES", at_once)  # 22 batches an epoch: chunks of 5, 5, 5, 5, 2
+    exp = Experiment(pitches=str(syn / "pitches.csv"), features=str(syn), out=str(tmp_path / "exp"),
+                     arms=["llm+debias"], seeds=[1], epochs=3, patience=0)
+    assert experiment_main(["--pitches", exp.pitches, "--features", str(syn), "--out", exp.out, "--arms",
+                            "llm+debias", "--seeds", "1", "--epochs", "3", "--patience", "0"]) == 0
+    assert train_main(exp.train_argv("llm+debias", 1, tmp_path / "alone")) == 0
+    ea, eb = _metrics(tmp_path / "exp" / "models" / "llm+debias-1" / "metrics.csv"), _metrics(tmp_path / "alone" / "metrics.csv")
+    for ra, rb in zip(ea, eb):
+        assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), rel=1e-5)

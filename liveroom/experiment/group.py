@@ -18,15 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from ..data.layout import N_REG, N_SHARE, N_TARGETS, REGRESSION_TARGETS
 from ..train.data import SPLITS, Dataset
 from ..train.loss import EPS
 from ..train.metrics import KL_METRICS, Row
-from .kstep import KNets, kl_weights
+from .kstep import KNets, draws_concatenate, kl_weights
 
 #: rows per model in one evaluation chunk (all K models at once: K x this many rows)
 EVAL_ROWS = 1 << 16
+#: batches whose dropout masks are drawn in one call, where that draws the same numbers
+MASK_BATCHES = 64
 
 
 @dataclass
@@ -80,9 +83,14 @@ class Group:
         lr = self.opt.param_groups[0]["lr"] = self.lr
         loss_sum = torch.zeros(K, device=train.device)
         n_batches = math.ceil(n / B)
+        at_once = MASK_BATCHES if draws_concatenate(str(train.device), nets.dropout, 4 * nets.hidden, B) else 1
+        drawn: Tensor | None = None
         for b in range(n_batches):
             batch = train[self.dk[:, None], perms[:, b * B:(b + 1) * B]]          # (K, B, columns)
-            masks = nets.masks(batch.shape[1], gens)
+            if b % at_once == 0:  # the next batches' dropout masks, drawn in one call per model
+                drawn = nets.mask_rows(min(n, (b + at_once) * B) - b * B, gens)
+            i = b % at_once * B
+            masks = nets.split_masks(None if drawn is None else drawn[:, i:i + batch.shape[1]])
             loss_sum += nets.loss_and_grad(batch[..., :n_in], batch[..., n_in:n_in + N_TARGETS],
                                            batch[..., n_in + N_TARGETS], batch[..., n_in + N_TARGETS + 1:],
                                            self.w_kl[b], masks)

@@ -15,6 +15,8 @@ by model.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -73,20 +75,26 @@ class KNets:
 
     # -- training
 
-    def masks(self, batch: int, gens: list[torch.Generator]) -> tuple[Tensor, Tensor] | None:
-        """Scaled dropout masks (K, batch, H) and (K, batch, 3H), model k's from ``gens[k]``.
+    def mask_rows(self, rows: int, gens: list[torch.Generator]) -> Tensor | None:
+        """Scaled dropout masks (K, rows, 4H), model k's from ``gens[k]``; None without dropout.
 
-        Each model draws exactly what ``FastStep.masks`` draws from its generator.
+        Each model draws exactly what ``FastStep.masks(rows, ...)`` draws from its generator.
         """
         p = self.dropout
         if p == 0:
             return None
-        H = self.hidden
-        m = torch.empty(self.K, batch, 4 * H, device=self.W1.device)
+        m = torch.empty(self.K, rows, 4 * self.hidden, device=self.W1.device)
         for k, gen in enumerate(gens):
             m[k].bernoulli_(1 - p, generator=gen)
-        m.mul_(1 / (1 - p))
-        return m[..., :H], m[..., H:]
+        return m.mul_(1 / (1 - p))
+
+    def masks(self, batch: int, gens: list[torch.Generator]) -> tuple[Tensor, Tensor] | None:
+        """One batch's masks (K, batch, H) and (K, batch, 3H), as :meth:`split_masks` gives them."""
+        return self.split_masks(self.mask_rows(batch, gens))
+
+    def split_masks(self, m: Tensor | None) -> tuple[Tensor, Tensor] | None:
+        """(K, B, 4H) masks -> those of the trunk (K, B, H) and of the heads (K, B, 3H)."""
+        return None if m is None else (m[..., :self.hidden], m[..., self.hidden:])
 
     def loss_and_grad(self, x: Tensor, y: Tensor, weight: Tensor, ylogy: Tensor, w_kl: Tensor,
                       masks: tuple[Tensor, Tensor] | None) -> Tensor:
@@ -147,6 +155,22 @@ class KNets:
         logits = torch.matmul(h2s, Wo[:, N_REG:].view(K, 2, N_SHARE, H).transpose(-1, -2))
         logits = logits + bo[:, N_REG:].view(K, 2, 1, N_SHARE)
         return reg, torch.softmax(logits / self.T, -1)
+
+
+@functools.cache
+def draws_concatenate(device: str, p: float, width: int, batch: int) -> bool:
+    """Whether dropout masks drawn batch by batch equal one draw of all their rows, here.
+
+    True for torch's own CPU sampler (one number per element, in order), so
+    an epoch's masks can be drawn a few dozen batches at a time; not for
+    samplers that seed each call (MKL's on Intel CPUs, CUDA's Philox
+    offsets), where each batch is drawn on its own. The generator's state
+    afterwards must agree too, as the next epoch's shuffle comes from it.
+    """
+    gens = [torch.Generator(device=device).manual_seed(0) for _ in range(2)]
+    parts = [torch.empty(n, width, device=device).bernoulli_(1 - p, generator=gens[0]) for n in (batch, batch, 3)]
+    whole = torch.empty(2 * batch + 3, width, device=device).bernoulli_(1 - p, generator=gens[1])
+    return torch.equal(torch.cat(parts), whole) and torch.equal(gens[0].get_state(), gens[1].get_state())
 
 
 def kl_weights(schedules: list[str], n_batches: int, device: torch.device) -> Tensor:
