@@ -54,3 +54,17 @@ def test_missing_pitches_is_one_line(tmp_path, capsys):
                             "--arms", "tabular"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "none.csv" in err
+
+
+def test_cuda_without_cuda_is_one_line(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from liveroom.synthetic import make_synthetic, write_synthetic
+
+    write_synthetic(tmp_path / "d", *make_synthetic(60, seed=1))
+    assert experiment_main(["--pitches", str(tmp_path / "d" / "pitches.csv"), "--out", str(tmp_path / "o"),
+                            "--arms", "tabular", "--device", "cuda:0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "CUDA is not available" in err

@@ -144,3 +144,28 @@ def test_masks_drawn_ahead_or_per_batch_are_bin_trains(syn, tmp_path, monkeypatc
     ea, eb = _metrics(tmp_path / "exp" / "models" / "llm+debias-1" / "metrics.csv"), _metrics(tmp_path / "alone" / "metrics.csv")
     for ra, rb in zip(ea, eb):
         assert float(ra["val_loss"]) == pytest.approx(float(rb["val_loss"]), rel=1e-5)
+
+
+def test_drop_missing_trains_the_arms_on_their_own_pitches(syn, tmp_path, capsys):
+    """With a missing score, the LLM arms leave that pitch out and the tabular arm keeps it, as bin/train does."""
+    feats = tmp_path / "feats"
+    feats.mkdir()
+    for f in syn.glob("*.npy"):
+        a = np.load(f)
+        if f.name == "read.npy":
+            a = a.astype(float)
+            a[40, 2] = np.nan
+        np.save(feats / f.name, a)
+    argv = ["--pitches", str(syn / "pitches.csv"), "--features", str(feats), "--out", str(tmp_path / "exp"),
+            "--arms", "tabular,llm", "--seeds", "0", "--epochs", "2"]
+    assert experiment_main(argv) == 2
+    assert "--drop-missing" in capsys.readouterr().err
+    assert experiment_main(argv + ["--drop-missing"]) == 0
+    exp = Experiment(pitches=str(syn / "pitches.csv"), features=str(feats), out=str(tmp_path / "exp"),
+                     arms=["tabular", "llm"], seeds=[0], epochs=2, drop_missing=True)
+    for arm, n in (("tabular", 500), ("llm", 499)):
+        a = json.loads((tmp_path / "exp" / "models" / f"{arm}-0" / "summary.json").read_text())
+        assert sum(a["n_pitches"].values()) == n
+        assert train_main(exp.train_argv(arm, 0, tmp_path / arm)) == 0
+        b = json.loads((tmp_path / arm / "summary.json").read_text())
+        assert a["test"]["rmse_log_gmv"] == pytest.approx(b["test"]["rmse_log_gmv"], rel=1e-4)
