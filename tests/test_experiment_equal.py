@@ -169,3 +169,21 @@ def test_drop_missing_trains_the_arms_on_their_own_pitches(syn, tmp_path, capsys
         assert train_main(exp.train_argv(arm, 0, tmp_path / arm)) == 0
         b = json.loads((tmp_path / arm / "summary.json").read_text())
         assert a["test"]["rmse_log_gmv"] == pytest.approx(b["test"]["rmse_log_gmv"], rel=1e-4)
+
+
+def test_tabular_nets_padded_to_40_inputs_keep_their_padding_zero(syn):
+    torch.manual_seed(4)
+    nets = [SalesNet(8, 16, 0.1, 1.0), SalesNet(40, 16, 0.1, 1.0)]
+    knets = KNets.stack(nets, 0.1)
+    opt = torch.optim.Adam(knets.params, lr=1e-2, fused=True)
+    x = torch.randn(2, 16, 40)
+    x[0, :, 8:] = 0  # the tabular model's padded inputs
+    y = torch.rand(2, 16, 20)
+    for _ in range(3):
+        knets.loss_and_grad(x, y, torch.ones(2, 16), torch.zeros(2, 16, 2), torch.ones(2, 1), knets.masks(16, [
+            torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]))
+        assert (knets.W1.grad[0, :, 8:] == 0).all()
+        opt.step()
+    assert (knets.W1[0, :, 8:] == 0).all() and knets.W1[0, :, :8].abs().sum() > 0
+    back = knets.net(0)
+    assert back.trunk[0].in_features == 8 and knets.net(1).trunk[0].in_features == 40

@@ -19,8 +19,8 @@ def parser() -> argparse.ArgumentParser:
     d = Experiment("", "")
     ap = argparse.ArgumentParser(
         prog="experiment",
-        description="Train the sales model for every arm and seed at once (models of one input width batched "
-                    "together on one device), each exactly as bin/train trains it alone with that arm's flags and "
+        description="Train the sales model for every arm and seed at once (one batched step over all models, "
+                    "on one device), each exactly as bin/train trains it alone with that arm's flags and "
                     "--seed, and report the test metrics of each arm as mean ± sample std over the seeds, with "
                     "each arm's difference from tabular only (95 %% interval, paired t-test). Writes "
                     "OUT/results.csv, summary.csv, summary.md, report.html and OUT/models/ARM-SEED/ (bin/train's "

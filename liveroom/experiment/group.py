@@ -1,8 +1,9 @@
-"""A group: the models of one input width and data size, trained one step at a time together.
+"""A group: the models of one data size, trained one step at a time together.
 
 The group holds its models' datasets stacked as ``(D, n, columns)`` (one per
-distinct input set and sample weight: e.g. the LLM arms with and without the
-debias weight), each model's index into them, its :class:`KNets`, one fused
+distinct input set and sample weight: tabular only, the LLM inputs with and
+without the debias weight, raw or standardised; narrower inputs padded with
+zero columns to the widest, see :mod:`.kstep`), each model's index into them, its :class:`KNets`, one fused
 Adam, the learning rate and each model's shuffle generator. An epoch draws
 each model's permutation and dropout masks from its own generator in the
 order ``bin/train`` does, so model k sees the batches it would see alone.
@@ -54,12 +55,13 @@ class Group:
                 datasets.append(m.data)
         self.datasets = datasets
         device = nets.W1.device
-        self.rows = torch.stack([d.rows for d in datasets]) if len(datasets) > 1 else datasets[0].rows.unsqueeze(0)
-        for i, d in enumerate(datasets):  # the dataset's rows become a view of the stack: one copy in memory
-            d.rows = self.rows[i]
+        self.n_in, self.bounds = nets.n_in, datasets[0].bounds
+        self.rows = torch.stack([_padded(d, self.n_in) for d in datasets])
+        for i, d in enumerate(datasets):  # a dataset's rows become a view of the stack: one copy in memory
+            if d.n_in == self.n_in:
+                d.rows = self.rows[i]
         self.dk = torch.tensor([next(i for i, d in enumerate(datasets) if d is m.data) for m in members],
                                device=device)
-        self.n_in, self.bounds = datasets[0].n_in, datasets[0].bounds
         self.opt = torch.optim.Adam(nets.params, lr=lr, fused=True)
         if opt_state is not None:
             for p, exp_avg, exp_avg_sq in zip(nets.params, opt_state["exp_avg"], opt_state["exp_avg_sq"]):
@@ -144,7 +146,8 @@ class Group:
         nets = self.nets.select(idx)
         state = self.opt_state(idx)
         for d in self.datasets:  # the new group stacks the datasets again
-            d.rows = d.rows.clone()
+            if d.rows._base is not None:
+                d.rows = d.rows.clone()
         return Group([self.members[i] for i in idx], nets, self.lr, self.gamma, self.batch_size, state)
 
     def opt_state(self, idx: list[int] | None = None) -> dict[str, Any]:
@@ -168,3 +171,10 @@ class Group:
                 "exp_avg_sq": [t.cpu() for t in opt["exp_avg_sq"]],
                 "rng": [m.gen.get_state() for m in self.members]}
 
+
+def _padded(data: Dataset, width: int) -> torch.Tensor:
+    """The dataset's rows with zero input columns added up to ``width`` inputs."""
+    if data.n_in == width:
+        return data.rows
+    zeros = data.rows.new_zeros(len(data.rows), width - data.n_in)
+    return torch.cat([data.rows[:, :data.n_in], zeros, data.rows[:, data.n_in:]], 1)

@@ -1,4 +1,4 @@
-"""K networks of one input width trained at once: the fast step's math with a model axis.
+"""K networks trained at once: the fast step's math with a model axis.
 
 :class:`KNets` holds K :class:`~liveroom.train.model.SalesNet` s as six
 stacked parameters (trunk, heads' first layers, output layers; weights and
@@ -9,7 +9,13 @@ that axis; per model there is its own temperature and KL weight, so the
 default and the reference presets train side by side. Adam is elementwise,
 so each model's update is the one it would get alone.
 
-``tests/test_experiment_kstep.py`` checks a step against ``FastStep`` model
+Models of fewer inputs (tabular only: 8 of 40) train beside the others with
+their inputs and their trunk weights padded with zeros: a zero input adds
+nothing to a product and gets a zero gradient, and Adam moves a weight with
+zero gradients (and zero moments) by exactly zero, so the padding stays zero
+and the model is the one it would be alone.
+
+``tests/test_experiment_equal.py`` checks a step against ``FastStep`` model
 by model.
 """
 
@@ -36,32 +42,41 @@ def _layers(net: SalesNet) -> tuple[list[nn.Linear], list[nn.Linear], list[nn.Li
 class KNets:
     """K networks as stacked parameters ``(K, ...)``; :meth:`net` gives model ``k`` back as a SalesNet."""
 
-    def __init__(self, params: list[Tensor], temperatures: Tensor, dropout: float) -> None:
+    def __init__(self, params: list[Tensor], temperatures: Tensor, dropout: float,
+                 n_ins: list[int] | None = None) -> None:
         self.params = [p if isinstance(p, nn.Parameter) else nn.Parameter(p) for p in params]
         self.W1, self.b1, self.Wh, self.bh, self.Wo, self.bo = self.params
-        self.K, self.hidden, self.n_in = self.W1.shape
+        self.K, self.hidden, self.n_in = self.W1.shape   # n_in: the widest model's inputs
+        self.n_ins = n_ins or [self.n_in] * self.K       # each model's own
         self.T = temperatures.to(self.W1.device).view(self.K, 1, 1, 1)   # per model
         self.dropout = dropout
 
     @classmethod
     def stack(cls, nets: list[SalesNet], dropout: float) -> KNets:
-        """The nets' current weights, stacked (copied) in this order; ``dropout`` is theirs."""
+        """The nets' current weights, stacked (copied) in this order; ``dropout`` is theirs.
+
+        Trunk weights of nets with fewer inputs are padded with zero columns to the widest.
+        """
+        n_ins = [linear(n.trunk, 0).in_features for n in nets]
         parts: list[Tensor] = []
         for which in range(3):
             for attr in ("weight", "bias"):
                 parts.append(torch.stack([torch.cat([getattr(m, attr).detach() for m in _layers(n)[which]])
-                                          for n in nets]))
+                                          for n in nets]) if (which, attr) != (0, "weight") else
+                             torch.stack([nn.functional.pad(linear(n.trunk, 0).weight.detach(), (0, max(n_ins) - w))
+                                          for n, w in zip(nets, n_ins)]))
         temps = torch.tensor([n.temperature for n in nets], dtype=torch.float32)
-        return cls(parts, temps, dropout)
+        return cls(parts, temps, dropout, n_ins)
 
     def net(self, k: int) -> SalesNet:
         """Model ``k`` as a SalesNet (copied weights, on the CPU)."""
         H = self.hidden
-        net = SalesNet(self.n_in, H, self.dropout, float(self.T[k]))
+        n_in = self.n_ins[k]
+        net = SalesNet(n_in, H, self.dropout, float(self.T[k]))
         trunk, first, last = _layers(net)
         sizes = ([H], [H] * 3, [N_REG, N_SHARE, N_SHARE])
         with torch.no_grad():
-            for layers, size, W, b in zip((trunk, first, last), sizes, (self.W1, self.Wh, self.Wo),
+            for layers, size, W, b in zip((trunk, first, last), sizes, (self.W1[..., :n_in], self.Wh, self.Wo),
                                           (self.b1, self.bh, self.bo)):
                 for m, w, bias in zip(layers, W[k].split(size), b[k].split(size)):
                     m.weight.copy_(w)
@@ -71,7 +86,8 @@ class KNets:
     def select(self, keep: list[int]) -> KNets:
         """The models ``keep`` (indices), as a new KNets of copies."""
         idx = torch.tensor(keep, device=self.W1.device)
-        return KNets([p.detach()[idx].clone() for p in self.params], self.T.view(-1)[idx], self.dropout)
+        return KNets([p.detach()[idx].clone() for p in self.params], self.T.view(-1)[idx], self.dropout,
+                     [self.n_ins[i] for i in keep])
 
     # -- training
 

@@ -3,8 +3,8 @@
 :func:`run_experiment` reads top to bottom: settings (a run left in OUT is
 continued), data (the pitches read once, one dataset per input set and
 sample weight), models (each initialised from its own seed exactly as
-``bin/train`` does), groups (models of one input width and data size
-trained together, :mod:`.group`), epochs (each model's metrics, best epoch
+``bin/train`` does), groups (the models of one data size trained
+together, narrower inputs padded: :mod:`.group`), epochs (each model's metrics, best epoch
 and early stop as in :mod:`liveroom.train.loop`), summaries.
 
 Each model's directory ``OUT/models/ARM-SEED`` is what ``bin/train`` writes:
@@ -157,10 +157,10 @@ def _members(models: list[Model], device: torch.device, rng: list[torch.Tensor] 
 
 
 def _fresh_groups(models: list[Model], exp: Experiment, device: torch.device) -> list[Group]:
-    """New networks, initialised as bin/train does, grouped by input width and data size."""
-    by_shape: dict[tuple[int, int], list[Model]] = {}
+    """New networks, initialised as bin/train does, grouped by data size (all together unless --drop-missing)."""
+    by_shape: dict[int, list[Model]] = {}
     for m in models:
-        by_shape.setdefault((m.data.n_in, len(m.data.rows)), []).append(m)
+        by_shape.setdefault(len(m.data.rows), []).append(m)
     groups = []
     for ms in by_shape.values():
         nets = []
@@ -216,7 +216,7 @@ def _restore(state: dict[str, Any], models: dict[str, Model], exp: Experiment, d
     for g in state["groups"]:
         ms = [models[n] for n in g["names"]]
         temps = torch.tensor([m.cfg.temperature for m in ms], dtype=torch.float32)
-        nets = KNets([p.to(device) for p in g["params"]], temps, exp.dropout)
+        nets = KNets([p.to(device) for p in g["params"]], temps, exp.dropout, [m.data.n_in for m in ms])
         groups.append(Group(_members(ms, device, g["rng"]), nets, float(g["lr"]), exp.gamma, exp.batch_size,
                             {k: g[k] for k in ("step", "exp_avg", "exp_avg_sq")}))
     return groups
