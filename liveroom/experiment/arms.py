@@ -78,9 +78,6 @@ class Experiment:
     dropout: float = TrainConfig.dropout
     drop_missing: bool = False
 
-    #: settings a resumed experiment may change (as ``bin/train --resume``)
-    OVERRIDES = ("epochs", "patience", "device")
-
     def models(self) -> list[tuple[str, int]]:
         """Every (arm, seed), arm by arm."""
         return [(arm, seed) for arm in self.arms for seed in self.seeds]
@@ -117,7 +114,8 @@ class Experiment:
         return argv + list(ARMS[arm][2])
 
     def spec(self) -> dict:
-        """What a resumed experiment must share with the one it continues."""
+        """What a resumed experiment must share with the one it continues (all but epochs, patience, device,
+        which may change on the way as with ``bin/train --resume``)."""
         keep = ("pitches", "features", "arms", "seeds", "batch_size", "lr", "gamma", "hidden", "dropout",
                 "drop_missing")
         spec = {k: getattr(self, k) for k in keep}
