@@ -187,3 +187,20 @@ def test_tabular_nets_padded_to_40_inputs_keep_their_padding_zero(syn):
     assert (knets.W1[0, :, 8:] == 0).all() and knets.W1[0, :, :8].abs().sum() > 0
     back = knets.net(0)
     assert back.trunk[0].in_features == 8 and knets.net(1).trunk[0].in_features == 40
+
+
+def test_tables_and_report(experiment):
+    out, _ = experiment
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns[:5]) == ["arm", "seed", "best_epoch", "epochs_run", "stopped_early"]
+    summary = pd.read_csv(out / "summary.csv")
+    rmse = summary[summary.metric == "test_rmse_log_gmv"].set_index("arm")
+    for arm in ARMS:
+        v = results[results.arm == arm].test_rmse_log_gmv
+        assert rmse.loc[arm, "mean"] == pytest.approx(v.mean(), rel=1e-5)
+        assert rmse.loc[arm, "std"] == pytest.approx(v.std(ddof=1), abs=2e-6)  # results.csv keeps 6 digits
+    assert rmse.loc["llm", "compared_with"] == "tabular" and rmse.loc["llm", "diff_mean"] < 0
+    md = (out / "summary.md").read_text()
+    assert all(f"| {arm} |" in md for arm in ARMS) and "Difference from tabular" in md
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and (out / "report-metrics.png").stat().st_size > 1000

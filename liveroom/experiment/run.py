@@ -10,7 +10,8 @@ and early stop as in :mod:`liveroom.train.loop`), summaries.
 Each model's directory ``OUT/models/ARM-SEED`` is what ``bin/train`` writes:
 ``metrics.csv`` (a row per epoch), ``best.pt`` (the selected epoch; what
 ``bin/predict``, ``bin/serve`` and ``bin/report`` read) and
-``summary.json``. After every epoch ``OUT/state.pt`` keeps every running
+``summary.json``; its ``seconds`` column is the group's epoch split evenly
+over the models in it. After every epoch ``OUT/state.pt`` keeps every running
 model's weights, Adam state, shuffle generator and selection state; a rerun
 of the same command goes on from there.
 """
