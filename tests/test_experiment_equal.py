@@ -198,7 +198,7 @@ def test_tables_and_report(experiment):
     for arm in ARMS:
         v = results[results.arm == arm].test_rmse_log_gmv
         assert rmse.loc[arm, "mean"] == pytest.approx(v.mean(), rel=1e-5)
-        assert rmse.loc[arm, "std"] == pytest.approx(v.std(ddof=1), abs=2e-6)  # results.csv keeps 6 digits
+        assert rmse.loc[arm, "std"] == pytest.approx(v.std(ddof=1), rel=1e-4, abs=2e-6)  # results.csv keeps 6 digits
     assert rmse.loc["llm", "compared_with"] == "tabular" and rmse.loc["llm", "diff_mean"] < 0
     md = (out / "summary.md").read_text()
     assert all(f"| {arm} |" in md for arm in ARMS) and "Difference from tabular" in md
