@@ -92,6 +92,17 @@ def experiment_argv(exp: Experiment) -> list[str]:
     return argv + (["--device", exp.device] if exp.device != "cpu" else [])
 
 
+def epoch_seconds(root: Path, names: list[str]) -> float:
+    """The models' metrics.csv ``seconds`` summed: the experiment's time in epochs (steps + evaluation)."""
+    total = 0.0
+    for m in names:
+        with (root / m / "metrics.csv").open() as f:
+            rows = f.read().splitlines()
+        col = rows[0].split(",").index("seconds")
+        total += sum(float(line.split(",")[col]) for line in rows[1:])
+    return total
+
+
 def summaries(root: Path, names: list[str]) -> dict[str, dict]:
     return {n: json.loads((root / n / "summary.json").read_text()) for n in names}
 
@@ -122,6 +133,7 @@ def against_train(n: int, epochs: int, patience: int, device: str) -> dict:
     r["same_epoch"] = sum(a[m]["best_epoch"] == b[m]["best_epoch"] for m in names)
     r["max_rel"] = max(abs(a[m]["test"]["rmse_log_gmv"] / b[m]["test"]["rmse_log_gmv"] - 1) for m in names)
     r["model_epochs"] = sum(a[m]["epochs_run"] for m in names)
+    r["per_model_epoch"] = epoch_seconds(Path(exp.out) / "models", names) / r["model_epochs"]
     return r
 
 
@@ -137,12 +149,7 @@ def big(n: int, epochs: int, device: str) -> dict:
     names = [f"{a}-{s}" for a, s in exp.models()]
     s = summaries(Path(exp.out) / "models", names)
     model_epochs = sum(v["epochs_run"] for v in s.values())
-    epoch_s = 0.0
-    for m in names:
-        with (Path(exp.out) / "models" / m / "metrics.csv").open() as f:
-            rows = f.read().splitlines()
-        col = rows[0].split(",").index("seconds")
-        epoch_s += sum(float(line.split(",")[col]) for line in rows[1:])
+    epoch_s = epoch_seconds(Path(exp.out) / "models", names)
     r.update(wall=t["wall"], rss=t["rss_mb"], command=rel(argv), model_epochs=model_epochs, epoch_s=epoch_s,
              load_s=s[names[0]]["load_seconds"])
     print(f"  bin/experiment {n:,}: {t['wall']:.1f} s, peak RSS {t['rss_mb']:.0f} MB", file=sys.stderr, flush=True)
@@ -158,6 +165,10 @@ def big(n: int, epochs: int, device: str) -> dict:
              one_epoch=sum(float(line.split(",")[col]) for line in rows[1:]) / 2,
              one_load=json.loads((one / "summary.json").read_text())["load_seconds"])
     return r
+
+
+def dur(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def markdown(info: dict, a: dict, b: dict) -> str:
@@ -199,11 +210,13 @@ def markdown(info: dict, a: dict, b: dict) -> str:
         "| device | wall time | peak RSS | of which loading | epochs (steps + evaluation of every split) | "
         "per model-epoch | one `bin/train` epoch alone, same data | 15 `bin/train` runs, estimated |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        f"| {b['device']} (one thread) | {b['wall'] / 60:.1f} min | {b['rss']:.0f} MB | {b['load_s']:.1f} s | "
-        f"{b['epoch_s'] / 60:.1f} min for {b['model_epochs']} model-epochs | {per:.2f} s | {b['one_epoch']:.2f} s "
-        f"({b['one_epoch'] / per:.1f}x) | {seq / 60:.0f} min |",
+        f"| {b['device']} (one thread) | {dur(b['wall'])} | {b['rss']:.0f} MB | {b['load_s']:.1f} s | "
+        f"{dur(b['epoch_s'])} for {b['model_epochs']} model-epochs | {per:.2f} s | {b['one_epoch']:.2f} s "
+        f"({b['one_epoch'] / per:.1f}x) | {dur(seq)} |",
         "",
-        f"Patience 0, so every model runs all {b['epochs']} epochs. Command: `{b['command']}` (load average "
+        (f"{b['epochs']} epochs, not {b['asked_epochs']}: at the pace of the table above the {b['asked_epochs']} "
+         f"would have taken over {b['budget_min']:.0f} min. " if b["epochs"] < b["asked_epochs"] else "")
+        + f"Patience 0, so every model runs all {b['epochs']} epochs. Command: `{b['command']}` (load average "
         f"{b['load']} before it). Per model-epoch is the sum of the models' `seconds` in metrics.csv (each epoch "
         f"of a group split evenly over its models) over the model-epochs. The single run, for scale: "
         f"`{b['one_command']}`: {b['one_wall']:.1f} s wall, {b['one_epoch']:.2f} s per epoch, peak RSS "
@@ -237,6 +250,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--big-n", type=int, default=200_000)
     ap.add_argument("--big-epochs", type=int, default=20)
+    ap.add_argument("--budget-min", type=float, default=15, help="fewer big epochs if --big-epochs would take "
+                    "longer than this at table 1's pace (default 15)")
     ap.add_argument("--device", default="cpu", help="device of the big table's experiment (default cpu)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2,000 and 4,000 pitches, 2 epochs; writes "
                     "nothing")
@@ -257,8 +272,13 @@ def main() -> None:
         info["gpu"] = torch.cuda.get_device_name(args.device) if torch.cuda.is_available() else ""
     print(f"table 1: {args.n:,} pitches", file=sys.stderr, flush=True)
     a = against_train(args.n, args.epochs, args.patience, "cpu")
-    print(f"table 2: {args.big_n:,} pitches", file=sys.stderr, flush=True)
-    b = big(args.big_n, args.big_epochs, args.device)
+    # the big run's epochs: as asked, unless they would take longer than --budget-min at table 1's pace
+    per_epoch = a["per_model_epoch"] * args.big_n / args.n * len(ARMS) * len(SEEDS)
+    epochs = max(1, min(args.big_epochs, int(args.budget_min * 60 / per_epoch)))
+    print(f"table 2: {args.big_n:,} pitches, {epochs} epochs (about {per_epoch:.0f} s each expected)",
+          file=sys.stderr, flush=True)
+    b = big(args.big_n, epochs, args.device)
+    b["asked_epochs"], b["budget_min"] = args.big_epochs, args.budget_min
     info["total_s"] = time.perf_counter() - t0
     text = markdown(info, a, b)
     print(text)
