@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from ..report.page import Section, Table, image, write_report
 from ..train.metrics import Row
-from .tables import SHOWN, Result, _pm
+from .tables import SHOWN, Result, plus_minus
 
 #: the per-arm bar charts: metric -> axis title
 BARS = {"rmse_log_gmv": "test RMSE of log_gmv", "mae_log_gmv": "test MAE of log_gmv",
@@ -84,7 +84,7 @@ def write_html(out: Path, results: list[Result], summary: list[dict[str, Any]], 
     arms = list(histories)
     cell = {(r["arm"], r["metric"]): r for r in summary}
     table = Table(["arm", *(f"test {m}" for m in SHOWN), "selected epoch"],
-                  [[arm, *(_pm(cell[arm, f"test_{m}"]["mean"], cell[arm, f"test_{m}"]["std"]) for m in SHOWN),
+                  [[arm, *(plus_minus(cell[arm, f"test_{m}"]["mean"], cell[arm, f"test_{m}"]["std"]) for m in SHOWN),
                     f"{cell[arm, 'best_epoch']['mean']:.1f}"] for arm in arms],
                   "Mean ± sample std over seeds; summary.md adds each arm's difference from the baseline with its "
                   "95 % interval and paired t-test.")

@@ -59,7 +59,7 @@ def summary_rows(results: list[Result], arms: list[str]) -> list[dict[str, Any]]
     return rows
 
 
-def _pm(mean: float, std: float) -> str:
+def plus_minus(mean: float, std: float) -> str:
     return f"{mean:.4f}" if math.isnan(std) else f"{mean:.4f} ± {std:.4f}"
 
 
@@ -75,7 +75,7 @@ def summary_markdown(rows: list[dict[str, Any]], arms: list[str], seeds: list[in
              "| arm | " + " | ".join(f"test {m}" for m in SHOWN) + " | selected epoch |",
              "| --- |" + " ---: |" * (len(SHOWN) + 1)]
     for arm in arms:
-        vals = [_pm(cell[arm, f"test_{m}"]["mean"], cell[arm, f"test_{m}"]["std"]) for m in SHOWN]
+        vals = [plus_minus(cell[arm, f"test_{m}"]["mean"], cell[arm, f"test_{m}"]["std"]) for m in SHOWN]
         e = cell[arm, "best_epoch"]
         epoch = f"{e['mean']:.1f}" + ("" if math.isnan(e["std"]) else f" ± {e['std']:.1f}")
         lines.append(f"| {arm} | " + " | ".join(vals) + f" | {epoch} |")
