@@ -43,9 +43,12 @@ def _metrics(path: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
 
 
-def test_killed_run_resumes_to_the_same_result(syn, tmp_path):
+def test_killed_run_resumes_to_the_same_result(syn, tmp_path, capsys):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     assert experiment_main(_argv(syn, straight)) == 0
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("experiment: epoch")]
+    assert progress[0].startswith(f"experiment: epoch 1/{EPOCHS}: 6 of 6 models training, ")
+    assert all(" left" in line for line in progress)
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(BIN), *_argv(syn, killed)], stderr=subprocess.PIPE, text=True,
