@@ -201,6 +201,8 @@ def markdown(info: dict, a: dict, b: dict) -> str:
         "`Experiment.train_argv`). Wall times include Python and torch start-up and loading, which the single runs "
         "pay 15 times.",
         "",
+        "Same initialisation, same batches and dropout masks, but not the same rounding: the batched step's `bmm` sums in another order than the single model's `mm` (at 500 pitches every epoch agrees to about 1e-7, `tests/test_experiment_equal.py`), and thousands of batch-16 Adam steps at lr 1e-2 amplify such differences: `bin/train` against itself is bitwise reproducible, but here some models part from their `bin/train` twin within the first epochs. The selected epoch and the test metrics of one model then differ as much as those of two seeds do; each arm's mean and spread over the seeds do not.",
+        "",
         "It printed:",
         "",
         a["table"].strip(),

@@ -20,9 +20,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="experiment",
         description="Train the sales model for every arm and seed at once (one batched step over all models, "
-                    "on one device), each exactly as bin/train trains it alone with that arm's flags and "
-                    "--seed, and report the test metrics of each arm as mean ± sample std over the seeds, with "
-                    "each arm's difference from tabular only (95 %% interval, paired t-test). Writes "
+                    "on one device), each as bin/train trains it alone with that arm's flags and --seed "
+                    "(same initialisation, batches and dropout masks; sums in another order), and report the test metrics of each arm as mean ± sample std over the seeds, with "
+                    "each arm's difference from tabular only (95 % interval, paired t-test). Writes "
                     "OUT/results.csv, summary.csv, summary.md, report.html and OUT/models/ARM-SEED/ (bin/train's "
                     "files: best.pt, summary.json, metrics.csv; bin/predict and bin/serve take any of them). "
                     "Running the same command again continues a killed experiment from its last finished epoch.",
