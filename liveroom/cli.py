@@ -65,6 +65,7 @@ make_synthetic_main = _command(".synthetic", "make-synthetic")
 sim_server_main = _command(".sim.server", "sim-server")
 local_llm_main = _command(".local_llm", "local-llm")
 demo_main = _command(".demo", "demo")
+experiment_main = _command(".experiment.cli", "experiment")
 
 COMMANDS: dict[str, tuple[Entry, str]] = {  # what `liveroom NAME` runs, and its line in `liveroom --help`
     "score": (score_main, "ask the chat model every stage x persona of each pitch (resumable)"),
@@ -72,6 +73,7 @@ COMMANDS: dict[str, tuple[Entry, str]] = {  # what `liveroom NAME` runs, and its
     "batch": (batch_main, "the same questions through a Batch API: prepare, submit, fetch, ..."),
     "train": (train_main, "train the sales model on pitches and features"),
     "predict": (predict_main, "a trained model's forecasts for new pitches, as CSV"),
+    "experiment": (experiment_main, "every arm x seed trained together: mean ± std and paired tests"),
     "report": (report_main, "trained models and a run, drawn into one HTML page"),
     "serve": (serve_main, "forecast API and page over a trained model"),
     "make-synthetic": (make_synthetic_main, "synthetic pitches and features with a planted signal"),

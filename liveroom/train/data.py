@@ -199,24 +199,35 @@ def build_dataset(pitches: pd.DataFrame, features: dict[str, np.ndarray] | None,
                    input_names(features is not None))
 
 
+def training_inputs(cfg: TrainConfig, pitches: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, np.ndarray] | None, int]:
+    """The pitches (read with :func:`read_pitches`) and the persona features that ``cfg`` trains on.
+
+    Pitches whose features are not all scores are refused, or left out with
+    ``drop_missing``; returns the pitches, the features (None for tabular
+    inputs) and how many pitches were left out.
+    """
+    if not cfg.with_llm:
+        return pitches, None, 0
+    if not cfg.features:
+        raise InputError("--features FEATURES_DIR is required with --inputs tabular+llm")
+    features = read_features(cfg.features, pitches["index"].to_numpy())
+    keep = ~incomplete(features)
+    if not cfg.drop_missing:
+        check_scores(features, pitches["index"].to_numpy(), cfg.features,
+                     f"; --drop-missing trains on the {int(keep.sum())} complete pitches")
+    elif not keep.all():
+        dropped = int((~keep).sum())
+        return pitches[keep].reset_index(drop=True), {k: v[keep] for k, v in features.items()}, dropped
+    return pitches, features, 0
+
+
 def load_training_data(cfg: TrainConfig, device: torch.device) -> Dataset:
     """The configured pitches (and persona features) as a :class:`Dataset` on ``device``.
 
     Pitches whose features are not all scores are refused, or left out with ``drop_missing``.
     """
     pitches = read_pitches(cfg.pitches, with_targets=True, encoding=cfg.encoding)
-    features, dropped = None, 0
-    if cfg.with_llm:
-        if not cfg.features:
-            raise InputError("--features FEATURES_DIR is required with --inputs tabular+llm")
-        features = read_features(cfg.features, pitches["index"].to_numpy())
-        keep = ~incomplete(features)
-        if not cfg.drop_missing:
-            check_scores(features, pitches["index"].to_numpy(), cfg.features,
-                         f"; --drop-missing trains on the {int(keep.sum())} complete pitches")
-        elif not keep.all():
-            dropped = int((~keep).sum())
-            pitches, features = pitches[keep].reset_index(drop=True), {k: v[keep] for k, v in features.items()}
+    pitches, features, dropped = training_inputs(cfg, pitches)
     data = build_dataset(pitches, features, debias=cfg.debias, standardize=cfg.standardize, device=device)
     data.dropped = dropped
     return data

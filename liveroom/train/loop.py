@@ -113,7 +113,7 @@ def train(cfg: TrainConfig, resume: bool = False, log: TextIO | None = None,
                 break
 
     # -- summary
-    summary = _summary(cfg, data, history, best, stopped_early, load_seconds)
+    summary = run_summary(cfg, data, history, best, stopped_early, load_seconds)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
@@ -161,10 +161,7 @@ class Run:
     @classmethod
     def start(cls, cfg: TrainConfig, data: Dataset, gen: torch.Generator) -> Run:
         """A fresh network (from torch's seed) and its optimiser."""
-        net = build_net(cfg, data.n_in, data.rows.device)
-        if cfg.init_bias:  # the regression head starts at the training targets' means
-            with torch.no_grad():
-                linear(net.reg, 3).bias.copy_(data.y(data.part("train"))[:, REG].mean(0))
+        net = initial_net(cfg, data)
         fast = FastStep(net)
         opt = torch.optim.Adam([fast.flat], lr=cfg.lr, fused=True)
         sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.gamma)
@@ -213,6 +210,16 @@ class Run:
                 "rng": self.gen.get_state()}
 
 
+def initial_net(cfg: TrainConfig, data: Dataset) -> SalesNet:
+    """A fresh network (weights from torch's current seed) on the data's device; with ``init_bias``
+    the regression head starts at the training targets' means."""
+    net = build_net(cfg, data.n_in, data.rows.device)
+    if cfg.init_bias:
+        with torch.no_grad():
+            linear(net.reg, 3).bias.copy_(data.y(data.part("train"))[:, REG].mean(0))
+    return net
+
+
 @contextmanager
 def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
     """Batch-16 steps on one CPU thread: more threads only wait on each other."""
@@ -227,7 +234,7 @@ def one_thread_on_cpu(device: torch.device) -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _summary(cfg: TrainConfig, data: Dataset, history: list[Row], best: Best, stopped_early: bool,
+def run_summary(cfg: TrainConfig, data: Dataset, history: list[Row], best: Best, stopped_early: bool,
              load_seconds: float) -> dict[str, Any]:
     """summary.json: the selected epoch's val and test metrics, and how the run went."""
     best_row = next((r for r in history if int(r["epoch"]) == best.epoch), None) or {}
