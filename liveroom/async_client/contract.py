@@ -9,6 +9,7 @@ meta fields for the record and a token estimate; what a reply means is the task'
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -89,6 +90,7 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     outage: Outage | None = None  # the endpoint's state, for the progress line
     limit: ConcurrencyLimit | None = None  # the live concurrency limit, for the progress line
+    endpoints: Callable[[], str] | None = None  # each endpoint of a pool, for the progress line
 
     @property
     def done(self) -> int:
