@@ -131,8 +131,8 @@ class Engine:
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            producer.cancel()  # done: it may wait to hand its last Nones to workers a retirement ended
             if self._stop.is_set():
-                producer.cancel()
                 await asyncio.wait(workers, timeout=self.config.grace)
             for w in workers:  # done: the rest wait for a moved job that will not come
                 w.cancel()
@@ -244,9 +244,10 @@ class Engine:
                 self._move(draft)
                 continue
             except Fatal as e:  # the last endpoint's fatal answer stops the run
+                first = endpoint.retired is None  # its other requests in flight may answer the same
                 if not many or not self.pool.retire(endpoint, str(e)):
                     raise
-                if endpoint.retired == str(e):
+                if first:
                     self.on_warning(f"endpoint {endpoint.name} retired: {e}; the other endpoints go on")
                 self._move(draft)
                 return
