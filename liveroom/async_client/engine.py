@@ -121,7 +121,8 @@ class Engine:
         self._outstanding, self._produced = 0, False
         self._finished.clear()
         self._moved = asyncio.Queue()
-        workers_per = [endpoint.limiter.ceiling * max(1, self.config.pool) for endpoint in self.pool.endpoints]
+        workers_per = [min(endpoint.limiter.ceiling, self.config.concurrency) * max(1, self.config.pool)
+                       for endpoint in self.pool.endpoints]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._guarded(self._produce(jobs, queue, sum(workers_per)), "reading the jobs"))
         workers = self._workers = [  # per endpoint: room for jobs waiting to retry

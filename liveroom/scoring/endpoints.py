@@ -18,11 +18,17 @@ Anything wrong is one line naming the endpoint and the field.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..async_client.chat import ChatClient
+from ..async_client.concurrency import ConcurrencyLimit
+from ..async_client.contract import EngineConfig
+from ..async_client.limits import Limits, Outage
+from ..async_client.pool import Endpoint
 from ..async_client.providers import CHAT_PROVIDERS, Provider, resolve_provider
 from ..async_client.transport import endpoint_host, target
 from ..errors import InputError
@@ -49,6 +55,16 @@ class EndpointSpec:
             target(self.base_url, self.api_key).require_key()
         except InputError as e:
             raise InputError(f"endpoint {self.name}: {e}" if self.name else str(e)) from None
+
+
+async def open_endpoint(clients: contextlib.AsyncExitStack, spec: EndpointSpec, timeout: float,
+                        config: EngineConfig) -> Endpoint:
+    """``spec`` ready to send to: its client (closed with ``clients``), live limit, rate limits and outage."""
+    ceiling = spec.max_concurrency or config.concurrency
+    client = await clients.enter_async_context(ChatClient(spec.base_url, spec.api_key, timeout, ceiling,
+                                                          spec.provider))
+    return Endpoint(spec.name, client, Limits(spec.rpm, spec.tpm), ConcurrencyLimit(ceiling, config.adaptive),
+                    Outage(config.probe_every))
 
 
 def _number(name: str, key: str, value: Any, kind: type) -> Any:

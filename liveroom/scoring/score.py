@@ -20,10 +20,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..async_client.chat import ChatClient
-from ..async_client.concurrency import ConcurrencyLimit
-from ..async_client.engine import Endpoint, Engine, Stats
-from ..async_client.limits import Limits, Outage
+from ..async_client.engine import Engine, Stats
 from ..async_client.progress import Progress, endpoints_note, status_line
 from ..async_client.record import Record
 from ..async_client.run_dir import RunDir
@@ -37,7 +34,7 @@ from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
 from .cost_flags import add_cost_arguments, price_choice
 from .dry_run import dry_run
-from .endpoints import EndpointSpec
+from .endpoints import open_endpoint
 from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
 from .prices import resolve_prices
@@ -61,7 +58,7 @@ async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every:
     rdir.open(plan.manifest)
     try:
         async with contextlib.AsyncExitStack() as clients:
-            pool = [await _endpoint(clients, spec, chat) for spec in chat.pool]
+            pool = [await open_endpoint(clients, spec, chat.timeout, chat.engine) for spec in chat.pool]
             engine = Engine(pool[0].client, pool[0].limits, rdir, StageTask(), chat.engine, endpoints=pool)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
                                 extra=meter.text if meter is not None else None)
@@ -97,15 +94,6 @@ async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every:
     if meter is not None:
         meter.save()
     return stats, engine.stopped
-
-
-async def _endpoint(clients: contextlib.AsyncExitStack, spec: EndpointSpec, chat: ChatSettings) -> Endpoint:
-    """One endpoint of the run: its client (closed with ``clients``), live limit, rate limits and outage."""
-    ceiling = spec.max_concurrency or chat.engine.concurrency
-    client = await clients.enter_async_context(ChatClient(spec.base_url, spec.api_key, chat.timeout, ceiling,
-                                                          spec.provider))
-    return Endpoint(spec.name, client, Limits(spec.rpm, spec.tpm), ConcurrencyLimit(ceiling, chat.engine.adaptive),
-                    Outage(chat.engine.probe_every))
 
 
 async def _tick(progress: Progress, every: float = 1.0) -> None:
