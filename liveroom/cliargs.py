@@ -85,10 +85,10 @@ port_number = number(int, 0, 65535, name="port")  # 0: the system picks a free o
 
 # ----------------------------------------------------------------- endpoint and key
 
-def add_base_url_argument(p: argparse.ArgumentParser, default_text: str | None = None) -> None:
-    """``--base-url``; ``default_text`` overrides what the help says the default is."""
+def add_base_url_argument(p: argparse.ArgumentParser, default_text: str | None = None, **more: Any) -> None:
+    """``--base-url``; ``default_text`` overrides what the help says the default is; ``more``: argparse's."""
     p.add_argument("--base-url", default=None,
-                   help=f"API base URL (default: {default_text or f'${BASE_URL_ENV} or {DEFAULT_BASE_URL}'})")
+                   help=f"API base URL (default: {default_text or f'${BASE_URL_ENV} or {DEFAULT_BASE_URL}'})", **more)
 
 
 def resolve_base_url(arg: str | None, fallback: str = DEFAULT_BASE_URL) -> str:

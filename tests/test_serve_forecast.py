@@ -231,3 +231,20 @@ def test_a_pitch_index_is_a_hash_of_what_the_questions_show():
     for change in ({"title": "x"}, {"prod": "x"}, {"text": "x"}, {"start": "2024-03-08 20:01"},
                    {"showcase": [[0, "加厚保暖羊毛袜", 19.9]]}):
         assert check_pitch(make_pitch(**change)).index != base, change
+
+
+def test_forecast_over_two_endpoints_declared_as_for_score(servers, model_dir, tmp_path):
+    a, b = servers("sim-server", "--latency-ms", "20"), servers("sim-server", "--latency-ms", "20")
+    f = tmp_path / "endpoints.toml"
+    f.write_text("".join(f'[[endpoint]]\nname = "{n}"\nbase_url = "{s.url}"\nmax_concurrency = 4\n'
+                         for n, s in (("a", a), ("b", b))))
+    serve = servers("serve", "--model", str(model_dir), "--cache", str(tmp_path / "cache"), "--endpoints", str(f),
+                    "--llm", "liveroom-sim", "--backoff", "0.05", key=KEY)
+    status, got = call(serve.url + "/v1/forecast", make_pitch())
+    assert status == 200 and got["requests_sent"] == 24, got
+    sent = [sim_stats(s)["requests"] for s in (a, b)]
+    assert sum(sent) == 24 and all(sent), sent  # each endpoint under its own limit of 4
+    names = [json.loads(line)["endpoint"] for s in ("entry", "buy", "read")
+             for line in (tmp_path / "cache" / f"{s}.jsonl").read_text().splitlines()]
+    assert sorted(set(names)) == ["a", "b"] and len(names) == 24
+    assert "2 endpoints (a, b)" in serve.stderr()

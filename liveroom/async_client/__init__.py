@@ -18,6 +18,7 @@ reply means, and decides itself which jobs a resumed run still needs.
 ``limits``       rpm / tpm limits, the server's window, the shared cool-down, outages
 ``window``       what an answer's x-ratelimit-* headers said (read by transport, used by limits)
 ``concurrency``  the live concurrency limit (AIMD) and a job's slot under it
+``pool``         several endpoints of one model: which one a job goes to, retirement, failover
 ``providers``    what differs by provider (default base URL, batch profiles)
 ``progress``     the progress bar or lines; ``runner`` the event loop
 ===============  ==============================================================

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -91,6 +92,7 @@ class Stats:
     started: float = field(default_factory=time.monotonic)
     outage: Outage | None = None  # the endpoint's state, for the progress line
     limit: ConcurrencyLimit | None = None  # the live concurrency limit, for the progress line
+    endpoints: Callable[[], str] | None = None  # each endpoint of a pool, for the progress line
 
     @property
     def done(self) -> int:

@@ -21,6 +21,12 @@ run the same way and is raised from :meth:`Engine.run` as one line
 (:class:`~.errors.RunFailed` for the unexpected). An endpoint that worked and
 stops answering pauses every worker (:class:`~.limits.Outage`) without
 failing requests; after ``give_up_after`` seconds the run stops, to be resumed.
+
+The engine sends through a :class:`~.pool.Pool` of endpoints, one (``client``, ``limits``)
+unless ``endpoints`` names several: each has its own workers, limits and outage, a fatal
+answer retires one endpoint and a job it cannot answer goes to another (:mod:`.pool` says
+how). The run's queue serves such a moved job ahead of new ones; the run is done when every
+job the producer gave is recorded.
 """
 
 from __future__ import annotations
@@ -33,16 +39,18 @@ from typing import Any
 from ..errors import LiveroomError
 from .concurrency import ConcurrencyLimit, Slot
 from .contract import Admission, Client, EngineConfig, Job, Stats, Task
-from .errors import Filtered, NoContent, Rejected, RunFailed, UnusableReply
+from .errors import Fatal, Filtered, NoContent, Rejected, RunFailed, UnusableReply
 from .limits import Limits, Outage
 from .policy import Failure
+from .pool import Endpoint, Moved, Pool
 from .record import ERROR, INVALID, OK, Record
 from .run_dir import RunDir
 from .sending import Draft, Sender, Stopped
 from .transport import served_as
 
 # the contract's names, which callers import from here with the engine
-__all__ = ["Admission", "Client", "Engine", "EngineConfig", "Job", "Stats", "Task"]
+__all__ = ["Admission", "Client", "Endpoint", "Engine", "EngineConfig", "Job", "Stats", "Task"]
+
 
 
 def _warn(text: str) -> None:
@@ -54,13 +62,15 @@ class Engine:
 
     def __init__(self, client: Client, limits: Limits, run_dir: RunDir, task: Task,
                  config: EngineConfig, on_record: Callable[[Record], None] | None = None,
-                 on_warning: Callable[[str], None] | None = None, limiter: ConcurrencyLimit | None = None) -> None:
-        self.client, self.limits, self.run_dir, self.task, self.config = client, limits, run_dir, task, config
-        self.outage = Outage(config.probe_every)
+                 on_warning: Callable[[str], None] | None = None, limiter: ConcurrencyLimit | None = None,
+                 endpoints: list[Endpoint] | None = None) -> None:
+        self.run_dir, self.task, self.config = run_dir, task, config
         # the live limit; ``limiter`` shares one between engines (a service's forecasts, each its own engine)
-        self.limiter = limiter or ConcurrencyLimit(config.concurrency, config.adaptive)
-        self.stats = Stats(outage=self.outage, limit=self.limiter)
-        self._pool = config.concurrency * max(1, config.pool)  # workers: room for jobs waiting to retry
+        self.pool = Pool(endpoints or [Endpoint("", client, limits, limiter or ConcurrencyLimit(
+            config.concurrency, config.adaptive), Outage(config.probe_every))])
+        first = self.pool.endpoints[0]
+        self.client, self.limits, self.limiter, self.outage = first.client, first.limits, first.limiter, first.outage
+        self.stats = self._new_stats()
         self.on_record: Callable[[Record], None] = on_record or (lambda record: None)
         self.on_warning: Callable[[str], None] = on_warning or _warn
         self.admission: Admission | None = None  # set by the caller: asked before each job is sent
@@ -68,11 +78,23 @@ class Engine:
         self._stop = asyncio.Event()
         self._error: LiveroomError | None = None
         self._workers: list[asyncio.Task[None]] = []
-        self._sender = self._new_sender()
-        self._model_warned = False
+        self._sending: set[asyncio.Task[Any]] = set()  # workers waiting on an answer, at every endpoint
+        self._model_warned: set[str] = set()  # endpoints warned about the model they serve
+        self._moved: asyncio.Queue[Draft] = asyncio.Queue()  # jobs moved off an endpoint, taken first
+        self._outstanding = 0  # jobs given by the producer and not yet recorded
+        self._produced = False
+        self._finished = asyncio.Event()
 
-    def _new_sender(self) -> Sender:
-        return Sender(self.client, self.limits, self.limiter, self.outage, self.config, self.stats, self._stop, self.stop)
+    def _new_stats(self, total: int = 0) -> Stats:
+        many = len(self.pool) > 1 or self.pool.endpoints[0].name
+        return Stats(total=total, outage=self.outage, limit=self.limiter,
+                     endpoints=self.pool.describe if many else None)
+
+    def _new_sender(self, endpoint: Endpoint) -> Sender:
+        sender = Sender(endpoint.client, endpoint.limits, endpoint.limiter, endpoint.outage, self.config,
+                        self.stats, self._stop, self.stop, self.pool, endpoint)
+        sender.sending = self._sending
+        return sender
 
     def stop(self, reason: str = "stopped") -> None:
         """Stop taking jobs and sending; a second call also gives up on requests in flight."""
@@ -81,7 +103,7 @@ class Engine:
             self.stopped = reason
         self._stop.set()
         for w in self._workers:
-            if again or w not in self._sender.sending:  # those waiting on an answer get the grace
+            if again or w not in self._sending:  # those waiting on an answer get the grace
                 w.cancel()
 
     def _fail(self, error: LiveroomError) -> None:
@@ -92,24 +114,33 @@ class Engine:
 
     async def run(self, jobs: Iterable[Job], total: int) -> Stats:
         """Do ``jobs`` (``total`` of them, for progress) until done, stopped or failed."""
-        self.stats = Stats(total=total, outage=self.outage, limit=self.limiter)
-        self._sender = self._new_sender()
+        self.stats = self._new_stats(total)
+        self.pool.started = self.stats.started
+        for endpoint in self.pool.endpoints:
+            endpoint.sender = self._new_sender(endpoint)
+        self._outstanding, self._produced = 0, False
+        self._finished.clear()
+        self._moved = asyncio.Queue()
+        workers_per = [min(endpoint.limiter.ceiling, self.config.concurrency) * max(1, self.config.pool)
+                       for endpoint in self.pool.endpoints]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
-        producer = asyncio.create_task(self._guarded(self._produce(jobs, queue), "reading the jobs"))
-        workers = self._workers = [asyncio.create_task(self._guarded(self._worker(queue), "a worker"))
-                                   for _ in range(self._pool)]
-        all_done: asyncio.Future[Any] = asyncio.gather(*workers, return_exceptions=True)
+        producer = asyncio.create_task(self._guarded(self._produce(jobs, queue, sum(workers_per)), "reading the jobs"))
+        workers = self._workers = [  # per endpoint: room for jobs waiting to retry
+            asyncio.create_task(self._guarded(self._worker(queue, endpoint), "a worker"))
+            for endpoint, n in zip(self.pool.endpoints, workers_per) for _ in range(n)]
+        all_done: asyncio.Future[Any] = asyncio.create_task(self._finished.wait())
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            producer.cancel()  # done: it may wait to hand its last Nones to workers a retirement ended
             if self._stop.is_set():
-                producer.cancel()
                 await asyncio.wait(workers, timeout=self.config.grace)
-                for w in workers:
-                    w.cancel()
-            await asyncio.gather(all_done, producer, return_exceptions=True)
+            for w in workers:  # done: the rest wait for a moved job that will not come
+                w.cancel()
+            await asyncio.gather(*workers, producer, return_exceptions=True)
         finally:
             stopping.cancel()
+            all_done.cancel()
             producer.cancel()
             for w in workers:
                 w.cancel()
@@ -129,13 +160,27 @@ class Engine:
                                  + (f": {detail}" if detail else "")
                                  + "; the records written are whole: run the same command again to resume"))
 
-    async def _produce(self, jobs: Iterable[Job], queue: asyncio.Queue[Job | None]) -> None:
+    async def _produce(self, jobs: Iterable[Job], queue: asyncio.Queue[Job | None], workers: int) -> None:
         for job in jobs:
+            self._outstanding += 1
             await queue.put(job)
             if self._stop.is_set():
                 return
-        for _ in range(self._pool):
+        self._produced = True
+        self._settled(0)
+        for _ in range(workers):
             await queue.put(None)
+
+    def _settled(self, jobs: int) -> None:
+        """``jobs`` more are recorded; the run is done once the producer is and every job is recorded."""
+        self._outstanding -= jobs
+        if self._produced and self._outstanding == 0:
+            self._finished.set()
+
+    def _move(self, draft: Draft) -> None:
+        """``draft``'s job goes to another endpoint: the next worker with a slot takes it before new jobs."""
+        draft.probe = False
+        self._moved.put_nowait(draft)
 
     async def _admit(self, slot: Slot) -> None:
         """Wait until one more job may start: the one place that decides when a job is let in.
@@ -157,33 +202,72 @@ class Engine:
             await slot.resume()  # let in already (its cost held): ahead of new jobs
         return verdict
 
-    async def _worker(self, queue: asyncio.Queue[Job | None]) -> None:
-        slot = Slot(self.limiter)
+    async def _worker(self, queue: asyncio.Queue[Job | None], endpoint: Endpoint) -> None:
+        slot = Slot(endpoint.limiter)
         try:
-            await self._work(queue, slot)
+            await self._work(queue, slot, endpoint)
         finally:  # cancelled too: a shared limit must not lose the slot
             slot.release()
 
-    async def _work(self, queue: asyncio.Queue[Job | None], slot: Slot) -> None:
+    async def _next(self, queue: asyncio.Queue[Job | None], slot: Slot, endpoint: Endpoint) -> Draft | Job | None:
+        """The next job for a worker holding ``slot``: one moved from another endpoint first, then a new
+        one; once the new ones are all taken (None), moved ones only, waited for holding no slot."""
+        if not self._moved.empty():
+            return self._moved.get_nowait()
+        job = await queue.get()
+        if job is not None:
+            return job
+        if len(self.pool) == 1:
+            return None
+        slot.release()  # a job waiting for a retry may need it
+        draft = await self._moved.get()
+        await self._admit(slot)
+        return draft
+
+    async def _work(self, queue: asyncio.Queue[Job | None], slot: Slot, endpoint: Endpoint) -> None:
+        sender, many = endpoint.sender, len(self.pool) > 1
+        assert sender is not None
         while not self._stop.is_set():
             if not slot.held:  # kept from the last job: nothing to wait for
                 await self._admit(slot)
-            job = await queue.get()
-            if job is None or self._stop.is_set():
+            probe = many and await self._probing(endpoint)
+            item = await self._next(queue, slot, endpoint)
+            if item is None or self._stop.is_set():
                 return
-            refused = await self._reserve(job, slot) if self.admission is not None else None
-            if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
-                slot.release()  # before the sleep: the slot is not this worker's any more
-                await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns
-                if not self._stop.is_set():
-                    self.stop(refused)
+            if isinstance(item, Draft):  # moved from another endpoint: already let in
+                draft = item
+            else:
+                refused = await self._reserve(item, slot) if self.admission is not None else None
+                if refused is not None:  # the job is left for a rerun, and the run stops as by stop()
+                    slot.release()  # before the sleep: the slot is not this worker's any more
+                    await asyncio.sleep(0)  # first let every worker start: one cancelled before it starts warns
+                    if not self._stop.is_set():
+                        self.stop(refused)
+                    return
+                draft = Draft(item)
+            if endpoint.retired is not None:  # retired while this worker waited: the job goes elsewhere
+                self._move(draft)
                 return
+            draft.probe = probe
             try:
-                record = await self._process(job, slot)
+                record = await self._process(draft, slot, endpoint, sender)
             except Stopped:
                 return
+            except Moved:
+                self._move(draft)
+                continue
+            except Fatal as e:  # the last endpoint's fatal answer stops the run
+                first = endpoint.retired is None  # its other requests in flight may answer the same
+                if not many or not self.pool.retire(endpoint, str(e)):
+                    raise
+                if first:
+                    self.on_warning(f"endpoint {endpoint.name} retired: {e}; the other endpoints go on")
+                self._move(draft)
+                return
             slot.done()  # kept for the next job unless the limit dropped or a retried job waits
+            job = draft.job
             self.run_dir.write(job.group, record)
+            endpoint.done += 1
             if record.status == OK:
                 self.stats.ok += 1
             else:
@@ -191,28 +275,38 @@ class Engine:
             self.on_record(record)
             if self.admission is not None:
                 self.admission.release(job, record)
+            self._settled(1)
 
-    def _check_model(self, payload: dict[str, Any], served: str) -> None:
-        """Warn once when the server names another model than the one asked for."""
+    async def _probing(self, endpoint: Endpoint) -> bool:
+        """Wait while ``endpoint`` is down (another carries the jobs); True when the next job is its probe."""
+        if endpoint.outage.since is None:
+            return False
+        await endpoint.outage.wait()
+        return endpoint.outage.since is not None
+
+    def _check_model(self, payload: dict[str, Any], served: str, endpoint: str) -> None:
+        """Warn once (per endpoint) when the server names another model than the one asked for."""
         asked = payload.get("model")
-        if self._model_warned or not served or not isinstance(asked, str) or served_as(served, asked):
+        if endpoint in self._model_warned or not served or not isinstance(asked, str) or served_as(served, asked):
             return
-        self._model_warned = True
-        self.on_warning(f"the server answered with model {served!r}, not {asked!r} "
+        self._model_warned.add(endpoint)
+        at = f"endpoint {endpoint}: " if endpoint else ""
+        self.on_warning(f"{at}the server answered with model {served!r}, not {asked!r} "
                         "(each record keeps the model that answered it)")
 
-    async def _process(self, job: Job, slot: Slot) -> Record:
-        draft, payload, keep = Draft(job), job.payload, self.config.keep_chars
+    async def _process(self, draft: Draft, slot: Slot, endpoint: Endpoint, sender: Sender) -> Record:
+        job, keep = draft.job, self.config.keep_chars
+        payload = draft.payload or job.payload
         while True:
             try:
-                reply = await self._sender.send(payload, job.tokens, slot, draft)
+                reply = await sender.send(payload, job.tokens, slot, draft)
             except Rejected as e:  # a content filter's starts with content_filter: a rerun leaves it
                 self.stats.filtered += isinstance(e, Filtered)
                 return draft.record(ERROR, keep, error=str(e))
             if isinstance(reply, Failure):
                 return draft.record(ERROR, keep, error=f"{reply.error} (gave up after {draft.attempts} attempts)")
-            draft.text, draft.model = reply.text, reply.model or None
-            self._check_model(payload, reply.model)
+            draft.text, draft.model, draft.endpoint = reply.text, reply.model or None, endpoint.name
+            self._check_model(payload, reply.model, endpoint.name)
             for k, v in reply.usage.items():
                 draft.usage[k] = draft.usage.get(k, 0) + v
             self.stats.prompt_tokens += reply.usage.get("prompt_tokens", 0)
@@ -229,3 +323,4 @@ class Engine:
                 payload = self.task.reask(job, payload, reply.text[:self.config.reask_chars], str(e))
                 if self.config.reask_max_tokens:  # more room for a re-ask (a reasoning model's)
                     payload = {**payload, "max_tokens": self.config.reask_max_tokens}
+                draft.payload = payload  # a job moved to another endpoint goes on with the re-ask

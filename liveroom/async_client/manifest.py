@@ -1,6 +1,7 @@
 """The run manifest: what the records of a run directory mean, typed, with its one JSON form.
 
-``manifest.json`` fixes the model, the endpoint, the parameters, the prompt
+``manifest.json`` fixes the model, the endpoint (none for a run over declared endpoints:
+it resumes on any set of them, and a run made with one endpoint resumes on a set), the parameters, the prompt
 set, the groups (stage -> version), the persona set and the input hashes; a
 run whose manifest differs is refused with the differences named, never
 silently mixed. :meth:`Manifest.from_json` reads every manifest written so far
@@ -85,6 +86,8 @@ class Manifest:
     def extended_by(self, new: Manifest, where: str) -> Manifest:
         """``new`` with what this (recorded) manifest holds of the extendable parts; :class:`ManifestMismatch`
         naming every difference when they disagree."""
+        if new.endpoint is None or self.endpoint is None:  # declared endpoints: any set, the run's own kept
+            new = Manifest.from_json({**new.to_json(), "endpoint": self.endpoint})
         old_json, new_json = self.to_json(), new.to_json()
 
         def common(m: dict[str, Any], other: dict[str, Any]) -> dict[str, Any]:

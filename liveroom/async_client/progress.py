@@ -3,7 +3,9 @@
 Both show the live concurrency limit (``limit 16/64``: 16 slots now, 64 the
 ceiling; ``fixed 64`` under ``--fixed-concurrency``). While the endpoint is
 unreachable the line says so (``endpoint unreachable for 2m10s (last error:
-...)``); :meth:`Progress.refresh`, called on a timer, keeps it coming when no
+...)``). A run over several endpoints adds each one's live limit, rate, 429s and
+state (``endpoints: a limit 8/8 39.8 req/s 429s 2 ok, b ... retired``).
+:meth:`Progress.refresh`, called on a timer, keeps it coming when no
 record does.
 """
 
@@ -37,7 +39,7 @@ def status_line(stats: Stats) -> str:
     eta = (stats.total - stats.done) / rate if rate > 0 else float("inf")
     return (f"{stats.done}/{stats.total} {rate:.1f} req/s {tokens:.0f} tok/s "
             f"retries {stats.retries} 429s {stats.throttled} invalid {stats.invalid} "
-            f"failed {stats.failed}{limit_note(stats)} ETA {_eta(eta)}") + outage_note(stats)
+            f"failed {stats.failed}{limit_note(stats)} ETA {_eta(eta)}") + outage_note(stats) + endpoints_note(stats)
 
 
 def limit_note(stats: Stats) -> str:
@@ -51,6 +53,11 @@ def outage_note(stats: Stats) -> str:
     if o is None or o.since is None:
         return ""
     return f"; endpoint unreachable for {duration(o.seconds)} (last error: {o.last_error[:200]})"
+
+
+def endpoints_note(stats: Stats) -> str:
+    """``; endpoints: a limit 8/8 39.8 req/s 429s 2 ok, ...`` in a run over named endpoints, else nothing."""
+    return f"; {stats.endpoints()}" if stats.endpoints is not None else ""
 
 
 class Progress:
@@ -89,7 +96,7 @@ class Progress:
                 s = self._stats_of()
                 tokens = (s.prompt_tokens + s.completion_tokens) / max(now - s.started, 1e-9)
                 self._bar.set_postfix_str(f"{tokens:.0f} tok/s retries={s.retries} 429={s.throttled} "
-                                          f"invalid={s.invalid} failed={s.failed}{limit_note(s)}{outage_note(s)}"
+                                          f"invalid={s.invalid} failed={s.failed}{limit_note(s)}{outage_note(s)}{endpoints_note(s)}"
                                           f"{self._extra()}", refresh=True)
                 self._last = now
         elif now - self._last > self._every:

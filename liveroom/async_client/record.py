@@ -11,7 +11,8 @@ lets a resumed run find its done ids by reading only each line's head
 (:data:`OK_LINE`), so the order and the pattern are decided here, side by side,
 and nowhere else (:func:`field_bytes` finds any other field). Only ``"status": "ok"`` counts as done, and only on a line that is whole
 (:func:`line_is_whole`). ``model`` came last, later: a line without it reads
-as ``model`` None.
+as ``model`` None. ``endpoint`` (the name of the endpoint that answered, never its address or
+key) follows it only in a run over named endpoints; a line without it reads as None.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ OK, INVALID, ERROR = "ok", "invalid", "error"
 LEAD: tuple[str, ...] = ("id", "status")
 #: the keys after the meta fields, in this order
 TAIL: tuple[str, ...] = ("scores", "reply", "usage", "attempts", "reasks", "latency_ms", "error", "t", "model")
-FIELDS = frozenset(LEAD + TAIL)
+#: written after the tail only when set: the name of the endpoint that answered, in a run over several
+NAMED = "endpoint"
+FIELDS = frozenset(LEAD + TAIL + (NAMED,))
 
 #: how every line starts (orjson writes no space; a quote inside a string is always escaped)
 HEAD = b'{"id":"'
@@ -79,6 +82,7 @@ class Record:
     error: str | None = None
     t: float = field(default_factory=_now)  # when it finished, unix seconds
     model: str | None = None                # the model the server said it served
+    endpoint: str | None = None             # the name of the endpoint that answered (a pool's)
 
     def __post_init__(self) -> None:
         if not FIELDS.isdisjoint(self.meta):
@@ -92,7 +96,8 @@ class Record:
         """The flat mapping a line holds, keys in line order."""
         return {"id": self.id, "status": self.status, **self.meta, "scores": self.scores, "reply": self.reply,
                 "usage": self.usage, "attempts": self.attempts, "reasks": self.reasks,
-                "latency_ms": self.latency_ms, "error": self.error, "t": self.t, "model": self.model}
+                "latency_ms": self.latency_ms, "error": self.error, "t": self.t, "model": self.model,
+                **({NAMED: self.endpoint} if self.endpoint is not None else {})}
 
     @classmethod
     def from_dict(cls, obj: Mapping[str, Any]) -> Record:
@@ -100,11 +105,11 @@ class Record:
         rid, status = obj.get("id"), obj.get("status")
         if not isinstance(rid, str) or not isinstance(status, str):
             raise RecordError("a record needs a string 'id' and 'status'")
-        model = obj.get("model")
+        model, endpoint = obj.get("model"), obj.get(NAMED)
         return cls(rid, status, {k: v for k, v in obj.items() if k not in FIELDS},
                    obj.get("scores"), obj.get("reply"), obj.get("usage") or {}, obj.get("attempts", 1),
                    obj.get("reasks", 0), obj.get("latency_ms"), obj.get("error"), obj.get("t", 0.0),
-                   model if isinstance(model, str) else None)
+                   model if isinstance(model, str) else None, endpoint if isinstance(endpoint, str) else None)
 
 
 def dumps(record: Record | Mapping[str, Any]) -> bytes:

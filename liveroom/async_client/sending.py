@@ -10,7 +10,8 @@ job waits for its retry its slot is lent to another job (:meth:`~.concurrency.Sl
 A failed connection is the endpoint's, not the request's: before anything has answered,
 ``first_failures`` of them in a row mean the endpoint is wrong
 (:class:`~.errors.Unreachable`); after, they are an outage every worker waits out
-together, for at most ``give_up_after`` seconds.
+together, for at most ``give_up_after`` seconds. In a pool (:mod:`.pool`) where another
+endpoint is up, the job goes there instead (:class:`~.pool.Moved`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from .contract import Client, EngineConfig, Job, Stats
 from .errors import CallError, Retryable, Unreachable
 from .limits import Limits, Outage, duration
 from .policy import Failure, RetryPolicy
+from .pool import Endpoint, Moved, Pool
 from .record import Record, cut
 from .transport import Reply
 
@@ -47,20 +49,28 @@ class Draft:
     usage: dict[str, int] = field(default_factory=dict)
     text: str | None = None    # the last reply
     model: str | None = None   # the model that gave it
+    payload: dict[str, Any] | None = None  # what is asked now (a re-ask's); None: the job's own
+    endpoint: str | None = None  # the name of the endpoint that gave the last reply
+    probe: bool = False        # sent to an endpoint in an outage to see whether it answers again
 
     def record(self, status: str, keep_chars: int, scores: Any = None, error: str | None = None) -> Record:
         return Record(self.job.id, status, self.job.meta, scores, cut(self.text, keep_chars), self.usage,
                       self.attempts, self.reasks, round((time.monotonic() - self.started) * 1000, 1), error,
-                      round(time.time(), 3), self.model)
+                      round(time.time(), 3), self.model, self.endpoint or None)
 
 
 class Sender:
     """Sends requests for one run's workers; ``sending`` holds the workers waiting on an answer
-    (those a stop gives its grace)."""
+    (those a stop gives its grace). In a pool, one sender per endpoint (``endpoint`` of ``pool``)."""
 
     def __init__(self, client: Client, limits: Limits, limiter: ConcurrencyLimit, outage: Outage,
-                 config: EngineConfig, stats: Stats, stopping: asyncio.Event, stop: Callable[[str], None]) -> None:
+                 config: EngineConfig, stats: Stats, stopping: asyncio.Event, stop: Callable[[str], None],
+                 pool: Pool | None = None, endpoint: Endpoint | None = None) -> None:
         self.client, self.limits, self.limiter, self.outage, self.stats = client, limits, limiter, outage, stats
+        # the pool, when another endpoint may take a job this one cannot answer
+        self.pool: Pool | None = pool if pool is not None and endpoint is not None and len(pool) > 1 else None
+        self.endpoint: Endpoint | None = endpoint
+        self.throttled = 0  # this endpoint's 429s
         self.first_failures, self.give_up_after = config.first_failures, config.give_up_after
         self.policy = RetryPolicy(config.max_retries, config.backoff_initial, config.backoff_max,
                                   limits.cooldown, self._counted)
@@ -94,6 +104,8 @@ class Sender:
 
     async def _attempt(self, payload: dict[str, Any], tokens: int, draft: Draft) -> Reply | Failure:
         while True:
+            if self.pool is not None:
+                self.pool.check(self.endpoint, draft.probe)  # type: ignore[arg-type]
             await self.outage.wait()
             await self.limits.acquire(tokens)
             if self._stopping.is_set():
@@ -108,7 +120,7 @@ class Sender:
                 reply = await self.client.complete(payload)
             except Retryable as e:
                 failure = self._refused(stamp, e)
-                if e.connection and self._unanswered(e):
+                if e.connection and self._unanswered(e, draft):
                     continue
                 if not e.connection:
                     self._got_answer()
@@ -133,11 +145,12 @@ class Sender:
             self.limiter.other(stamp)
             return Failure(e)
         self.stats.throttled += 1
+        self.throttled += 1
         over = self.limiter.throttled(stamp, e.signal == "cap")
         self.limits.observe(e.window)
         return Failure(e, over, self.limiter.adaptive)
 
-    def _unanswered(self, e: Retryable) -> bool:
+    def _unanswered(self, e: Retryable, draft: Draft) -> bool:
         """A send that could not connect: True when it is an outage (wait, do not count it)."""
         if not self._answered:
             self._connect_failures += 1
@@ -146,6 +159,9 @@ class Sender:
                                   "(check the base URL, OPENAI_BASE_URL and the network)")
             return False
         self.outage.begin(str(e))
+        if self.pool is not None and self.pool.up_besides(self.endpoint):  # type: ignore[arg-type]
+            draft.probe = False
+            raise Moved
         if self.outage.seconds >= self.give_up_after:
             self._stop(f"endpoint unreachable for {duration(self.outage.seconds)} (last error: {e})")
             raise Stopped

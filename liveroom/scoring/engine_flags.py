@@ -5,13 +5,17 @@ sent with; :func:`add_engine_arguments` how hard the engine pushes and whose
 error codes it reads first. :func:`chat_settings` turns the parsed flags into
 the :class:`ChatSettings` a command runs the engine with, the same way for
 every command. A bad value is argparse's one line naming the flag.
+
+``--endpoints FILE`` (or a repeated ``--base-url``) gives several endpoints of the
+model (:mod:`.endpoints`); without it the one endpoint of ``--base-url`` is a pool
+of one, unnamed, as it always was.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..async_client.engine import EngineConfig
@@ -27,6 +31,7 @@ from ..async_client.providers import (
 )
 from ..cliargs import (
     BASE_URL_ENV,
+    Endpoint,
     add_base_url_argument,
     non_negative_float,
     non_negative_int,
@@ -35,6 +40,7 @@ from ..cliargs import (
     resolve_endpoint,
 )
 from ..errors import InputError
+from .endpoints import EndpointSpec, from_base_urls, read_endpoints
 from .plan import DEFAULT_MODEL, RESPONSE_FORMATS, ModelParams, extra_body
 
 LOCAL_SERVERS = (VLLM.name, LLAMACPP.name)  # no address of their own: the user names it
@@ -52,6 +58,27 @@ class ChatSettings:
     tpm: float | None = None
     timeout: float = 120.0
     provider: Provider | None = None  # whose error codes are read first; None: any provider's
+    endpoints: tuple[EndpointSpec, ...] = ()  # where requests go; () : base_url alone, unnamed
+
+    @property
+    def pool(self) -> tuple[EndpointSpec, ...]:
+        """The endpoints to send to: those declared, else ``base_url`` alone (unnamed, as it always was)."""
+        return self.endpoints or (EndpointSpec("", self.base_url, self.api_key, self.provider, None,
+                                               self.rpm, self.tpm),)
+
+    @property
+    def manifest_url(self) -> str | None:
+        """The endpoint the run manifest names: None for declared endpoints (a run resumes on another set)."""
+        return None if self.endpoints else self.base_url
+
+
+class _BaseUrls(argparse.Action):
+    """``--base-url``: the last one given (as always), and every one given in ``base_urls``."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.base_urls = [*(getattr(namespace, "base_urls", None) or []), values]
 
 
 def json_object(text: str) -> dict[str, Any]:
@@ -64,7 +91,9 @@ def json_object(text: str) -> dict[str, Any]:
 
 def add_model_arguments(p: argparse.ArgumentParser, flag: str = "--model") -> None:
     """``--base-url`` and what every question is sent with; ``flag`` names the chat model's flag."""
-    add_base_url_argument(p, f"${BASE_URL_ENV}, else the --provider's, else {DEFAULT_BASE_URL}")
+    add_base_url_argument(p, f"${BASE_URL_ENV}, else the --provider's, else {DEFAULT_BASE_URL}; given "
+                             "more than once: every one an endpoint of the same model, with $OPENAI_API_KEY",
+                          action=_BaseUrls)
     p.add_argument(flag, default=os.environ.get("LIVEROOM_MODEL", DEFAULT_MODEL), metavar="NAME",
                    help="chat model asked (default: $LIVEROOM_MODEL or %(default)s)")
     p.add_argument("--response-format", choices=RESPONSE_FORMATS, default="json_object",
@@ -85,6 +114,10 @@ def add_engine_arguments(p: argparse.ArgumentParser, over: str = "", limit: str 
     p.add_argument("--fixed-concurrency", action="store_true",
                    help=f"keep {limit} at --concurrency whatever the provider answers")
     add_provider_argument(p, known=CHAT_PROVIDERS, what="whose error codes are read first")
+    p.add_argument("--endpoints", metavar="FILE",
+                   help="several endpoints of the model (TOML, one [[endpoint]] table each: name, base_url, key_env, "
+                        "optional provider, max_concurrency, rpm, tpm); each job goes to one with room under its "
+                        "own live limit, a fatal answer retires only its endpoint (README: Several endpoints)")
     p.add_argument("--rpm", type=positive_float, help=f"requests per minute limit{over}, spread evenly")
     p.add_argument("--tpm", type=positive_float, help=f"tokens per minute limit{over} (estimated, corrected by usage)")
     p.add_argument("--max-retries", type=non_negative_int, default=EngineConfig.max_retries,
@@ -109,7 +142,24 @@ def chat_settings(args: argparse.Namespace, model: str, **engine: Any) -> ChatSe
     config = EngineConfig(concurrency=args.concurrency, max_retries=args.max_retries, max_reasks=args.max_reasks,
                           backoff_initial=args.backoff, adaptive=not args.fixed_concurrency,
                           reask_max_tokens=args.reask_max_tokens, **engine)
+    pool = _declared(args, endpoint.api_key)
+    if pool:
+        endpoint = Endpoint(pool[0].base_url, pool[0].api_key)
     return ChatSettings(endpoint.base_url, endpoint.api_key,
                         ModelParams(model, args.temperature, args.max_tokens, args.response_format, args.extra_body),
                         config, args.rpm, args.tpm, args.timeout,
-                        resolve_provider(args.provider, endpoint.base_url, CHAT_PROVIDERS))
+                        resolve_provider(args.provider, endpoint.base_url, CHAT_PROVIDERS), pool)
+
+
+def _declared(args: argparse.Namespace, api_key: str | None) -> tuple[EndpointSpec, ...]:
+    """``--endpoints`` or a repeated ``--base-url``, each with ``--rpm`` / ``--tpm`` unless it says; () else."""
+    urls = getattr(args, "base_urls", None) or []
+    if args.endpoints and urls:
+        raise InputError("--endpoints and --base-url: give one or the other (the file names every base URL)")
+    if args.endpoints:
+        specs = read_endpoints(args.endpoints, args.provider)
+    elif len(urls) > 1:
+        specs = from_base_urls(urls, api_key, args.provider)
+    else:
+        return ()
+    return tuple(replace(s, rpm=s.rpm or args.rpm, tpm=s.tpm or args.tpm) for s in specs)

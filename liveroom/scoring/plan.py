@@ -162,13 +162,14 @@ def choose_prompts(name: str | None, run_dir: str | Path | None = None) -> str:
 
 
 def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None,
-              params: ModelParams, base_url: str, prompts: str | None = None,
+              params: ModelParams, base_url: str | None, prompts: str | None = None,
               run_dir: str | Path | None = None, encoding: str | None = None) -> Plan:
     """Load and check every input and build the run manifest; nothing is sent.
 
     ``prompts`` names the prompt set; None means the one ``run_dir`` was made
     with, or the default for a new run (:func:`choose_prompts`). ``encoding``
-    is the pitches file's (``--encoding``; None: UTF-8).
+    is the pitches file's (``--encoding``; None: UTF-8). ``base_url`` None: the run goes to
+    declared endpoints, which the manifest does not name (a run resumes on another set).
     """
     prompt_set = choose_prompts(prompts, run_dir)
     chosen = parse_stages(stages, prompt_set)
@@ -188,10 +189,10 @@ def make_plan(pitches: str, goods: str | None, stages: str, personas: str | None
                 run_manifest(params, base_url, chosen, persona_set, inputs, named))
 
 
-def run_manifest(params: ModelParams, base_url: str, stages: Sequence[Stage], personas: Sequence[Persona],
+def run_manifest(params: ModelParams, base_url: str | None, stages: Sequence[Stage], personas: Sequence[Persona],
                  inputs: dict[str, str], prompts: str | None = None) -> Manifest:
     """The manifest of a run that asks ``stages`` x ``personas`` with ``params`` at ``base_url``."""
-    return Manifest(params.model, endpoint_host(base_url), params.manifest(),
+    return Manifest(params.model, endpoint_host(base_url) if base_url else None, params.manifest(),
                     {s.name: s.version for s in stages}, personas_json(tuple(personas)), inputs, prompts)
 
 

@@ -20,10 +20,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..async_client.chat import ChatClient
 from ..async_client.engine import Engine, Stats
-from ..async_client.limits import Limits
-from ..async_client.progress import Progress, status_line
+from ..async_client.progress import Progress, endpoints_note, status_line
 from ..async_client.record import Record
 from ..async_client.run_dir import RunDir
 from ..async_client.runner import run_loop
@@ -36,6 +34,7 @@ from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
 from .cost_flags import add_cost_arguments, price_choice
 from .dry_run import dry_run
+from .endpoints import open_endpoint
 from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
 from .prices import resolve_prices
@@ -58,9 +57,9 @@ async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every:
         meter.open()
     rdir.open(plan.manifest)
     try:
-        async with ChatClient(chat.base_url, chat.api_key, chat.timeout, chat.engine.concurrency,
-                              chat.provider) as client:
-            engine = Engine(client, Limits(chat.rpm, chat.tpm), rdir, StageTask(), chat.engine)
+        async with contextlib.AsyncExitStack() as clients:
+            pool = [await open_endpoint(clients, spec, chat.timeout, chat.engine) for spec in chat.pool]
+            engine = Engine(pool[0].client, pool[0].limits, rdir, StageTask(), chat.engine, endpoints=pool)
             progress = Progress(lambda: engine.stats, every=progress_every, bar=bar,
                                 extra=meter.text if meter is not None else None)
 
@@ -155,7 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chat = chat_settings(args, args.model, grace=args.grace, give_up_after=args.give_up_after)
     where = target(chat.base_url, chat.api_key)  # a URL that cannot be used: one line
-    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.base_url,
+    plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.manifest_url,
                      args.prompts, args.run, encoding=args.encoding)
     plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(price_choice(args), plan.params.model)
@@ -165,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
         return dry_run(Path(args.run), plan, prices)
     where.require_key()  # nothing goes to a remote endpoint without a key
+    for spec in chat.endpoints:
+        spec.require_key()
     run_dir = Path(args.run)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = RunDir(run_dir).check(plan.manifest)
@@ -175,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"score: every request is already done in {run_dir}; nothing sent")
         return 0
     spent = f"; {meter.text()}" if meter.text() else ""
-    print(f"score: {status_line(stats).split(' ETA')[0]}{spent}; checkpoint {run_dir}", flush=True)  # the result
+    print(f"score: {status_line(stats).split(' ETA')[0]}{spent}{endpoints_note(stats)}; checkpoint {run_dir}",
+          flush=True)  # the result
     if stopped == BUDGET_REACHED and meter.totals.prices is not None:  # a stop like an interrupt's
         print(f"score: budget reached: spent {money(meter.spent or 0.0)} of {money(args.budget)} "
               f"{meter.totals.prices.currency}; raise --budget to go on ({stats.total - stats.done} request(s) "

@@ -19,7 +19,7 @@ from ..async_client.runner import run_loop
 from ..async_client.transport import endpoint_host, target
 from ..cliargs import command_parser, non_negative_int, port_number, positive_float
 from ..errors import InputError, LiveroomError
-from ..scoring.engine_flags import add_engine_arguments, add_model_arguments, chat_settings
+from ..scoring.engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 
 CACHE = "forecast-cache"  # under MODEL_DIR unless --run names another
 PER_MINUTE = 60  # new pitches per client per minute, unless --pitches-per-minute says otherwise
@@ -107,11 +107,20 @@ async def serve_until_signal(app: web.Application, host: str, port: int, header_
         await runner.cleanup()
 
 
+def _where(settings: ChatSettings) -> str:
+    """Where the questions go, for the first line: the endpoint, or the names of those declared."""
+    if not settings.endpoints:
+        return endpoint_host(settings.base_url)
+    return f"{len(settings.endpoints)} endpoints ({', '.join(e.name for e in settings.endpoints)})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """bin/serve: 0 after SIGINT/SIGTERM; 2 (one line) when the model or cache cannot be used."""
     args = build_parser().parse_args(argv)
     settings = chat_settings(args, args.llm)
     target(settings.base_url, settings.api_key).require_key()  # a remote endpoint without a key: before serving
+    for spec in settings.endpoints:  # --endpoints: each one's key, named
+        spec.require_key()
     token = read_token(args.token_env, args.host)
     from .app import make_app  # the model, so torch: only once the arguments are good
     from .guard import Rules, served_names
@@ -121,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     service = Forecaster(args.model_dir, cache, settings)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
     print(f"serve: model {args.model_dir} ({service.model_brief()['inputs']}); questions to "
-          f"{endpoint_host(settings.base_url)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
+          f"{_where(settings)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)
     rules = Rules(served_names(args.host, args.allowed_host), token)
     app = make_app(service, rules, args.pitches_per_minute, args.body_timeout)
     run_loop(serve_until_signal(app, args.host, args.port, args.header_timeout))

@@ -37,7 +37,7 @@ CACHE_INPUT = "bin/serve: pitches from the API, indexed by content hash"
 
 # ----------------------------------------------------------------- questions
 
-def cache_manifest(params: ModelParams, base_url: str, stages: Sequence[Stage],
+def cache_manifest(params: ModelParams, base_url: str | None, stages: Sequence[Stage],
                    personas: tuple[Persona, ...]) -> Manifest:
     """The cache's run manifest: what its answers mean, as bin/score writes it for a run."""
     return run_manifest(params, base_url, stages, personas, {"pitches": CACHE_INPUT})

@@ -23,9 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..async_client.chat import ChatClient
 from ..async_client.concurrency import ConcurrencyLimit
-from ..async_client.engine import Client, Engine, Job
+from ..async_client.engine import Client, Endpoint, Engine, Job
 from ..async_client.limits import Limits
 from ..async_client.record import Record
 from ..async_client.run_dir import RunDir
@@ -35,6 +34,7 @@ from ..data.personas import DEFAULT_PERSONAS, PERSONA_KEYS
 from ..errors import InputError, LiveroomError
 from ..locks import locked
 from ..prompts.stages import STAGES
+from ..scoring.endpoints import open_endpoint
 from ..scoring.engine_flags import ChatSettings
 from ..scoring.plan import StageTask
 from ..train.checkpoint import load_model
@@ -62,7 +62,7 @@ class Forecaster:
         summary = self.model_dir / "summary.json"
         self.summary: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
         self.stages, self.personas = tuple(STAGES.values()), DEFAULT_PERSONAS
-        self.manifest = cache_manifest(settings.params, settings.base_url, self.stages, self.personas)
+        self.manifest = cache_manifest(settings.params, settings.manifest_url, self.stages, self.personas)
         self.checkpoint = RunDir(self.cache_dir)
         self.answers: dict[str, dict[str, Any]] = {}  # request id -> scores of its last ok answer
         self.counts = {"forecasts": 0, "requests_sent": 0}
@@ -72,6 +72,7 @@ class Forecaster:
         self._client: Client | None = None
         self._limits: Limits | None = None
         self._limiter: ConcurrencyLimit | None = None  # the live concurrency limit over all forecasts
+        self._endpoints: list[Endpoint] = []  # each endpoint's client, limits and outage, over all forecasts
         self._started = time.monotonic()
 
     async def __aenter__(self) -> Forecaster:
@@ -83,10 +84,9 @@ class Forecaster:
             for rec in self.checkpoint.records(stage.name):
                 if rec.ok:
                     self.answers[rec.id] = rec.scores
-        self._client = await self._stack.enter_async_context(
-            ChatClient(s.base_url, s.api_key, s.timeout, s.engine.concurrency, s.provider))
-        self._limits = Limits(s.rpm, s.tpm)
-        self._limiter = ConcurrencyLimit(s.engine.concurrency, s.engine.adaptive)
+        self._endpoints = [await open_endpoint(self._stack, spec, s.timeout, s.engine) for spec in s.pool]
+        first = self._endpoints[0]
+        self._client, self._limits, self._limiter = first.client, first.limits, first.limiter
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -131,8 +131,10 @@ class Forecaster:
         mine = {j.id: loop.create_future() for j in jobs}
         self._pending.update(mine)
         config = replace(self.settings.engine, concurrency=min(self.settings.engine.concurrency, len(jobs)))
+        # the endpoints' shared parts, with this forecast's own state (retirement, counts)
+        pool = [Endpoint(e.name, e.client, e.limits, e.limiter, e.outage) for e in self._endpoints]
         engine = Engine(self._client, self._limits, self.checkpoint, StageTask(), config, on_record=self._record,
-                        limiter=self._limiter)
+                        limiter=self._limiter, endpoints=pool)
         try:
             await engine.run(iter(jobs), len(jobs))
         except LiveroomError as e:  # bad key, no quota, no endpoint: every question left fails with that reason
