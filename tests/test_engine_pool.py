@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-from test_reliability_kit import env_for, one_line_error, records
-from test_score import BIN, make_inputs, score
+from kit import env_for, make_inputs, one_line_error, records, score, score_cmd
 
 SECRET = "sk-pool-secret-0123456789"
 
@@ -33,9 +31,8 @@ def declare(tmp_path: Path, *endpoints: dict[str, object]) -> Path:
 
 
 def pooled(pitches: Path, goods: Path, run: Path, *flags: str, **env: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods), "--run", str(run),
-           "--backoff", "0.05", *flags]
-    return subprocess.run(cmd, env=env_for(None, **env), capture_output=True, text=True, timeout=180)
+    return subprocess.run(score_cmd(pitches, goods, run, *flags), env=env_for(None, **env), capture_output=True,
+                          text=True, timeout=180)
 
 
 def by_id(run: Path) -> dict[str, dict]:
@@ -106,8 +103,7 @@ def test_an_endpoint_killed_mid_run_leaves_its_jobs_to_the_others(tmp_path, sim)
     stays = sim("--latency-ms", "40")
     dies = sim("--latency-ms", "40")
     f = declare(tmp_path, {"name": "stays", "base_url": stays.url}, {"name": "dies", "base_url": dies.url})
-    cmd = [sys.executable, str(BIN / "score"), "--pitches", str(pitches), "--goods", str(goods),
-           "--run", str(tmp_path / "run"), "--backoff", "0.05", "--endpoints", str(f), "--concurrency", "4"]
+    cmd = score_cmd(pitches, goods, tmp_path / "run", "--endpoints", str(f), "--concurrency", "4")
     proc = subprocess.Popen(cmd, env=env_for(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60

@@ -238,7 +238,7 @@ def test_forecast_over_two_endpoints_declared_as_for_score(servers, model_dir, t
     f = tmp_path / "endpoints.toml"
     f.write_text("".join(f'[[endpoint]]\nname = "{n}"\nbase_url = "{s.url}"\nmax_concurrency = 4\n'
                          for n, s in (("a", a), ("b", b))))
-    serve = servers("serve", "--model", str(model_dir), "--cache", str(tmp_path / "cache"), "--endpoints", str(f),
+    serve = servers("serve", "--model-dir", str(model_dir), "--run", str(tmp_path / "cache"), "--endpoints", str(f),
                     "--llm", "liveroom-sim", "--backoff", "0.05", key=KEY)
     status, got = call(serve.url + "/v1/forecast", make_pitch())
     assert status == 200 and got["requests_sent"] == 24, got
