@@ -37,14 +37,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .concurrency import ConcurrencyLimit
 from .contract import Client
 from .limits import Limits, Outage
-
-if TYPE_CHECKING:  # the sender is made per run by the engine
-    from .sending import Sender
 
 
 class Moved(Exception):
@@ -63,7 +60,8 @@ class Endpoint:
     outage: Outage
     retired: str | None = None    # the fatal answer that retired it
     done: int = 0                 # records it wrote
-    sender: Sender | None = field(default=None, repr=False)
+    # its sending.Sender, made per run by the engine (typed Any: sending imports this module)
+    sender: Any = field(default=None, repr=False)
 
     @property
     def state(self) -> str:
