@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -37,23 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
+from harness import cpu_model, load_avg  # noqa: E402
 
 from liveroom.experiment.arms import Experiment  # noqa: E402
 
 ARMS = ["tabular", "llm", "llm+debias"]
 SEEDS = [0, 1, 2, 3, 4]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def rel(argv: list[str]) -> str:

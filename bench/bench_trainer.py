@@ -26,7 +26,6 @@ import datetime as dt
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from harness import cpu_model, load_avg  # noqa: E402
 from trainer_docs import markdown, write_docs  # noqa: E402
 from trainer_steps import LR, B, check_kfast, step_variants  # noqa: E402
 
@@ -54,17 +54,6 @@ COMMAND = "OMP_NUM_THREADS=1 python bench/bench_trainer.py --write-docs"
 
 
 # --------------------------------------------------------------------------- machine and data
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def load_avg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
 
 def stamp() -> dict:
     """When and where a table was measured."""

@@ -42,6 +42,10 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def load_avg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
 def proc_cpu(pid: int) -> float:
     """user + sys CPU seconds of a running process so far (from /proc)."""
     try:
