@@ -44,6 +44,18 @@ PAY = slice(N_REG + N_SHARE, N_REG + 2 * N_SHARE)
 
 #: every persona score is in 1..5; anything else (NaN, the reference's 0 = missing) is no score
 SCORE_MIN, SCORE_MAX = 1.0, 5.0
+SCORE_LEVELS: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+#: which value of a score is a feature: the sampled integer (the method) or the expected score
+#: sum(k * p(k)) over the digit token's probabilities (``--score-probs``). In a record's ``scores``,
+#: beside each feature ``f`` (the integer) stand, when the reply's probabilities were found,
+#: ``f_expected`` (float), ``f_probs`` (5 floats, p(1)..p(5), renormalised over the digits) and
+#: ``f_mass`` (the share of the token's probability the digits 1..5 held before renormalising);
+#: a buy reply adds ``items_expected``, ``items_probs`` and ``items_mass`` (one per item, showcase
+#: order), and its ``state_*`` is the items' mean, its ``action_*`` the first item's.
+#: ``bin/collect`` writes ``<f>_expected.npy`` and ``<f>_probs.npy`` (pitches x personas x 5) from them.
+SCORE_KINDS: tuple[str, ...] = ("sampled", "expected")
+EXPECTED, PROBS, MASS = "_expected", "_probs", "_mass"
 
 
 def llm_feature_names(personas: tuple[str, ...] = PERSONA_KEYS) -> list[str]:
