@@ -6,7 +6,10 @@ loaders apply, each error naming its field. Its ``index`` is a hash of what
 the questions show (start, title, product, transcript, showcase names and
 prices, as cut), so the same pitch always maps to the same request ids and
 its answers are found in the cache, while ``duration`` and ``user_cnt`` only
-enter the prediction.
+enter the prediction. A model trained on expected scores (``bin/train --scores
+expected``) takes each answer's ``f_expected`` where the answer carries the
+reply's probabilities, and its integer where it does not, as ``bin/collect``
+fills a cell.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import pandas as pd
 
 from ..async_client.engine import Job
 from ..async_client.manifest import Manifest
-from ..data.layout import LLM_FEATURES, PAY, REG, REGRESSION_TARGETS, TABULAR_COLUMNS, WATCH
+from ..data.layout import EXPECTED, LLM_FEATURES, PAY, REG, REGRESSION_TARGETS, TABULAR_COLUMNS, WATCH
 from ..data.moment import time_features
 from ..data.personas import Persona
 from ..data.pitch import START_FORMAT, FieldError, Pitch, check_pitch
@@ -27,7 +30,7 @@ from ..prompts.stages import Stage, request_id
 from ..scoring.plan import DoneTable, ModelParams, Plan, plan_jobs, run_manifest
 
 __all__ = ["CACHE_INPUT", "FieldError", "Pitch", "SCORE_FEATURES", "cache_manifest", "check_pitch", "model_inputs",
-           "persona_scores", "pitch_jobs", "prediction", "request_ids"]
+           "persona_scores", "pitch_jobs", "prediction", "request_ids", "score_value"]
 
 #: the scores a forecast shows per persona, in the order a reply lists them
 SCORE_FEATURES: tuple[str, ...] = ("entry", "state", "action", "read")
@@ -66,16 +69,26 @@ def pitch_jobs(pitch: Pitch, stages: Sequence[Stage], personas: tuple[Persona, .
 
 # ----------------------------------------------------------------- answers -> prediction
 
+def score_value(scores: Mapping[str, Any], feature: str, kind: str = "sampled") -> float:
+    """The value of ``feature`` in one answer's scores that a model of score kind ``kind`` reads:
+    the integer, or for ``expected`` the expected score when the answer has one."""
+    expected = scores.get(feature + EXPECTED) if kind == "expected" else None
+    if isinstance(expected, (int, float)) and not isinstance(expected, bool):
+        return float(expected)
+    return float(scores[feature])
+
+
 def persona_scores(answers: Mapping[str, Mapping[str, Any]], pitch: Pitch, stages: Sequence[Stage],
-                   personas: Sequence[Persona]) -> dict[str, dict[str, float]]:
-    """feature -> persona -> score, from the answers of every question of ``pitch`` (all must be there)."""
+                   personas: Sequence[Persona], kind: str = "sampled") -> dict[str, dict[str, float]]:
+    """feature -> persona -> score of kind ``kind``, from the answers of every question of ``pitch``
+    (all must be there)."""
     index = pitch.index
     filled: dict[str, dict[str, float]] = {}
     for s in stages:
         for p in personas:
             scores = answers[request_id(s.name, index, p.key)]
             for f in s.features:
-                filled.setdefault(f, {})[p.key] = float(scores[f])
+                filled.setdefault(f, {})[p.key] = score_value(scores, f, kind)
     return {f: filled[f] for f in SCORE_FEATURES if f in filled}
 
 

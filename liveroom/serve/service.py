@@ -38,6 +38,7 @@ from ..scoring.endpoints import open_endpoint
 from ..scoring.engine_flags import ChatSettings
 from ..scoring.plan import StageTask
 from ..train.checkpoint import load_model
+from ..train.config import TrainConfig
 from ..train.predict import predict
 from .forecast import Pitch, cache_manifest, model_inputs, persona_scores, pitch_jobs, prediction, request_ids
 
@@ -59,6 +60,9 @@ class Forecaster:
         self.with_llm = len(self.ck["inputs"]) > N_TABULAR
         if self.ck["inputs"] != input_names(self.with_llm):
             raise InputError(f"{self.model_dir}: the model's inputs are not this version's columns")
+        #: which value of each answer's scores the model reads (``bin/train --scores``); ``expected``
+        #: wants the replies' probabilities, and reads the integer of an answer without them
+        self.score_kind = TrainConfig.from_dict(self.ck["config"]).scores
         summary = self.model_dir / "summary.json"
         self.summary: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
         self.stages, self.personas = tuple(STAGES.values()), DEFAULT_PERSONAS
@@ -106,7 +110,7 @@ class Forecaster:
             why = self._failed.get(missing[0], "no answer")
             raise ProviderError(redact(f"{len(missing)} of {len(ids)} questions got no usable answer; "
                                        f"first: {missing[0]}: {why}", self.settings.api_key))
-        scores = persona_scores(self.answers, pitch, self.stages, self.personas)
+        scores = persona_scores(self.answers, pitch, self.stages, self.personas, self.score_kind)
         out = predict(self.net, self.ck, model_inputs(pitch, scores if self.with_llm else None, PERSONA_KEYS))
         self.counts["forecasts"] += 1
         return {"index": pitch.index, "prediction": prediction(out[0], PERSONA_KEYS), "scores": scores,
@@ -177,6 +181,7 @@ class Forecaster:
     def model_brief(self) -> dict[str, Any]:
         """What a forecast says about the model that made it."""
         return {"dir": self.model_dir.name, "inputs": "tabular+llm" if self.with_llm else "tabular",
+                "scores": self.score_kind,
                 "best_epoch": self.summary.get("best_epoch", self.ck.get("epoch")),
                 "llm": self.settings.params.model}
 

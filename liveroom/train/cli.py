@@ -7,6 +7,7 @@ from typing import Sequence
 
 from ..cliargs import command_parser, non_negative_int, number, positive_float, positive_int
 from ..data.inputs import ENCODING_HELP, check_encoding
+from ..data.layout import SCORE_KINDS
 from .config import KL_SCHEDULES, PRESETS, TrainConfig
 
 
@@ -41,6 +42,11 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=non_negative_int, default=d.seed, help=f"default {d.seed}")
     ap.add_argument("--inputs", choices=("tabular", "tabular+llm"), default=d.inputs,
                     help="model inputs: the 8 tabular columns, or those plus the 32 persona features (default)")
+    ap.add_argument("--scores", choices=SCORE_KINDS, default=d.scores,
+                    help="which value of each persona score is a feature: the sampled integers (entry.npy ...; "
+                         "the method, default) or the expected scores from the digit token's probabilities "
+                         "(entry_expected.npy ...: bin/score --score-probs, then bin/collect); kept in the "
+                         "model, so bin/predict and bin/serve read the same kind")
     ap.add_argument("--no-debias", action="store_true", help="do not weight samples by the causal-debias weight "
                     "(it needs the action/state features, so it is off with --inputs tabular)")
     ap.add_argument("--patience", type=non_negative_int, help="stop after N epochs without a better validation loss; "
@@ -69,7 +75,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         device=args.device or d.device,
         epochs=args.epochs or d.epochs, batch_size=args.batch_size, lr=args.lr, gamma=args.gamma,
         hidden=args.hidden, dropout=args.dropout, seed=args.seed, inputs=args.inputs, debias=not args.no_debias,
-        preset=args.preset, drop_missing=args.drop_missing, **preset)
+        preset=args.preset, drop_missing=args.drop_missing, scores=args.scores, **preset)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
+    if args.scores != "sampled" and args.inputs == "tabular":
+        ap.error(f"--scores {args.scores} needs the persona features; --inputs tabular reads none")
     from .loop import train  # torch: only once the arguments are good
 
     given = tuple(name for name in ("epochs", "patience", "device") if getattr(args, name) is not None)

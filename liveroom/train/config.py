@@ -56,6 +56,7 @@ class TrainConfig:
     select_best: bool = True
     preset: str = "default"
     drop_missing: bool = False      # leave out pitches whose features are not all scores in 1..5
+    scores: str = "sampled"         # which value of a score is a feature (layout.SCORE_KINDS); absent = sampled
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

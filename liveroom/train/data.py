@@ -4,7 +4,10 @@ The pitches CSV gives the 8 tabular columns (time columns computed from
 ``start`` when absent) and, for training, the 20 targets. FEATURES_DIR gives
 ``entry.npy``, ``action.npy``, ``read.npy``, ``state.npy`` (pitches x 8
 personas, rows in the pitches file's order) and optionally ``index.npy``
-(the pitch ``index`` of each row, checked against the file). Every cell is
+(the pitch ``index`` of each row, checked against the file). A model trained
+with ``--scores expected`` reads ``entry_expected.npy`` and its kin instead
+(:func:`feature_file`), the expected scores ``bin/collect`` writes beside the
+integers. Every cell is
 a score in 1..5: a NaN (``bin/collect --allow-missing``) or the reference's 0
 for a missing reply is refused, naming the count and the first pitches, or
 with ``--drop-missing`` those pitches are left out before the split.
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from ..data.inputs import load_pitches
 from ..data.layout import (
+    EXPECTED,
     LLM_FEATURES,
     N_PERSONAS,
     N_TARGETS,
@@ -66,11 +70,21 @@ def _load_npy(path: Path) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
 
 
-def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndarray]:
-    """The four (pitches x 8) matrices, validated against the pitches' ``index``."""
+def feature_file(name: str, kind: str = "sampled") -> str:
+    """The file of feature ``name`` of score kind ``kind``: ``entry.npy`` (sampled) or ``entry_expected.npy``."""
+    return f"{name}{EXPECTED if kind == 'expected' else ''}.npy"
+
+
+def read_features(directory: str | Path, index: np.ndarray, kind: str = "sampled") -> dict[str, np.ndarray]:
+    """The four (pitches x 8) matrices of score kind ``kind``, validated against the pitches' ``index``."""
     directory = Path(directory)
     if not directory.is_dir():
         raise InputError(f"{directory}: features directory not found")
+    if kind == "expected":
+        absent = [feature_file(n, kind) for n in LLM_FEATURES if not (directory / feature_file(n, kind)).is_file()]
+        if absent:
+            raise InputError(f"{directory}: missing {absent[0]} (--scores expected reads the expected scores that "
+                             "bin/collect writes from a run scored with --score-probs)")
     n, k = len(index), N_PERSONAS
     if (directory / "index.npy").exists():
         idx = _load_npy(directory / "index.npy")
@@ -83,7 +97,7 @@ def read_features(directory: str | Path, index: np.ndarray) -> dict[str, np.ndar
                              f"but the pitches file has index {index[r]} there")
     out: dict[str, np.ndarray] = {}
     for name in LLM_FEATURES:
-        path = directory / f"{name}.npy"
+        path = directory / feature_file(name, kind)
         a = _load_npy(path)
         if a.ndim != 2 or a.shape != (n, k):
             raise InputError(f"{path}: shape {a.shape}, expected ({n}, {k}) (pitches x personas)")
@@ -210,7 +224,7 @@ def training_inputs(cfg: TrainConfig, pitches: pd.DataFrame) -> tuple[pd.DataFra
         return pitches, None, 0
     if not cfg.features:
         raise InputError("--features FEATURES_DIR is required with --inputs tabular+llm")
-    features = read_features(cfg.features, pitches["index"].to_numpy())
+    features = read_features(cfg.features, pitches["index"].to_numpy(), cfg.scores)
     keep = ~incomplete(features)
     if not cfg.drop_missing:
         check_scores(features, pitches["index"].to_numpy(), cfg.features,

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pitches", required=True, metavar="P.csv",
                     help="pitches CSV with index, start, duration, user_cnt (targets not needed)")
     ap.add_argument("--features", metavar="FEATURES_DIR",
-                    help="entry/action/read/state.npy for these pitches (needed unless the model is tabular-only)")
+                    help="entry/action/read/state.npy for these pitches (needed unless the model is tabular-only); "
+                         "entry_expected.npy ... for a model trained with --scores expected")
     ap.add_argument("--out", required=True, metavar="PRED.csv", help="output CSV")
     ap.add_argument("--encoding", default=None, help=ENCODING_HELP)
     return ap
@@ -57,6 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before the model is loaded
     from .checkpoint import load_model
+    from .config import TrainConfig
     from .data import check_scores, raw_inputs, read_features, read_pitches
 
     net, ck = load_model(args.model_dir)
@@ -67,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if len(ck["inputs"]) > N_TABULAR:
         if not args.features:
             raise InputError(f"--features is required: the model in {args.model_dir} uses the persona features")
-        features = read_features(args.features, pitches["index"].to_numpy())
+        kind = TrainConfig.from_dict(ck["config"]).scores  # a model from before the choice: sampled
+        features = read_features(args.features, pitches["index"].to_numpy(), kind)
         check_scores(features, pitches["index"].to_numpy(), args.features)
     x = raw_inputs(pitches, features)
     if x.shape[1] != len(ck["inputs"]):
