@@ -9,6 +9,14 @@ Whatever mix of direct and batch mode filled the run, the last ok record of
 each request counts. The stages and the features each fills come from the
 stage registry; the matrices written are the layout's :data:`LLM_FEATURES`.
 
+When any record carries the reply's probabilities (``bin/score
+--score-probs``), it also writes ``<f>_expected.npy`` (the expected score of
+each cell; a cell whose record has none takes its integer) and
+``<f>_probs.npy`` (pitches x personas x 5, p(1)..p(5); NaN where the record
+has none); ``coverage.json`` says per stage how many cells came from
+probabilities (``from_probs``). A collect of a run without any removes those
+files left by an earlier one, so they never describe other integers.
+
 A damaged line in a record file (a record cut by a failing disk) is skipped
 and named by file and line; its cell counts as missing unless another record
 fills it. The files appear together and whole: each is written to a
@@ -32,19 +40,34 @@ from ..async_client.files import write_error
 from ..async_client.run_dir import RunDir
 from ..cliargs import command_parser
 from ..data.inputs import ENCODING_HELP, check_encoding, load_pitches
-from ..data.layout import LLM_FEATURES
+from ..data.layout import EXPECTED, LLM_FEATURES, PROBS, SCORE_LEVELS
 from ..errors import LiveroomError
 from ..prompts.stages import STAGES, request_id
 from .usage import check_usage, usage_lines
 
 FEATURES: tuple[str, ...] = LLM_FEATURES  # the matrices written, one .npy each
 SHOWN_MISSING = 20
+#: the files of the expected scores and their probabilities, written only from a run that has them
+PROB_FILES: tuple[str, ...] = tuple(f"{f}{suffix}.npy" for suffix in (EXPECTED, PROBS) for f in FEATURES)
+
+
+def reply_probs(scores: dict[str, Any], feature: str) -> tuple[float, list[float]] | None:
+    """(expected score, p(1)..p(5)) of ``feature`` in one ok record's scores, or None when it has none."""
+    expected, probs = scores.get(feature + EXPECTED), scores.get(feature + PROBS)
+    if not isinstance(expected, (int, float)) or isinstance(expected, bool):
+        return None
+    if not isinstance(probs, list) or len(probs) != len(SCORE_LEVELS) \
+            or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs):
+        return None
+    return float(expected), [float(p) for p in probs]
 
 
 def collect(pitches: str | Path, run_dir: str | Path,
             encoding: str | None = None) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """Pitch indexes, matrices and the coverage report of one run over one pitches file.
 
+    The matrices are the integers (``entry`` ...) and, when any record has the
+    reply's probabilities, ``entry_expected`` ... and ``entry_probs`` ...
     Damaged record lines are skipped; the report's ``damaged`` (present
     only when there are any) maps each file to their line numbers.
     """
@@ -55,7 +78,9 @@ def collect(pitches: str | Path, run_dir: str | Path,
     index = df["index"].to_numpy(dtype=np.int64)
     row: dict[Any, int] = {int(i): r for r, i in enumerate(index)}  # looked up with what a record holds
     col: dict[Any, int] = {k: c for c, k in enumerate(keys)}
-    mats = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
+    mats: dict[str, np.ndarray] = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
+    expected = {f: np.full((len(index), len(keys)), np.nan) for f in FEATURES}
+    probs = {f: np.full((len(index), len(keys), len(SCORE_LEVELS)), np.nan) for f in FEATURES}
     report: dict[str, Any] = {"pitches": len(index), "personas": keys, "stages": {}, "missing": {}}
     for stage_name, stage in STAGES.items():
         features = stage.features
@@ -70,6 +95,8 @@ def collect(pitches: str | Path, run_dir: str | Path,
             if rec.ok:
                 for f in features:
                     mats[f][r, c] = rec.scores[f]
+                    found = reply_probs(rec.scores, f)
+                    expected[f][r, c], probs[f][r, c] = found if found else (rec.scores[f], np.nan)
                 failed.pop(rec.id, None)
             elif np.isnan(mats[features[0]][r, c]):
                 failed[rec.id] = rec.error or rec.status
@@ -78,6 +105,7 @@ def collect(pitches: str | Path, run_dir: str | Path,
         report["stages"][stage_name] = {
             "cells": int(cells.size), "filled": int(cells.size - len(missing)), "missing": len(missing),
             "failed": len(failed), "records_outside_pitches": unknown,
+            "from_probs": int((~np.isnan(probs[features[0]][..., 0])).sum()),
         }
         if damaged:
             report.setdefault("damaged", {})[records.path(stage_name).name] = damaged
@@ -86,6 +114,9 @@ def collect(pitches: str | Path, run_dir: str | Path,
                 {"id": m, **({"error": failed[m]} if m in failed else {})} for m in missing[:SHOWN_MISSING]
             ]
     report["usage"] = check_usage(run_dir, STAGES)  # the run's totals summed over its records, beside usage.json
+    if any(s["from_probs"] for s in report["stages"].values()):
+        mats.update({f + EXPECTED: expected[f] for f in FEATURES})
+        mats.update({f + PROBS: probs[f] for f in FEATURES})
     return index, mats, report
 
 
@@ -96,7 +127,8 @@ def _npy(m: np.ndarray) -> bytes:
 
 
 def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarray], report: dict[str, Any]) -> None:
-    """The matrices, ``index.npy`` and ``coverage.json`` into ``out``, all or none (temp files, then renames)."""
+    """The matrices, ``index.npy`` and ``coverage.json`` into ``out``, all or none (temp files, then renames);
+    expected-score files of an earlier collect that ``mats`` does not replace are removed after."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = {**{f"{name}.npy": _npy(m) for name, m in mats.items()}, "index.npy": _npy(index),
@@ -116,6 +148,9 @@ def write_features(out: str | Path, index: np.ndarray, mats: dict[str, np.ndarra
         raise write_error(temps[-1], e) from None
     for tmp, name in zip(temps, files):
         os.replace(tmp, out / name)
+    for name in PROB_FILES:
+        if name not in files:
+            (out / name).unlink(missing_ok=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -144,7 +179,12 @@ def main(argv: Sequence[str] | None = None) -> int:
               + (f", {s['missing']} missing ({s['failed']} failed)" if s["missing"] else ""), file=sys.stderr)
     for line in usage_lines(report["usage"]):
         print(f"collect: {line}", file=sys.stderr)
-    print(f"collect: wrote {', '.join(f'{f}.npy' for f in FEATURES)}, index.npy, coverage.json to {args.out}",
+    from_probs = sum(s["from_probs"] for s in report["stages"].values())
+    if from_probs:
+        print(f"collect: {from_probs} of {sum(s['cells'] for s in report['stages'].values())} cells have the "
+              "reply's probabilities (the others' expected score is their integer)", file=sys.stderr)
+    written = [*(f"{f}.npy" for f in FEATURES), *(PROB_FILES if from_probs else ())]
+    print(f"collect: wrote {', '.join(written)}, index.npy, coverage.json to {args.out}",
           flush=True)  # the result
     if total_missing and not args.allow_missing:
         first = next(iter(report["missing"].values()))[0]
