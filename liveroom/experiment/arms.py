@@ -1,6 +1,7 @@
 """What an experiment trains: the arms, the seeds, and one :class:`TrainConfig` per (arm, seed).
 
-An arm is a set of ``bin/train`` flags; model (arm, seed) is the model that
+An arm is a set of ``bin/train`` flags (``llm`` and ``llm-expected`` differ
+only in ``--scores``: the sampled integers against the expected scores); model (arm, seed) is the model that
 ``bin/train`` with those flags and ``--seed seed`` trains (:func:`train_argv`
 spells the command out). Plain data, no torch: ``bin/experiment --help``
 and its argument errors load none of the model.
@@ -19,6 +20,10 @@ ARMS: dict[str, tuple[str, dict, tuple[str, ...]]] = {
     "tabular": ("tabular only", dict(inputs="tabular", debias=False), ("--inputs", "tabular", "--no-debias")),
     "llm": ("+ LLM features", dict(inputs="tabular+llm", debias=False), ("--no-debias",)),
     "llm+debias": ("+ LLM features + debias", dict(inputs="tabular+llm", debias=True), ()),
+    "llm-expected": ("+ LLM features, expected scores", dict(inputs="tabular+llm", debias=False, scores="expected"),
+                     ("--no-debias", "--scores", "expected")),
+    "llm+debias-expected": ("+ LLM features + debias, expected scores",
+                            dict(inputs="tabular+llm", debias=True, scores="expected"), ("--scores", "expected")),
     "reference": ("reference preset (+ LLM features + debias; no early stopping, last epoch kept)",
                   dict(inputs="tabular+llm", debias=True, preset="reference", **PRESETS["reference"]),
                   ("--preset", "reference")),

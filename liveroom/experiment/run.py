@@ -127,16 +127,17 @@ def run_experiment(exp: Experiment, log: TextIO | None = None) -> list[tuple[Mod
 def _models(exp: Experiment, device: torch.device) -> dict[str, Model]:
     """Every (arm, seed) with its dataset; the pitches file is read once, a dataset built per input set."""
     pitches = read_pitches(exp.pitches, with_targets=True, encoding=exp.encoding)
-    inputs: dict[bool, tuple] = {}
+    inputs: dict[tuple, tuple] = {}
     datasets: dict[tuple, Dataset] = {}
     models: dict[str, Model] = {}
     for arm, seed in exp.models():
         cfg = exp.config(arm, seed)
-        if cfg.with_llm not in inputs:
-            inputs[cfg.with_llm] = training_inputs(cfg, pitches)
-        key = (cfg.with_llm, cfg.debias, cfg.standardize)
+        read = (cfg.with_llm, cfg.scores if cfg.with_llm else None)
+        if read not in inputs:
+            inputs[read] = training_inputs(cfg, pitches)
+        key = (*read, cfg.debias, cfg.standardize)
         if key not in datasets:
-            p, features, dropped = inputs[cfg.with_llm]
+            p, features, dropped = inputs[read]
             datasets[key] = build_dataset(p, features, debias=cfg.debias, standardize=cfg.standardize,
                                           device=device)
             datasets[key].dropped = dropped
