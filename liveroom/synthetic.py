@@ -29,6 +29,20 @@ So a model that sees only the tabular columns can learn ``entry`` (a function
 of hour and workday) but not the price- and transcript-driven ``action``,
 ``state`` and ``read`` that move buyers and GMV.
 
+Beside each matrix ``f`` stands ``f_expected``: the expected score
+``sum(k p(k))`` with ``p = score_distribution(latent, 1.0)`` around the
+simulator's unrounded score (:mod:`liveroom.sim.heuristic`), what a server's
+logprobs give (``state_expected`` the items' mean, ``action_expected`` the
+first item's). With ``draw_temperature`` T the integer matrices are instead
+draws from ``score_distribution(latent, T)`` (T = 0.2: what a model sampling
+at the method's temperature answers), from a generator of their own, while
+the targets stay planted from the modes above: the pitches, showcases,
+targets and expected scores are the same with or without it. That is the
+data on which sampled integers and expected scores are compared
+(``docs/SCORES.md``): the targets follow the integers a noiseless model
+would give, the sampled arm sees them with a sampler's noise, the expected
+arm a smooth function of the latent behind them.
+
 Everything is vectorised: the per-(pitch, persona) scores are computed once
 per distinct input (hour x workday, price, clipped word counts) and looked up.
 """
@@ -43,12 +57,22 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .cliargs import command_parser, non_negative_int, positive_int
-from .data.layout import LLM_FEATURES, PAY_TARGETS, WATCH_TARGETS
+from .cliargs import command_parser, non_negative_float, non_negative_int, positive_int
+from .data.layout import EXPECTED, LLM_FEATURES, PAY_TARGETS, SCORE_LEVELS, WATCH_TARGETS
 from .data.moment import time_features
 from .data.personas import PERSONA_KEYS
 from .errors import InputError
-from .sim.heuristic import NEGATIVE_WORDS, POSITIVE_WORDS, buy_scores, entry_score, read_score
+from .sim.heuristic import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    SPREAD,
+    buy_latents,
+    buy_scores,
+    entry_latent,
+    entry_score,
+    read_latent,
+    read_score,
+)
 
 # --------------------------------------------------------------------------- word lists
 
@@ -104,8 +128,34 @@ def _starts(rng: np.random.Generator, n: int) -> np.ndarray:
     return np.sort(rng.choice(picked, n, replace=False))
 
 
-def make_synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, list], dict[str, np.ndarray]]:
-    """(pitches, showcase, features) for ``n`` pitches; see the module docstring."""
+LEVELS = np.asarray(SCORE_LEVELS, float)
+
+
+def score_probs(latent: np.ndarray, temperature: float) -> np.ndarray:
+    """:func:`liveroom.sim.heuristic.score_distribution` of every latent score at once: shape + (5,)."""
+    latent = np.asarray(latent, float)[..., None]
+    if temperature <= 0:
+        return (LEVELS == np.clip(np.round(latent), 1, 5)).astype(float)
+    logits = -((LEVELS - latent) ** 2) / (2 * SPREAD**2) / temperature
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True)
+
+
+def expected_score(latent: np.ndarray) -> np.ndarray:
+    """sum(k p(k)) over the raw (T = 1) distribution around each latent score."""
+    return score_probs(latent, 1.0) @ LEVELS
+
+
+def draw_scores(rng: np.random.Generator, latent: np.ndarray, temperature: float) -> np.ndarray:
+    """One integer 1..5 per latent score, drawn from its distribution at ``temperature``."""
+    cdf = np.cumsum(score_probs(latent, temperature), -1)[..., :-1]
+    return 1.0 + (rng.random(np.shape(latent))[..., None] >= cdf).sum(-1)
+
+
+def make_synthetic(n: int, seed: int = 0, draw_temperature: float | None = None
+                   ) -> tuple[pd.DataFrame, dict[str, list], dict[str, np.ndarray]]:
+    """(pitches, showcase, features) for ``n`` pitches; see the module docstring. ``features`` holds the
+    four integer matrices and their ``*_expected``."""
     if n < 1:
         raise InputError(f"--n {n}: need at least one pitch")
     rng = np.random.default_rng(seed)
@@ -163,22 +213,31 @@ def make_synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, list]
     cuts = np.concatenate([[0], np.cumsum(n_parts)]).tolist()
     texts = ["".join(words[lo:hi]) for lo, hi in zip(cuts[:-1], cuts[1:])]
 
-    # the simulator's scores, looked up per distinct input
+    # the simulator's scores (and unrounded scores), looked up per distinct input
     entry_table = np.array([[[entry_score(k, h, bool(wd)) for wd in (0, 1)] for h in range(24)] for k in PERSONA_KEYS], float)
+    entry_latents = np.array([[[entry_latent(k, h, bool(wd)) for wd in (0, 1)] for h in range(24)] for k in PERSONA_KEYS])
     entry = entry_table[:, hour, workday].T
+    entry_lat = entry_latents[:, hour, workday].T
     uniq, inv = np.unique(price[kept], return_inverse=True)
     buy_kept = np.stack([np.asarray(buy_scores(k, uniq.tolist()), float)[inv] for k in PERSONA_KEYS], 1)
+    buy_lat = np.stack([np.asarray(buy_latents(k, uniq.tolist()))[inv] for k in PERSONA_KEYS], 1)
     room = owner[kept]
-    state = np.zeros((n, P))
-    np.add.at(state, room, buy_kept)
-    state /= np.bincount(room, minlength=n)[:, None]
+    items_per_room = np.bincount(room, minlength=n)[:, None]
     first_kept = np.concatenate([[True], room[1:] != room[:-1]])
-    action = buy_kept[first_kept]
+
+    def state_action(buy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        state = np.zeros((n, P))
+        np.add.at(state, room, buy)
+        return state / items_per_room, buy[first_kept]
+
+    state, action = state_action(buy_kept)
     pos = _word_counts(texts, POSITIVE_WORDS)
     neg = _word_counts(texts, NEGATIVE_WORDS)
     # read_score sees the text only through the clipped counts, so one text per (pos, neg) stands for all
     read_table = np.array([[[read_score(k, "优惠" * a + "涨价" * b) for b in range(4)] for a in range(4)] for k in PERSONA_KEYS], float)
+    read_latents = np.array([[[read_latent(k, "优惠" * a + "涨价" * b) for b in range(4)] for a in range(4)] for k in PERSONA_KEYS])
     read = read_table[:, pos, neg].T
+    read_lat = read_latents[:, pos, neg].T
 
     # tabular and planted targets
     duration = np.maximum(1, np.round(rng.lognormal(1.4, 0.7, n))).astype(np.int64)
@@ -210,6 +269,14 @@ def make_synthetic(n: int, seed: int = 0) -> tuple[pd.DataFrame, dict[str, list]
         **dict(zip(PAY_TARGETS, pay.T)),
     })
     features = {"entry": entry, "action": action, "read": read, "state": state}
+    state_exp, action_exp = state_action(expected_score(buy_lat))
+    features |= {"entry" + EXPECTED: expected_score(entry_lat), "action" + EXPECTED: action_exp,
+                 "read" + EXPECTED: expected_score(read_lat), "state" + EXPECTED: state_exp}
+    if draw_temperature is not None:  # the integers a sampling model answers; the targets above stay
+        draws = np.random.default_rng([seed, 1])
+        entry, read = draw_scores(draws, entry_lat, draw_temperature), draw_scores(draws, read_lat, draw_temperature)
+        state, action = state_action(draw_scores(draws, buy_lat, draw_temperature))
+        features |= {"entry": entry, "action": action, "read": read, "state": state}
     return pitches, showcase, features
 
 
@@ -220,13 +287,15 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 def write_synthetic(out: str | Path, pitches: pd.DataFrame, showcase: dict[str, list],
                     features: dict[str, np.ndarray]) -> None:
-    """Write ``pitches.csv``, ``goods.json``, the four feature ``.npy`` and ``index.npy``."""
+    """Write ``pitches.csv``, ``goods.json``, the four feature ``.npy`` (and their ``*_expected.npy`` when
+    ``features`` has them) and ``index.npy``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pitches.to_csv(out / "pitches.csv", index=False, float_format="%.7g")
     (out / "goods.json").write_text(json.dumps(showcase, ensure_ascii=False), encoding="utf-8")
-    for name in LLM_FEATURES:
-        np.save(out / f"{name}.npy", features[name].astype(np.float64))
+    for name in (*LLM_FEATURES, *(f + EXPECTED for f in LLM_FEATURES)):
+        if name in features:
+            np.save(out / f"{name}.npy", features[name].astype(np.float64))
     np.save(out / "index.npy", pitches["index"].to_numpy(np.int64))
 
 
@@ -234,12 +303,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = command_parser(
         "make-synthetic",
         description="Write synthetic pitches.csv + goods.json + entry/state/action/read/index .npy "
-                    "(features as the simulator scores them) with a planted signal in the targets.")
+                    "(features as the simulator scores them) and entry_expected.npy ... (the expected scores of "
+                    "the simulator's score distribution) with a planted signal in the targets.")
     ap.add_argument("--n", type=positive_int, required=True, help="number of pitches")
     ap.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
     ap.add_argument("--out", required=True, help="output directory (created)")
+    ap.add_argument("--draw-temperature", type=non_negative_float, metavar="T",
+                    help="write the integer matrices as draws from the simulator's score distribution at "
+                         "temperature T (0.2: a model sampling at the method's temperature) instead of its modes; "
+                         "targets, pitches and expected scores stay the same")
     args = ap.parse_args(argv)
-    pitches, showcase, features = make_synthetic(args.n, args.seed)
+    pitches, showcase, features = make_synthetic(args.n, args.seed, args.draw_temperature)
     write_synthetic(args.out, pitches, showcase, features)
     print(f"make-synthetic: wrote {args.n} pitches (pitches.csv, goods.json, the feature .npy files) to {args.out}")
     return 0
