@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..cliargs import command_parser
 from ..data.inputs import ENCODING_HELP, check_encoding
+from ..errors import InputError
 
 
 def parser() -> argparse.ArgumentParser:
@@ -21,7 +22,8 @@ def parser() -> argparse.ArgumentParser:
         "report",
         description="Draw trained models (learning curves, predicted against actual log_gmv, audience shares per "
                     "persona, settings and metrics) and a scoring run (mean score per persona and stage, score "
-                    "distribution, coverage, tokens) into one self-contained HTML file; the images are also "
+                    "distribution, coverage, tokens; expected scores beside the integers where the run or the features "
+                    "have them) into one self-contained HTML file; the images are also "
                     "written as PNGs beside it (OUT-NAME.png).")
     ap.add_argument("--model-dir", "--model", dest="model_dir", action="append", default=[], metavar="MODEL_DIR",
                     help="directory written by bin/train; repeat to draw several models on one set of plots "
@@ -34,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--encoding", default=None, help=ENCODING_HELP + "; without it, a model's own pitches file "
                     "(no --pitches) is read in the encoding the model was trained with")
     ap.add_argument("--features", metavar="FEATURES_DIR",
-                    help="the features the models were trained on (default: the directory in each model's config)")
+                    help="the features the models were trained on (default: the directory in each model's config); "
+                         "where it holds expected scores, they are drawn beside the integers (alone: only that)")
     ap.add_argument("--out", required=True, metavar="REPORT.html", help="the HTML file to write (PNGs go beside it)")
     return ap
 
@@ -44,23 +47,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = parser()
     args = ap.parse_args(argv)
     check_encoding(args.encoding)  # a name Python does not know: one line, before anything is read
-    if not args.model_dir and not args.run:
-        ap.error("give --model-dir MODEL_DIR, --run RUN_DIR, or both")
+    if not args.model_dir and not args.run and not args.features:
+        ap.error("give --model-dir MODEL_DIR, --run RUN_DIR, --features FEATURES_DIR, or several")
     if args.name and len(args.name) != len(args.model_dir):
         ap.error(f"--name given {len(args.name)} time(s) for {len(args.model_dir)} --model-dir(s); give one per model")
     # torch (gather) and matplotlib (page, sections): only once the arguments are good
-    from .gather import load_model_result, load_run_result
+    from .gather import load_feature_scores, load_model_result, load_run_result
     from .page import write_report
-    from .sections import model_section, run_section
+    from .sections import features_section, model_section, run_section
 
     names = args.name or [None] * len(args.model_dir)
     models = [load_model_result(d, name, args.pitches, args.features, args.encoding)
               for d, name in zip(args.model_dir, names)]
     run = load_run_result(args.run, args.pitches, args.encoding) if args.run else None
-    sections = ([model_section(models)] if models else []) + ([run_section(run)] if run else [])
+    feature_dirs = dict.fromkeys([args.features] if args.features else [m.config.features for m in models])
+    with_expected = [(Path(d), pairs) for d in feature_dirs if d and (pairs := load_feature_scores(d))]
+    sections = (([model_section(models)] if models else []) + ([run_section(run)] if run else [])
+                + [features_section(d, pairs, i) for i, (d, pairs) in enumerate(with_expected)])
+    if not sections:
+        raise InputError(f"{args.features}: no expected scores there (entry_expected.npy ...: bin/collect writes "
+                         "them from a run scored with --score-probs); nothing to draw")
     out = Path(args.out)
     lines = [f"Written {dt.datetime.now():%Y-%m-%d %H:%M} by bin/report from "
-             + ", ".join([*(f"model {m.path}" for m in models), *([f"run {run.path}"] if run else [])]) + "."]
+             + ", ".join([*(f"model {m.path}" for m in models), *([f"run {run.path}"] if run else []),
+                          *(f"features {d}" for d, _ in with_expected)]) + "."]
     pngs = write_report(out, "liveroom report", lines, sections)
     print(f"report: wrote {out} ({len(pngs)} images embedded, also beside it as {out.stem}-*.png)")
     return 0

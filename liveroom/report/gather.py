@@ -8,8 +8,10 @@ it was trained on is read in the encoding it was trained with, one given in
 the encoding given (default UTF-8). A run
 (``bin/score``'s RUN_DIR): per stage the last word on every request (ok if
 any record of it is ok, as ``bin/collect`` counts), its scores, and the tokens
-of every record, retries included. Everything comes back as numbers; nothing
-is drawn here.
+of every record, retries included, and the expected scores of the replies
+that carry their probabilities. A features directory (``bin/collect``'s):
+its integer matrices beside its expected scores, when it has them.
+Everything comes back as numbers; nothing is drawn here.
 """
 
 from __future__ import annotations
@@ -25,14 +27,22 @@ import numpy as np
 from ..async_client.record import INVALID, OK
 from ..async_client.run_dir import RunDir
 from ..data.inputs import load_pitches
-from ..data.layout import PAY, REG, REGRESSION_TARGETS, TARGET_COLUMNS, WATCH
+from ..data.layout import EXPECTED, LLM_FEATURES, PAY, REG, REGRESSION_TARGETS, TARGET_COLUMNS, WATCH
 from ..data.personas import PERSONA_KEYS
 from ..errors import InputError
 from ..prompts.stages import STAGES
 from ..scoring.usage import read_usage
 from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
-from ..train.data import check_scores, incomplete, raw_inputs, read_features, read_pitches, split_bounds
+from ..train.data import (
+    check_scores,
+    feature_file,
+    incomplete,
+    raw_inputs,
+    read_features,
+    read_pitches,
+    split_bounds,
+)
 from ..train.predict import predict
 
 #: the per-epoch columns the learning curves use
@@ -86,6 +96,7 @@ class StageResult:
     missing: int | None = None        # requests never finished, when the pitches are known
     hist: np.ndarray = field(default_factory=lambda: np.zeros(len(SCORES), np.int64))  # scores 1..5
     persona_mean: np.ndarray = field(default_factory=lambda: np.zeros(0))  # mean score per persona (NaN: none)
+    expected: np.ndarray = field(default_factory=lambda: np.zeros(0))  # expected scores of the ok replies with them
     prompt_tokens: int = 0
     completion_tokens: int = 0
     records: int = 0                  # lines in the stage's file, retries included
@@ -171,7 +182,7 @@ def load_model_result(model_dir: str | Path, name: str | None = None, pitches: s
     feats = None
     if cfg.with_llm:  # the same pitches as training: refused, or left out with --drop-missing
         features_dir = _existing(features, cfg.features, "features directory", d, "--features")
-        feats = read_features(features_dir, df["index"].to_numpy())
+        feats = read_features(features_dir, df["index"].to_numpy(), cfg.scores)
         keep = ~incomplete(feats)
         if not cfg.drop_missing:
             check_scores(feats, df["index"].to_numpy(), features_dir)
@@ -203,9 +214,20 @@ def _record_scores(stage: str, scores: Any) -> list[float]:
     return [float(scores[n]) for n in names if isinstance(scores.get(n), (int, float))]
 
 
+def _record_expected(stage: str, scores: Any) -> list[float]:
+    """The expected scores of one ok record whose reply's probabilities were found: every item's for ``buy``."""
+    if not isinstance(scores, dict):
+        return []
+    items = scores.get("items" + EXPECTED)
+    if isinstance(items, list):
+        return [float(s) for s in items if isinstance(s, (int, float))]
+    names = STAGES[stage].features[:1] if stage in STAGES else ()
+    return [float(scores[n + EXPECTED]) for n in names if isinstance(scores.get(n + EXPECTED), (int, float))]
+
+
 def _stage(records: RunDir, stage: str, personas: list[str], pitch_index: set[int] | None) -> StageResult:
     res = StageResult(stage)
-    final: dict[str, tuple[str, str, list[float]]] = {}  # id -> (persona, status, scores)
+    final: dict[str, tuple[str, str, list[float], list[float]]] = {}  # id -> (persona, status, scores, expected)
     for rec in records.records(stage):
         res.records += 1
         res.retried += rec.attempts > 1
@@ -216,12 +238,15 @@ def _stage(records: RunDir, stage: str, personas: list[str], pitch_index: set[in
             continue
         seen = final.get(rec.id)
         if rec.ok:
-            final[rec.id] = (str(rec.meta.get("persona")), OK, _record_scores(stage, rec.scores))
+            final[rec.id] = (str(rec.meta.get("persona")), OK, _record_scores(stage, rec.scores),
+                             _record_expected(stage, rec.scores))
         elif seen is None or seen[1] != OK:
-            final[rec.id] = (str(rec.meta.get("persona")), rec.status, [])
+            final[rec.id] = (str(rec.meta.get("persona")), rec.status, [], [])
     sums, counts = np.zeros(len(personas)), np.zeros(len(personas))
     col = {k: i for i, k in enumerate(personas)}
-    for persona, status, scores in final.values():
+    expected: list[float] = []
+    for persona, status, scores, exp in final.values():
+        expected += exp
         if status == OK:
             res.ok += 1
             for s in scores:
@@ -236,6 +261,7 @@ def _stage(records: RunDir, stage: str, personas: list[str], pitch_index: set[in
             res.failed += 1
     with np.errstate(invalid="ignore", divide="ignore"):
         res.persona_mean = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+    res.expected = np.asarray(expected, float)
     if pitch_index is not None:
         res.missing = max(len(pitch_index) * len(personas) - len(final), 0)
     return res
@@ -269,3 +295,22 @@ def load_run_result(run_dir: str | Path, pitches: str | None = None, encoding: s
     cost, currency = _cost(d)
     return RunResult(d, manifest.model or "", manifest.endpoint or "", personas, stages,
                      cost, currency)
+
+
+# --------------------------------------------------------------------------- features
+
+def load_feature_scores(features_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]] | None:
+    """feature -> (integer matrix, expected matrix) of a features directory with expected scores; None without."""
+    d = Path(features_dir)
+    if not all((d / feature_file(f, "expected")).is_file() for f in LLM_FEATURES):
+        return None
+    out = {}
+    for f in LLM_FEATURES:
+        pair = []
+        for path in (d / feature_file(f), d / feature_file(f, "expected")):
+            try:
+                pair.append(np.asarray(np.load(path, allow_pickle=False), float))
+            except (OSError, ValueError) as e:
+                raise InputError(f"{path}: not a readable .npy array ({str(e).splitlines()[0]})") from None
+        out[f] = (pair[0], pair[1])
+    return out

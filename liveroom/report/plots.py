@@ -165,3 +165,22 @@ def coverage(run: RunResult) -> Figure:
     ax.set(xlabel="requests (the last word on each)", title="coverage per stage")
     fig.legend(loc="outside lower center", ncol=4, fontsize=8)
     return fig
+
+
+def expected_vs_integers(groups: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> Figure:
+    """Per stage or feature (name, integers, expected scores): the share of values at or below each score, both
+    kinds on one axis, so a step of the integers sits beside the spread of the expected scores around it."""
+    fig = _figure(3.4 * len(groups) + 0.6, 3.8)
+    axes = fig.subplots(1, len(groups), squeeze=False, sharey=True)[0]
+    for ax, (name, ints, expected) in zip(axes, groups):
+        for values, label, style in ((ints, "integers", dict(color="C0", lw=2.2)),
+                                     (expected, "expected", dict(color="C1", lw=1.4))):
+            v = np.sort(values[np.isfinite(values)])
+            if v.size:
+                ax.step(np.r_[1.0, v, 5.0], np.r_[0.0, np.arange(1, v.size + 1) / v.size, 1.0], where="post",
+                        label=f"{label}: {v.size} values, {np.unique(v).size} distinct", **style)
+        ax.set(xlim=(0.9, 5.1), xticks=SCORES, xlabel="score", title=name)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    axes[0].set_ylabel("share of values <= score")
+    return fig
