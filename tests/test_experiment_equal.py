@@ -1,8 +1,8 @@
 """One experiment against bin/train: every (arm, seed) model is the model bin/train trains alone.
 
-The experiment trains the four arms over two seeds at once (two groups: the
-tabular models, and the 40-input models with and without the debias weight
-and the reference preset side by side); each model is then trained by
+The experiment trains five arms over two seeds at once (two groups: the
+tabular models, and the 40-input models with and without the debias weight,
+on the expected scores, and the reference preset side by side); each model is then trained by
 ``bin/train`` with the flags that :meth:`Experiment.train_argv` gives, and
 the two must agree on every epoch: same epochs run, same selected epoch, the
 same validation losses and test metrics up to float rounding.
@@ -26,7 +26,7 @@ from liveroom.synthetic import make_synthetic, write_synthetic
 from liveroom.train.data import build_dataset, read_features, read_pitches
 from liveroom.train.model import FastStep, SalesNet
 
-ARMS = ["tabular", "llm", "llm+debias", "reference"]
+ARMS = ["tabular", "llm", "llm+debias", "llm-expected", "reference"]
 SEEDS = [0, 3]
 
 

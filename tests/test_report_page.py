@@ -24,7 +24,9 @@ from liveroom.train.config import TrainConfig
 from liveroom.train.loop import train
 
 N_RUN = 20  # pitches in the run
-IMAGES = ("learning-curves", "predicted-vs-actual", "shares", "scores-heatmap", "score-distribution", "coverage")
+MODEL_IMAGES = ("learning-curves", "predicted-vs-actual", "shares")
+RUN_IMAGES = ("scores-heatmap", "score-distribution", "expected-scores", "coverage")
+IMAGES = (*MODEL_IMAGES, *RUN_IMAGES, "feature-expected-scores")  # the features: the synthetic set has expected
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +51,14 @@ def models(syn, tmp_path_factory):
 
 
 def _scores(stage: str, feats: dict[str, np.ndarray], r: int, c: int) -> dict:
+    """The scores of one answer; those of even pitches carry an expected score (0.3 above the integer)."""
     if stage == "buy":
         first = int(feats["action"][r, c])
         items = [first, 5, 1] if first < 3 else [first, 1]
-        return {"scores": items, "state": float(np.mean(items)), "action": first}
-    return {stage: int(feats[stage][r, c])}
+        probs = {"items_expected": [min(s + 0.3, 5) for s in items]} if r % 2 == 0 else {}
+        return {"scores": items, "state": float(np.mean(items)), "action": first, **probs}
+    score = int(feats[stage][r, c])
+    return {stage: score, **({f"{stage}_expected": min(score + 0.3, 5)} if r % 2 == 0 else {})}
 
 
 @pytest.fixture(scope="module")
@@ -132,6 +137,11 @@ def test_run_counts_the_last_word_on_each_request(syn, run, tmp_path):
     assert (by["entry"].ok, by["entry"].invalid, by["entry"].failed, by["entry"].missing) == (cells - 3, 2, 1, 0)
     assert (by["read"].ok, by["read"].missing) == (cells - 8, 8)
     assert by["entry"].hist.sum() == cells - 3 and by["buy"].hist.sum() > by["buy"].ok  # buy: every item
+    even = np.arange(N_RUN) % 2 == 0
+    assert by["entry"].expected.size == even.sum() * len(PERSONA_KEYS)  # the unanswered are on pitch 1
+    np.testing.assert_allclose(np.sort(by["read"].expected),
+                               np.sort(np.minimum(np.load(syn / "read.npy")[:N_RUN - 1][even[:-1]] + 0.3, 5).ravel()))
+    assert by["buy"].expected.size > by["buy"].ok // 2  # every item's
     entry = np.load(syn / "entry.npy")[:N_RUN]
     assert by["read"].records == cells - 8 + len(PERSONA_KEYS)  # the failed first tries count as records
     assert by["entry"].prompt_tokens == 100 * (cells - 3 + 2)
@@ -149,7 +159,17 @@ def test_run_counts_the_last_word_on_each_request(syn, run, tmp_path):
 
 def test_a_run_alone_is_a_report(run, tmp_path):
     assert main(["--run", str(run), "--out", str(tmp_path / "r.html")]) == 0
-    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == sorted(f"r-{n}.png" for n in IMAGES[3:])
+    assert sorted(p.name for p in tmp_path.glob("r-*.png")) == sorted(f"r-{n}.png" for n in RUN_IMAGES)
+
+
+def test_features_alone_draw_their_expected_scores(syn, tmp_path, capsys):
+    assert main(["--features", str(syn), "--out", str(tmp_path / "r.html")]) == 0
+    assert [p.name for p in tmp_path.glob("r-*.png")] == ["r-feature-expected-scores.png"]
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for f in ("entry", "action", "read", "state"):
+        shutil.copy(syn / f"{f}.npy", plain)
+    _fails(capsys, ["--features", str(plain), "--out", str(tmp_path / "p.html")], "no expected scores there")
 
 
 def _fails(capsys, argv, *needles):

@@ -12,7 +12,17 @@ from liveroom.data.inputs import check_showcase, load_pitches, load_showcase
 from liveroom.data.layout import LLM_FEATURES, TABULAR_COLUMNS, TARGET_COLUMNS, TEXT_COLUMNS
 from liveroom.data.moment import time_features
 from liveroom.data.personas import PERSONA_KEYS
-from liveroom.sim.heuristic import NEGATIVE_WORDS, POSITIVE_WORDS, buy_scores, entry_score, read_score
+from liveroom.sim.heuristic import (
+    NEGATIVE_WORDS,
+    POSITIVE_WORDS,
+    buy_latents,
+    buy_scores,
+    entry_latent,
+    entry_score,
+    read_latent,
+    read_score,
+    score_distribution,
+)
 from liveroom.synthetic import make_synthetic
 
 
@@ -89,3 +99,32 @@ def test_cli_writes_files_the_loaders_read(tmp_path):
     assert np.load(tmp_path / "index.npy").tolist() == list(range(50))
     for name in LLM_FEATURES:
         assert np.load(tmp_path / f"{name}.npy").shape == (50, 8)
+
+
+def test_expected_scores_and_draws_at_a_temperature(syn):
+    """``*_expected`` = sum k p(k) of the simulator's distribution; draws change the integers, nothing else."""
+    pitches, showcase, f = syn
+    for i in range(0, 2000, 97):
+        when = pd.Timestamp(pitches["start"].iat[i])
+        kept = [it[2] for it in showcase[pitches["start"].iat[i]] if it[2] > 0][:10]
+        for k, key in enumerate(PERSONA_KEYS):
+            assert f["entry_expected"][i, k] == pytest.approx(
+                _expected(entry_latent(key, when.hour, bool(pitches["is_workday"].iat[i]))))
+            items = [_expected(x) for x in buy_latents(key, kept)]
+            assert f["action_expected"][i, k] == pytest.approx(items[0])
+            assert f["state_expected"][i, k] == pytest.approx(np.mean(items))
+            assert f["read_expected"][i, k] == pytest.approx(_expected(read_latent(key, pitches["text"].iat[i])))
+    drawn_pitches, _, drawn = make_synthetic(2000, seed=3, draw_temperature=0.2)
+    pd.testing.assert_frame_equal(drawn_pitches, pitches)  # the same targets: planted from the modes
+    for name in LLM_FEATURES:
+        np.testing.assert_array_equal(drawn[f"{name}_expected"], f[f"{name}_expected"])
+        if name != "state":
+            assert np.isin(drawn[name], [1, 2, 3, 4, 5]).all()
+        assert 0.7 < np.mean(drawn[name] == f[name]) < 1  # mostly the mode at T = 0.2, not always
+    at_zero = make_synthetic(2000, seed=3, draw_temperature=0.0)[2]
+    for name in LLM_FEATURES:
+        np.testing.assert_allclose(at_zero[name], f[name])  # T = 0 draws the mode
+
+
+def _expected(latent):
+    return sum(k * p for k, p in zip(range(1, 6), score_distribution(latent, 1.0)))
