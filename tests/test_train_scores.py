@@ -59,6 +59,14 @@ def test_expected_model_reads_the_expected_matrices_in_train_and_predict(syn, tm
     np.save(other / "read_expected.npy", np.full((200, 8), 3.0))
     assert not np.allclose(_predict(model, syn, other, tmp_path / "c.csv")["log_gmv"], first["log_gmv"])
 
+    # a cell that is no score is named in its expected file
+    read = np.load(other / "read_expected.npy")
+    read[4, 2] = np.nan
+    np.save(other / "read_expected.npy", read)
+    err = _one_line(capsys, predict_main, ["--model-dir", str(model), "--pitches", str(syn / "pitches.csv"),
+                                           "--features", str(other), "--out", str(tmp_path / "e.csv")])
+    assert "read_expected.npy persona new_white = nan" in err, err
+
     # without the expected files: one line naming the first one missing, for bin/train and bin/predict
     for f in LLM_FEATURES:
         (other / f"{f}_expected.npy").unlink()

@@ -185,7 +185,7 @@ def load_model_result(model_dir: str | Path, name: str | None = None, pitches: s
         feats = read_features(features_dir, df["index"].to_numpy(), cfg.scores)
         keep = ~incomplete(feats)
         if not cfg.drop_missing:
-            check_scores(feats, df["index"].to_numpy(), features_dir)
+            check_scores(feats, df["index"].to_numpy(), features_dir, kind=cfg.scores)
         elif not keep.all():
             df, feats = df[keep].reset_index(drop=True), {k: v[keep] for k, v in feats.items()}
     n_train, n_seen = split_bounds(len(df))

@@ -117,19 +117,20 @@ def incomplete(features: dict[str, np.ndarray]) -> np.ndarray:
     return np.any([bad.any(1) for bad in not_scores(features).values()], axis=0)
 
 
-def check_scores(features: dict[str, np.ndarray], index: np.ndarray, where: str | Path, hint: str = "") -> None:
-    """Refuse features that are not scores, in one line: how many, where, the first pitches."""
+def check_scores(features: dict[str, np.ndarray], index: np.ndarray, where: str | Path, hint: str = "",
+                 kind: str = "sampled") -> None:
+    """Refuse features (of score kind ``kind``) that are not scores, in one line: how many, where, the first pitches."""
     bad = not_scores(features)
     rows = np.flatnonzero(incomplete(features))
     if not rows.size:
         return
     cells = sum(int(b.sum()) for b in bad.values())
-    per_file = ", ".join(f"{name}.npy {int(b.sum())}" for name, b in bad.items() if b.any())
+    per_file = ", ".join(f"{feature_file(name, kind)} {int(b.sum())}" for name, b in bad.items() if b.any())
     first = []
     for r in rows[:3]:
         name = next(n for n, b in bad.items() if b[r].any())
         k = int(np.flatnonzero(bad[name][r])[0])
-        first.append(f"pitch index {index[r]} (row {r + 1}, {name}.npy persona {PERSONA_KEYS[k]} = "
+        first.append(f"pitch index {index[r]} (row {r + 1}, {feature_file(name, kind)} persona {PERSONA_KEYS[k]} = "
                      f"{features[name][r, k]:g})")
     raise InputError(f"{where}: {cells} feature cell(s) outside {SCORE_MIN:g}..{SCORE_MAX:g} (NaN, or 0 = missing "
                      f"in the reference's files) in {rows.size} of {len(index)} pitches ({per_file}); "
@@ -228,7 +229,7 @@ def training_inputs(cfg: TrainConfig, pitches: pd.DataFrame) -> tuple[pd.DataFra
     keep = ~incomplete(features)
     if not cfg.drop_missing:
         check_scores(features, pitches["index"].to_numpy(), cfg.features,
-                     f"; --drop-missing trains on the {int(keep.sum())} complete pitches")
+                     f"; --drop-missing trains on the {int(keep.sum())} complete pitches", cfg.scores)
     elif not keep.all():
         dropped = int((~keep).sum())
         return pitches[keep].reset_index(drop=True), {k: v[keep] for k, v in features.items()}, dropped

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise InputError(f"--features is required: the model in {args.model_dir} uses the persona features")
         kind = TrainConfig.from_dict(ck["config"]).scores  # a model from before the choice: sampled
         features = read_features(args.features, pitches["index"].to_numpy(), kind)
-        check_scores(features, pitches["index"].to_numpy(), args.features)
+        check_scores(features, pitches["index"].to_numpy(), args.features, kind=kind)
     x = raw_inputs(pitches, features)
     if x.shape[1] != len(ck["inputs"]):
         raise InputError(f"inputs have {x.shape[1]} columns, the model expects {len(ck['inputs'])}")
