@@ -26,7 +26,7 @@ from liveroom.train.loop import train
 N_RUN = 20  # pitches in the run
 MODEL_IMAGES = ("learning-curves", "predicted-vs-actual", "shares")
 RUN_IMAGES = ("scores-heatmap", "score-distribution", "expected-scores", "coverage")
-IMAGES = (*MODEL_IMAGES, *RUN_IMAGES, "feature-expected-scores")  # the features: the synthetic set has expected
+IMAGES = (*MODEL_IMAGES, *RUN_IMAGES)
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +36,9 @@ def syn(tmp_path_factory):
     return d
 
 
-def _train(syn: Path, out: Path, inputs: str, pitches: Path | None = None) -> Path:
+def _train(syn: Path, out: Path, inputs: str, pitches: Path | None = None, scores: str = "sampled") -> Path:
     cfg = TrainConfig(pitches=str(pitches or syn / "pitches.csv"), features=str(syn), out=str(out), epochs=3,
-                      hidden=16, inputs=inputs)
+                      hidden=16, inputs=inputs, scores=scores)
     with open("/dev/null", "w") as log:
         train(cfg, log=log)
     return out
@@ -162,9 +162,13 @@ def test_a_run_alone_is_a_report(run, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("r-*.png")) == sorted(f"r-{n}.png" for n in RUN_IMAGES)
 
 
-def test_features_alone_draw_their_expected_scores(syn, tmp_path, capsys):
+def test_features_with_expected_scores_are_drawn_alone_or_beside_a_model_on_them(syn, tmp_path, capsys):
     assert main(["--features", str(syn), "--out", str(tmp_path / "r.html")]) == 0
     assert [p.name for p in tmp_path.glob("r-*.png")] == ["r-feature-expected-scores.png"]
+    model = _train(syn, tmp_path / "expected", "tabular+llm", scores="expected")
+    assert main(["--model-dir", str(model), "--out", str(tmp_path / "m.html")]) == 0
+    assert sorted(p.name for p in tmp_path.glob("m-*.png")) == sorted(
+        f"m-{n}.png" for n in (*MODEL_IMAGES, "feature-expected-scores"))
     plain = tmp_path / "plain"
     plain.mkdir()
     for f in ("entry", "action", "read", "state"):

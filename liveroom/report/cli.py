@@ -37,7 +37,8 @@ def parser() -> argparse.ArgumentParser:
                     "(no --pitches) is read in the encoding the model was trained with")
     ap.add_argument("--features", metavar="FEATURES_DIR",
                     help="the features the models were trained on (default: the directory in each model's config); "
-                         "where it holds expected scores, they are drawn beside the integers (alone: only that)")
+                         "where it holds expected scores, they are drawn beside the integers (alone: only that; "
+                         "without it, those of the models trained on expected scores are)")
     ap.add_argument("--out", required=True, metavar="REPORT.html", help="the HTML file to write (PNGs go beside it)")
     return ap
 
@@ -60,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     models = [load_model_result(d, name, args.pitches, args.features, args.encoding)
               for d, name in zip(args.model_dir, names)]
     run = load_run_result(args.run, args.pitches, args.encoding) if args.run else None
-    feature_dirs = dict.fromkeys([args.features] if args.features else [m.config.features for m in models])
+    feature_dirs = dict.fromkeys([args.features] if args.features
+                                 else [m.config.features for m in models if m.config.scores == "expected"])
     with_expected = [(Path(d), pairs) for d in feature_dirs if d and (pairs := load_feature_scores(d))]
     sections = (([model_section(models)] if models else []) + ([run_section(run)] if run else [])
                 + [features_section(d, pairs, i) for i, (d, pairs) in enumerate(with_expected)])
