@@ -15,6 +15,9 @@ docs/PROVIDERS.md section 4) and vLLM's (``response`` with a non-200
 or a ``finish_reason`` saying the reply was filtered makes it start
 ``content_filter:``.
 
+A reply that carries token ``logprobs`` (the request asked ``--score-probs``)
+keeps its scores' probabilities, as direct mode does (:mod:`liveroom.prompts.probs`).
+
 Requests already ok are skipped; duplicate lines, unknown ids and unreadable
 lines are counted and shown, never imported twice. A reply whose ``model`` is
 neither the run's model nor a dated version of it (``gpt-4o-mini-2024-07-18``
@@ -48,6 +51,7 @@ from ...async_client.record import ERROR, INVALID, OK, Record, cut
 from ...async_client.run_dir import RunDir
 from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
 from ...errors import InputError
+from ...prompts.probs import score_probabilities
 from ...prompts.stages import STAGES
 from .state import SOURCE, BatchState, done_ids, imported_from, invalid_records, load_meta, read_manifest, shard_ids
 
@@ -153,6 +157,8 @@ def _completed(cid: str, body: Any, meta: dict[str, Any], expect: Expect) -> Rec
         scores = STAGES[meta["stage"]].parse(text, meta.get("n_items", 0))
     except UnusableReply as e:
         return Record(cid, INVALID, meta, reply=cut(text), usage=reply.usage, error=str(e), model=model)
+    if reply.logprobs is not None:  # asked with --score-probs: the probabilities kept as direct mode keeps them
+        scores.update(score_probabilities(meta["stage"], text, reply.logprobs, scores, meta.get("n_items", 0)) or {})
     return Record(cid, OK, meta, scores=scores, reply=text, usage=reply.usage, model=model)
 
 
