@@ -30,6 +30,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from statistics import fmean
 from typing import Any
 
@@ -72,9 +73,9 @@ def distribution(alternatives: Sequence[tuple[str, float]]) -> ScoreProbs | None
     return ScoreProbs(probs, sum(k * v for k, v in zip(SCORE_LEVELS, probs)), min(mass, 1.0))
 
 
-def _entries(logprobs: Any) -> list[Mapping[str, Any]] | None:
+def _entries(logprobs: Any) -> list[Any] | None:
     """The token entries of a choice's ``logprobs`` object; None when it has none."""
-    content = logprobs.get("content") if isinstance(logprobs, Mapping) else None
+    content = logprobs.get("content") if isinstance(logprobs, dict) else None
     if not isinstance(content, list) or not content:
         return None
     return content
@@ -85,7 +86,7 @@ def _alternatives(entry: Mapping[str, Any]) -> list[tuple[str, float]]:
     the chosen token among them)."""
     out = []
     for item in (entry, *(entry.get("top_logprobs") or ())):
-        if isinstance(item, Mapping):
+        if type(item) is dict:
             token, logprob = item.get("token"), item.get("logprob")
             if isinstance(token, str) and isinstance(logprob, (int, float)) and not isinstance(logprob, bool):
                 out.append((token, float(logprob)))
@@ -109,21 +110,17 @@ def find_scores(logprobs: Any, key: str, count: int) -> list[tuple[int, ScorePro
     entries = _entries(logprobs)
     if entries is None or count <= 0:
         return None
-    starts, parts, pos = [], [], 0
-    for e in entries:
-        token = e.get("token") if isinstance(e, Mapping) else None
-        token = token if isinstance(token, str) else ""
-        starts.append(pos)
-        parts.append(token)
-        pos += len(token)
-    text = "".join(parts)
+    tokens = [e.get("token") if type(e) is dict else None for e in entries]
+    tokens = [t if type(t) is str else "" for t in tokens]
+    text = "".join(tokens)
+    starts = list(accumulate(map(len, tokens)))  # where each token ends
     pattern = _PATTERNS.get(key) or _key_pattern(key)
     found = [m.start(1) for m in pattern.finditer(text)][-count:]
     if len(found) < count:
         return None
     out = []
     for at in found:
-        place = bisect.bisect_right(starts, at) - 1
+        place = bisect.bisect_right(starts, at)  # the token whose end is past the digit
         probs = distribution(_alternatives(entries[place]))
         if probs is None:
             return None
