@@ -6,7 +6,9 @@ waiting for a retry it lends its slot (``pool`` workers per slot leave room), so
 delays that job only. Each job is sent by the :class:`~.sending.Sender` (the rate limits, the
 outage wait, the retry policy of :mod:`.policy`); its reply is validated by the task and, on
 :class:`~.errors.UnusableReply`, asked again with the reason (at most ``reask_chars`` of the bad
-reply); the outcome is appended as one :class:`~.record.Record`.
+reply); the outcome is appended as one :class:`~.record.Record`. A job whose body asks ``logprobs``
+has its reply's token probabilities read by the task too (:class:`~.contract.ReadsProbabilities`);
+where a server returns none the scores stay as they are and the run says so once per endpoint.
 
 The engine knows nothing of what it asks (:mod:`.contract`: a job, and the client and task a
 caller plugs in); which jobs are left to do is the caller's (and its planner's) call.
