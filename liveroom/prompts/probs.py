@@ -110,8 +110,8 @@ def find_scores(logprobs: Any, key: str, count: int) -> list[tuple[int, ScorePro
     entries = _entries(logprobs)
     if entries is None or count <= 0:
         return None
-    tokens = [e.get("token") if type(e) is dict else None for e in entries]
-    tokens = [t if type(t) is str else "" for t in tokens]
+    raw = [e.get("token") if type(e) is dict else None for e in entries]
+    tokens: list[str] = [t if type(t) is str else "" for t in raw]
     text = "".join(tokens)
     starts = list(accumulate(map(len, tokens)))  # where each token ends
     pattern = _PATTERNS.get(key) or _key_pattern(key)
