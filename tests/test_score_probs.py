@@ -30,7 +30,7 @@ MISSING = "returns no token probabilities"
 
 
 @pytest.fixture
-def sim():
+def threaded_sim():
     started: list[BatchServer] = []
 
     def start(**sim: object) -> BatchServer:
@@ -72,8 +72,8 @@ def check_probabilities(recs: list[dict], want: dict[str, list[float]]) -> None:
         assert all(d[k - 1] > 0 for d, k in zip(dists, drawn))  # each integer a draw the distribution allows
 
 
-def test_score_probs_end_to_end_exact_reproducible_and_kept_on_resume(tmp_path, sim, inputs):
-    srv = sim()
+def test_score_probs_end_to_end_exact_reproducible_and_kept_on_resume(tmp_path, threaded_sim, inputs):
+    srv = threaded_sim()
     run = tmp_path / "run"
     p = score(*inputs, run, srv.url, "--concurrency", "8", "--score-probs", key=KEY)
     assert p.returncode == 0, p.stderr
@@ -93,8 +93,8 @@ def test_score_probs_end_to_end_exact_reproducible_and_kept_on_resume(tmp_path, 
     assert p.returncode == 0 and "already done" in p.stdout
 
 
-def test_a_server_that_ignores_logprobs_is_named_once_and_the_integers_stay(tmp_path, sim, inputs):
-    srv = sim(no_logprobs=True)
+def test_a_server_that_ignores_logprobs_is_named_once_and_the_integers_stay(tmp_path, threaded_sim, inputs):
+    srv = threaded_sim(no_logprobs=True)
     run = tmp_path / "run"
     p = score(*inputs, run, srv.url, "--score-probs", "--top-logprobs", "3", key=KEY)
     assert p.returncode == 0, p.stderr
@@ -103,9 +103,9 @@ def test_a_server_that_ignores_logprobs_is_named_once_and_the_integers_stay(tmp_
     assert recs and all(r["status"] == "ok" and not any(k.endswith("_expected") for k in r["scores"]) for r in recs)
 
 
-def test_a_provider_without_logprobs_is_told_at_start_and_not_asked(tmp_path, sim, inputs):
+def test_a_provider_without_logprobs_is_told_at_start_and_not_asked(tmp_path, threaded_sim, inputs):
     asked = tmp_path / "requests.jsonl"
-    srv = sim(record_requests=str(asked))
+    srv = threaded_sim(record_requests=str(asked))
     run = tmp_path / "run"
     p = score(*inputs, run, srv.url, "--provider", "zhipu", "--score-probs", "--stages", "entry", key=KEY)
     assert p.returncode == 0, p.stderr
@@ -129,6 +129,17 @@ def test_batch_lines_ask_and_import_keeps_the_probabilities(tmp_path, capsys, se
     rc, out = batch(capsys, "fetch", "--run", str(run), *BATCH_WAIT)
     assert rc == 0, out
     check_probabilities(records(run, ("entry", "buy")), latents_by_id(inputs))
+
+
+def test_a_batch_whose_replies_carry_no_logprobs_is_said_once(tmp_path, capsys, env, threaded_sim, inputs):
+    srv = threaded_sim(no_logprobs=True)
+    run = tmp_path / "run"
+    assert prepare(capsys, inputs, run, srv.url, "--score-probs", "--stages", "entry")[0] == 0
+    assert batch(capsys, "submit", "--run", str(run), *BATCH_SUBMIT)[0] == 0
+    rc, out = batch(capsys, "fetch", "--run", str(run), *BATCH_WAIT)
+    assert rc == 0, out
+    assert out.count("40 ok reply(ies) carry no token probabilities") == 1
+    assert all("entry_expected" not in r["scores"] for r in records(run, ("entry",)))
 
 
 def test_vllm_run_batch_answers_logprobs_when_the_line_asks(inputs):

@@ -284,6 +284,7 @@ def process(bs: SimBatchAPI, b: Batch, upto: int) -> tuple[list[bytes], list[byt
                                                                 None, "messages")))
             continue
         top, temperature = logprobs_asked(line["body"])  # a line that asked logprobs is answered with them
+        top = None if sim.no_logprobs else top
         c = complete(prompt, messages, conversation_digest(messages), sim.seed, _fault(cfg, n, messages),
                      top_logprobs=top, temperature=temperature)
         out.append(_line(rid, cid, 200, completion_body(f"chatcmpl-{rid}", model_of(line["body"], sim.model), c)))

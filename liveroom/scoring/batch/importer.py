@@ -50,6 +50,7 @@ from ...async_client.providers import filtered_finish, is_content_filter
 from ...async_client.record import ERROR, INVALID, OK, Record, cut
 from ...async_client.run_dir import RunDir
 from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
+from ...data.layout import EXPECTED
 from ...errors import InputError
 from ...prompts.probs import score_probabilities
 from ...prompts.stages import STAGES
@@ -70,6 +71,7 @@ class ImportReport:
     malformed: int = 0
     wrong_model: int = 0  # lines answered by another model, not imported
     taken_before: int = 0  # lines an earlier import took from the same file, skipped
+    without_probs: int = 0  # ok replies of a run that asked --score-probs whose probabilities were not found
     files_skipped: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -92,6 +94,9 @@ class ImportReport:
                   "to import them)" if self.wrong_model else "")
                + (f", {self.taken_before} line(s) imported before from the same file, skipped"
                   if self.taken_before else "")]
+        if self.without_probs:  # once per import: the provider's files carry no token probabilities
+            out.append(f"{prog}: {self.without_probs} ok reply(ies) carry no token probabilities (logprobs): "
+                       "their records keep the sampled integers only")
         for name in self.files_skipped:
             out.append(f"{prog}: {name}: already imported, skipped")
         for kind, shown in self.examples.items():
@@ -346,6 +351,7 @@ def _write_records(run_dir: Path, manifest: Manifest, chosen: dict[str, Record],
                    report: ImportReport) -> None:
     """Append the chosen records of requests not already ok, counting each (and its re-asks)."""
     groups = manifest.groups
+    asked = "top_logprobs" in manifest.params  # made with --score-probs
     tried = {cid: len(recs) for cid, recs in invalid_records(run_dir, groups).items()} if chosen else {}
     records = RunDir(run_dir)
     records.open(manifest)
@@ -366,6 +372,7 @@ def _write_records(run_dir: Path, manifest: Manifest, chosen: dict[str, Record],
             _count(report, cid, rec)
             if rec.ok:
                 done[stage].add(cid)
+                report.without_probs += asked and not any(k.endswith(EXPECTED) for k in rec.scores)
     finally:
         records.close()
 
