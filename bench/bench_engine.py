@@ -6,7 +6,7 @@ default 3) and reports the median; ratios are computed within the same run.
 
     python bench/bench_engine.py all [--write-docs]      # every table (about 40 minutes)
     python bench/bench_engine.py --quick all             # small sizes, one repeat: a smoke test
-    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit|limits|budget|scattered [...]
+    python bench/bench_engine.py throughput|cpu|oldway|resume|memory|ratelimit|limits|budget|scattered|probs [...]
 
 Tables:
 
@@ -38,6 +38,8 @@ Tables:
   the live concurrency limit against ``--fixed-concurrency`` in the same run
   (:mod:`bench_limits`).
 * ``budget``: where ``--budget`` stops, in worst cases of one job (:mod:`bench_budget`).
+* ``probs``: what ``--score-probs`` costs: client and simulator CPU per request, reply and record
+  bytes, with and without it (:mod:`bench_probs`).
 * ``scattered``: 10% scattered 429s at 200 ms, ``--repeats`` runs, the time split into the slot-time
   bound and the tail, beside a client without overhead (:mod:`bench_scattered`).
 
@@ -64,6 +66,7 @@ from typing import Sequence
 
 from bench_budget import bench_budget
 from bench_limits import bench_limits
+from bench_probs import bench_probs
 from bench_scale import bench_memory, bench_ratelimit, bench_resume
 from bench_scattered import bench_scattered
 from harness import (
@@ -318,7 +321,7 @@ def bench_oldway(o: argparse.Namespace, rep: Report) -> dict:
 
 COMMANDS = {"throughput": bench_throughput, "cpu": bench_cpu, "oldway": bench_oldway,
             "resume": bench_resume, "memory": bench_memory, "ratelimit": bench_ratelimit, "limits": bench_limits,
-            "budget": bench_budget, "scattered": bench_scattered}
+            "budget": bench_budget, "scattered": bench_scattered, "probs": bench_probs}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -342,6 +342,28 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
 
 
 @pytest.mark.llm
+def test_score_probs_against_a_real_local_llm(tmp_path, server):
+    """llama-server's token stream (probabilities before the grammar, digits outside 1..5 among them):
+    every ok reply's scores carry their probabilities."""
+    pitches, goods = real_pitches(tmp_path)
+    run = tmp_path / "run"
+    p = kit.score(pitches, goods, run, server.url, "--stages", "entry,buy", "--model", MODEL, "--response-format",
+                  "json_schema", "--concurrency", "4", "--timeout", "300", "--max-tokens", "400", "--backoff", "0.5",
+                  "--score-probs", "--top-logprobs", "10", timeout=SCORE_TIMEOUT)
+    assert p.returncode in (0, 1), p.stderr[-3000:]
+    assert "returns no token probabilities" not in p.stderr
+    ok = [r for rs in records(run).values() for r in rs if r["status"] == "ok"]
+    assert ok
+    for r in ok:
+        s = r["scores"]
+        for f in (("entry",) if r["stage"] == "entry" else ("state", "action")):
+            assert sum(s[f + "_probs"]) == pytest.approx(1.0) and 0 < s[f + "_mass"] <= 1, s
+            assert 1 <= s[f + "_expected"] <= 5, s
+        if r["stage"] == "buy":
+            assert len(s["items_expected"]) == len(s["scores"])
+
+
+@pytest.mark.llm
 def test_serve_stops_its_server_on_sigterm(tmp_path):
     require_installed()
     s = LocalServer(tmp_path / "serve.log")

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from .concurrency import ConcurrencyLimit
 from .limits import Outage
@@ -42,6 +42,15 @@ class Task(Protocol):
 
     def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
         """The payload asking again after an unusable reply."""
+
+
+@runtime_checkable
+class ReadsProbabilities(Protocol):
+    """A task whose jobs may ask ``logprobs: true``: what it reads from a reply's token probabilities."""
+
+    def probabilities(self, job: Job, text: str, logprobs: Any, scores: Any) -> bool:
+        """Add what ``logprobs`` (the reply's, None when it has none) says to ``scores``; False when it
+        cannot be read (the scores stay as they are)."""
 
 
 class Admission(Protocol):

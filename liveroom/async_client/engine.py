@@ -6,7 +6,9 @@ waiting for a retry it lends its slot (``pool`` workers per slot leave room), so
 delays that job only. Each job is sent by the :class:`~.sending.Sender` (the rate limits, the
 outage wait, the retry policy of :mod:`.policy`); its reply is validated by the task and, on
 :class:`~.errors.UnusableReply`, asked again with the reason (at most ``reask_chars`` of the bad
-reply); the outcome is appended as one :class:`~.record.Record`.
+reply); the outcome is appended as one :class:`~.record.Record`. A job whose body asks ``logprobs``
+has its reply's token probabilities read by the task too (:class:`~.contract.ReadsProbabilities`);
+where a server returns none the scores stay as they are and the run says so once per endpoint.
 
 The engine knows nothing of what it asks (:mod:`.contract`: a job, and the client and task a
 caller plugs in); which jobs are left to do is the caller's (and its planner's) call.
@@ -38,7 +40,7 @@ from typing import Any
 
 from ..errors import LiveroomError
 from .concurrency import ConcurrencyLimit, Slot
-from .contract import Admission, Client, EngineConfig, Job, Stats, Task
+from .contract import Admission, Client, EngineConfig, Job, ReadsProbabilities, Stats, Task
 from .errors import Fatal, Filtered, NoContent, Rejected, RunFailed, UnusableReply
 from .limits import Limits, Outage
 from .policy import Failure
@@ -80,6 +82,7 @@ class Engine:
         self._workers: list[asyncio.Task[None]] = []
         self._sending: set[asyncio.Task[Any]] = set()  # workers waiting on an answer, at every endpoint
         self._model_warned: set[str] = set()  # endpoints warned about the model they serve
+        self._probs_warned: set[str] = set()  # endpoints warned that they return no token probabilities
         self._moved: asyncio.Queue[Draft] = asyncio.Queue()  # jobs moved off an endpoint, taken first
         self._outstanding = 0  # jobs given by the producer and not yet recorded
         self._produced = False
@@ -294,6 +297,17 @@ class Engine:
         self.on_warning(f"{at}the server answered with model {served!r}, not {asked!r} "
                         "(each record keeps the model that answered it)")
 
+    def _read_probabilities(self, job: Job, text: str, logprobs: Any, scores: Any, endpoint: str) -> None:
+        """A job that asked ``logprobs``: the task reads them into ``scores``; where they are missing or
+        unreadable the scores stay as they are and the run says so once per endpoint."""
+        if not isinstance(self.task, ReadsProbabilities) or self.task.probabilities(job, text, logprobs, scores):
+            return
+        if endpoint not in self._probs_warned:
+            self._probs_warned.add(endpoint)
+            at = f"endpoint {endpoint}" if endpoint else "the server"
+            self.on_warning(f"{at} returns no token probabilities for the scores (logprobs missing or not "
+                            "readable): its records keep the sampled integers only")
+
     async def _process(self, draft: Draft, slot: Slot, endpoint: Endpoint, sender: Sender) -> Record:
         job, keep = draft.job, self.config.keep_chars
         payload = draft.payload or job.payload
@@ -314,7 +328,10 @@ class Engine:
             try:
                 if not reply.text and reply.finish_reason == "length":
                     raise NoContent()
-                return draft.record(OK, keep, scores=self.task.validate(job, reply.text))
+                scores = self.task.validate(job, reply.text)
+                if job.payload.get("logprobs") is True:
+                    self._read_probabilities(job, reply.text, reply.logprobs, scores, endpoint.name)
+                return draft.record(OK, keep, scores=scores)
             except UnusableReply as e:
                 self.stats.invalid += 1
                 if draft.reasks >= self.config.max_reasks or self._stop.is_set():

@@ -188,6 +188,16 @@ LLAMACPP_CODES: Codes = {**_rules("request", "", "exceed_context_size_error")}
 
 
 @dataclass(frozen=True)
+class LogprobsProfile:
+    """Whether a provider's chat replies carry token probabilities (``logprobs``, ``top_logprobs``),
+    docs/PROVIDERS.md section 7."""
+
+    returned: bool = True           # False: the API has no such parameter (the run goes on without them)
+    max_top: int | None = None      # the most top_logprobs it takes; None: no cap known (a server's own)
+    refusing: str = ""              # regex matched at the start of a model name: models that refuse the parameter
+
+
+@dataclass(frozen=True)
 class Provider:
     """One provider's defaults, grouped by what uses them."""
 
@@ -196,6 +206,7 @@ class Provider:
     hosts: tuple[str, ...] = ()     # a base URL on one of these hosts (or under one) is this provider
     batch: BatchProfile = field(default_factory=BatchProfile)
     errors: ErrorProfile = field(default_factory=ErrorProfile)
+    logprobs: LogprobsProfile = field(default_factory=LogprobsProfile)
 
 
 OPENAI = Provider(
@@ -206,6 +217,9 @@ OPENAI = Provider(
     BatchProfile(),
     # finish_reason "content_filter": the SDK's Choice (src/openai/types/chat/chat_completion.py)
     ErrorProfile(OPENAI_CODES, frozenset({"content_filter"})),
+    # top_logprobs "between 0 and 20" (OAI-SDK completion_create_params.py); the o-series reasoning models
+    # refuse logprobs (403 "You are not allowed to request logprobs from this model", deepeval#2184)
+    LogprobsProfile(max_top=20, refusing=r"o[0-9]"),
 )
 
 ZHIPU = Provider(
@@ -229,6 +243,8 @@ ZHIPU = Provider(
     # 1301 unsafe content (seen as HTTP 400, langchain4j#1079), 1300 blocked by policy (ZP-code);
     # finish_reason "sensitive": blocked by the safety review (查询异步结果 page)
     ErrorProfile(ZHIPU_CODES, frozenset({"sensitive"})),
+    # no logprobs parameter in the API reference nor in ZAI-SDK chat/completions.py create()
+    LogprobsProfile(returned=False),
 )
 
 DASHSCOPE = Provider(
@@ -248,6 +264,7 @@ DASHSCOPE = Provider(
     # DataInspectionFailed / data_inspection_failed: "Input or output data may contain inappropriate content"
     # (DS-err-2024; compat bodies in camel-ai/owl#432)
     ErrorProfile(DASHSCOPE_CODES),
+    LogprobsProfile(max_top=5),  # top_logprobs 0..5 (Qwen API reference); only some models return them
 )
 
 # any OpenAI-compatible server: bin/batch as it always was; a --completion-window is passed on unchecked
@@ -260,17 +277,21 @@ GENERIC = Provider("generic", None, (), BatchProfile(window_hours=None))
 VLLM = Provider("vllm", None, batch=BatchProfile(max_requests=10**9, max_bytes=10**15, completion_window=None,
                                                  window_hours=None, file_status="absent", api=False))
 LLAMACPP = Provider("llamacpp", None, errors=ErrorProfile(LLAMACPP_CODES))
+# DeepSeek's chat API (bin/score only: no Batch API): top_logprobs at most 20; the reasoning model refuses
+# logprobs ("Setting logprobs, top_logprobs will trigger an error", its reasoning-model guide), PROVIDERS.md 7
+DEEPSEEK = Provider("deepseek", "https://api.deepseek.com/v1", ("api.deepseek.com",),
+                    logprobs=LogprobsProfile(max_top=20, refusing=r"deepseek-reasoner"))
 
 #: the providers of bin/batch (each has a batch profile; vllm's files go to ``vllm run-batch``, not to an API)
 BATCH_PROVIDERS: dict[str, Provider] = {p.name: p for p in (OPENAI, ZHIPU, DASHSCOPE, GENERIC, VLLM)}
 #: the providers of bin/score: the batch ones and the local servers
-CHAT_PROVIDERS: dict[str, Provider] = {**BATCH_PROVIDERS, LLAMACPP.name: LLAMACPP}
+CHAT_PROVIDERS: dict[str, Provider] = {**BATCH_PROVIDERS, LLAMACPP.name: LLAMACPP, DEEPSEEK.name: DEEPSEEK}
 
 
-def detect(base_url: str) -> Provider:
-    """The provider whose host ``base_url`` names (or a subdomain of it); ``generic`` for any other."""
+def detect(base_url: str, known: Mapping[str, Provider] = BATCH_PROVIDERS) -> Provider:
+    """The provider of ``known`` whose host ``base_url`` names (or a subdomain of it); ``generic`` for any other."""
     host = (urlsplit(base_url).hostname or "").lower()
-    for p in BATCH_PROVIDERS.values():
+    for p in known.values():
         if any(host == h or host.endswith("." + h) for h in p.hosts):
             return p
     return GENERIC
@@ -279,7 +300,7 @@ def detect(base_url: str) -> Provider:
 def resolve_provider(name: str | None, base_url: str, known: Mapping[str, Provider] = BATCH_PROVIDERS) -> Provider:
     """``--provider`` when given (one of ``known``), else the one :func:`detect` finds."""
     if name is None:
-        return detect(base_url)
+        return detect(base_url, known)
     if name not in known:
         raise InputError(f"--provider: unknown provider {name!r}; choose from {', '.join(known)}")
     return known[name]
@@ -342,3 +363,20 @@ FILTER_FINISH: frozenset[str] = frozenset().union(*(p.errors.filter_finish_reaso
 def filtered_finish(reason: str | None) -> bool:
     """Whether a 200 reply's ``finish_reason`` says its content was filtered."""
     return bool(reason) and reason in FILTER_FINISH
+
+
+def logprobs_for(provider: Provider | None, model: str, top: int) -> tuple[int | None, str | None]:
+    """The ``top_logprobs`` to ask of ``provider`` for ``model`` when ``top`` is wanted (None: do not ask
+    at all) and the one line that says why it differs; None for no line."""
+    if provider is None:
+        return top, None
+    lp = provider.logprobs
+    if not lp.returned:
+        return None, (f"{provider.name} returns no token probabilities (no logprobs parameter): the run goes on "
+                      "without them, each score its sampled integer")
+    if lp.refusing and re.match(lp.refusing, model):
+        return None, (f"{provider.name} refuses logprobs for model {model}: the run goes on without them, each "
+                      "score its sampled integer")
+    if lp.max_top is not None and top > lp.max_top:
+        return lp.max_top, f"--top-logprobs {top}: {provider.name} takes at most {lp.max_top}; asking {lp.max_top}"
+    return top, None

@@ -7,7 +7,8 @@
   fatal), by the status when the code is not known; with the server's
   ``Retry-After`` and what a 429 says to the concurrency limiter;
 * :func:`error_info`: (message, code) of an OpenAI-style error body;
-* :func:`read_completion`: a chat completion body -> :class:`Reply`; a filtered
+* :func:`read_completion`: a chat completion body -> :class:`Reply` (its ``logprobs``
+  object kept as sent); a filtered
   reply (``finish_reason`` ``content_filter``, ``sensitive``) is :class:`Filtered`,
   ``content: null`` with ``finish_reason: "length"`` (max_tokens spent reasoning)
   an empty reply the engine asks again, never a transport retry;
@@ -54,6 +55,7 @@ class Reply(NamedTuple):
     latency: float = 0.0  # seconds from send to the whole body
     finish_reason: str = ""
     window: Window | None = None  # the answer's x-ratelimit-* headers, when it had them
+    logprobs: Any = None  # the choice's ``logprobs`` object as sent (asked with ``logprobs: true``), else None
 
 
 _AUTH = re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?)((?:basic|bearer)\s+)?[^\s\"',;}\]]+")
@@ -338,6 +340,7 @@ def read_completion(body: bytes | str | Mapping[str, Any], latency: float = 0.0)
         usage = {k: v for k, v in usage.items() if type(v) is int} if isinstance(usage, dict) else {}
         model = data.get("model")
         model = model if isinstance(model, str) else ""
+        logprobs = choice.get("logprobs")  # read by the task, only when it asked for them
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
         raise GarbledBody(f"unreadable response body ({e})", f"{type(e).__name__}: {e}") from None
-    return Reply(text, usage, model, latency, finish)
+    return Reply(text, usage, model, latency, finish, None, logprobs)

@@ -68,20 +68,42 @@ def _as_idx(value: Any) -> int:
         raise ReplyError(f"'idx' must be an item number, got {value!r}") from None
 
 
-def parse_buy(text: str, n_items: int) -> dict[str, Any]:
-    """Every item's score in showcase order, their mean (``state``) and the first (``action``)."""
+def _buy_pairs(text: str, n_items: int) -> list[tuple[int, dict[str, Any]]]:
+    """(item number, entry) of every entry of a buy reply, in reply order, numbered as the reply numbers them."""
     entries = _item_list(extract_json(text))
     if not entries or not all(isinstance(e, dict) for e in entries):
         raise ReplyError("expected a list of item objects")
     if all(not any(k in e for k in _IDX_KEYS) for e in entries):
-        pairs = [(i, e) for i, e in enumerate(entries, 1)]  # numbered by position
-    else:
-        pairs = [(_as_idx(pick(e, _IDX_KEYS)), e) for e in entries]
-        if {i for i, _ in pairs} >= set(range(n_items)) and n_items not in {i for i, _ in pairs}:
-            pairs = [(i + 1, e) for i, e in pairs]  # numbered from 0
+        return [(i, e) for i, e in enumerate(entries, 1)]  # numbered by position
+    pairs = [(_as_idx(pick(e, _IDX_KEYS)), e) for e in entries]
+    if {i for i, _ in pairs} >= set(range(n_items)) and n_items not in {i for i, _ in pairs}:
+        pairs = [(i + 1, e) for i, e in pairs]  # numbered from 0
+    return pairs
+
+
+def _used(pairs: list[tuple[int, dict[str, Any]]], n_items: int) -> list[int | None]:
+    """The showcase item each entry scores, None for one left out (out of range, or the item seen before)."""
+    seen: set[int] = set()
+    out: list[int | None] = []
+    for i, _ in pairs:
+        used = 1 <= i <= n_items and i not in seen
+        seen.add(i)
+        out.append(i if used else None)
+    return out
+
+
+def buy_order(text: str, n_items: int) -> list[int | None]:
+    """The showcase item (1..n) that each entry of a buy reply scores, in reply order; None for an entry
+    :func:`parse_buy` does not use. ReplyError as :func:`parse_buy` raises it."""
+    return _used(_buy_pairs(text, n_items), n_items)
+
+
+def parse_buy(text: str, n_items: int) -> dict[str, Any]:
+    """Every item's score in showcase order, their mean (``state``) and the first (``action``)."""
+    pairs = _buy_pairs(text, n_items)
     scores: dict[int, int] = {}
-    for i, e in pairs:
-        if 1 <= i <= n_items and i not in scores:
+    for i, (_, e) in zip(_used(pairs, n_items), pairs):
+        if i is not None:
             scores[i] = as_score(pick(e, _BUY_KEYS), "want_to_buy")
     missing = [i for i in range(1, n_items + 1) if i not in scores]
     if missing:

@@ -32,6 +32,7 @@ from ..async_client.transport import endpoint_host
 from ..data.inputs import check_showcase, load_pitches, load_showcase
 from ..data.personas import Persona, load_personas, personas_json
 from ..errors import InputError
+from ..prompts.probs import score_probabilities
 from ..prompts.stages import PROMPT_SETS, STAGES, Stage, iter_pitches, iter_requests, reask_messages, request_id
 from ..prompts.wording import DEFAULT_PROMPTS, UNNAMED_PROMPTS, WORDINGS
 
@@ -49,6 +50,9 @@ class ModelParams:
     response_format: str = "json_object"
     #: provider fields merged into every body (``--extra-body``), e.g. ``{"enable_thinking": false}``
     extra_body: Mapping[str, Any] = field(default_factory=dict)
+    #: ``--score-probs``: ask ``logprobs: true, top_logprobs: K`` so each score keeps its probabilities
+    #: (:mod:`liveroom.prompts.probs`); None: not asked (the method)
+    top_logprobs: int | None = None
 
     def payload(self, messages: list[dict[str, str]], stage: str, schema: dict[str, Any]) -> dict[str, Any]:
         """The chat-completions body of one question."""
@@ -59,16 +63,20 @@ class ModelParams:
         elif self.response_format == "json_schema":
             body["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": f"{stage}_reply", "strict": True, "schema": schema}}
+        if self.top_logprobs is not None:
+            body["logprobs"], body["top_logprobs"] = True, self.top_logprobs
         if self.extra_body:
             body.update(self.extra_body)
         return body
 
     def manifest(self) -> dict[str, Any]:
-        """The parameters as the run manifest keeps them (``extra_body`` only when there is one,
-        so the manifests of runs made before it stay valid)."""
+        """The parameters as the run manifest keeps them (``extra_body`` and ``top_logprobs`` only when
+        set, so the manifests of runs made before them stay valid; a run resumed without the probabilities
+        it was made with, or with them when it was made without, is refused)."""
         return {"temperature": self.temperature, "max_tokens": self.max_tokens,
                 "response_format": self.response_format,
-                **({"extra_body": dict(self.extra_body)} if self.extra_body else {})}
+                **({"extra_body": dict(self.extra_body)} if self.extra_body else {}),
+                **({"top_logprobs": self.top_logprobs} if self.top_logprobs is not None else {})}
 
 
 def extra_body(text: str | None) -> dict[str, Any]:
@@ -92,6 +100,15 @@ class StageTask:
     def validate(self, job: Job, text: str) -> dict[str, Any]:
         """The stage's scores; its parser raises ReplyError, an UnusableReply, when it cannot."""
         return STAGES[job.meta["stage"]].parse(text, job.meta.get("n_items", 0))
+
+    def probabilities(self, job: Job, text: str, logprobs: Any, scores: dict[str, Any]) -> bool:
+        """Add the scores' probabilities (:func:`~liveroom.prompts.probs.score_probabilities`) to ``scores``
+        from the reply's ``logprobs``; False, ``scores`` unchanged, when they cannot be read."""
+        extra = score_probabilities(job.meta["stage"], text, logprobs, scores, job.meta.get("n_items", 0))
+        if extra is None:
+            return False
+        scores.update(extra)
+        return True
 
     def reask(self, job: Job, payload: dict[str, Any], text: str, reason: str) -> dict[str, Any]:
         """The same question, the bad reply and the reason appended."""

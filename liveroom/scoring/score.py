@@ -18,6 +18,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..async_client.engine import Engine, Stats
@@ -38,6 +39,7 @@ from .endpoints import open_endpoint
 from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
 from .prices import resolve_prices
+from .probs_flags import add_probability_arguments, ask_probabilities, requested_top_logprobs
 
 
 async def execute(plan: Plan, run_dir: Path, chat: ChatSettings, progress_every: float = 10.0,
@@ -115,6 +117,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                         f"{DEFAULT_PROMPTS} for a new run; docs/PROTOCOL.md)")
     p.add_argument("--personas", metavar="JSON", help="persona set to use instead of the eight defaults")
     add_model_arguments(p)
+    add_probability_arguments(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     chat = chat_settings(args, args.model, grace=args.grace, give_up_after=args.give_up_after)
     where = target(chat.base_url, chat.api_key)  # a URL that cannot be used: one line
+    params, notes = ask_probabilities(chat.params, requested_top_logprobs(args), [s.provider for s in chat.pool])
+    chat = replace(chat, params=params)
+    for note in notes:  # a provider that caps or returns no probabilities: said once, at the start
+        print(f"score: note: {note}", file=sys.stderr, flush=True)
     plan = make_plan(args.pitches, args.goods, args.stages, args.personas, chat.params, chat.manifest_url,
                      args.prompts, args.run, encoding=args.encoding)
     plan.retry_filtered = args.retry_filtered

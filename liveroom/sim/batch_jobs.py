@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from .completion import complete, completion_body, conversation_digest, error_object, model_of
+from .completion import complete, completion_body, conversation_digest, error_object, logprobs_asked, model_of
 from .config import SimConfig
 from .prompt import PromptError, read_prompt
 
@@ -283,7 +283,10 @@ def process(bs: SimBatchAPI, b: Batch, upto: int) -> tuple[list[bytes], list[byt
             err.append(_failed(bs, rid, cid, 400, error_object(f"unrecognised prompt: {e}", "invalid_request_error",
                                                                 None, "messages")))
             continue
-        c = complete(prompt, messages, conversation_digest(messages), sim.seed, _fault(cfg, n, messages))
+        top, temperature = logprobs_asked(line["body"])  # a line that asked logprobs is answered with them
+        top = None if sim.no_logprobs else top
+        c = complete(prompt, messages, conversation_digest(messages), sim.seed, _fault(cfg, n, messages),
+                     top_logprobs=top, temperature=temperature)
         out.append(_line(rid, cid, 200, completion_body(f"chatcmpl-{rid}", model_of(line["body"], sim.model), c)))
     if cfg.shuffle:
         random.Random(sim.seed).shuffle(out)

@@ -23,6 +23,7 @@ from .completion import (
     completion_body,
     conversation_digest,
     error_object,
+    logprobs_asked,
     max_tokens_of,
     model_of,
     prompt_tokens,
@@ -291,7 +292,11 @@ def _respond(st: SimState, request: web.Request, body: dict[str, Any], messages:
             print(f"sim-server: reset {note}", file=sys.stderr, flush=True)
         return web.Response(status=204)  # never reaches the client: the connection is gone
 
-    c = complete(prompt, messages, digest, cfg.seed, fault, max_tokens_of(body) if fault == "null_content" else None)
+    top, temperature = logprobs_asked(body)
+    if cfg.no_logprobs:  # a server that ignores the parameter: the mode, and logprobs null
+        top = None
+    c = complete(prompt, messages, digest, cfg.seed, fault, max_tokens_of(body) if fault == "null_content" else None,
+                 top, temperature)
     st.prompt_tokens += c.prompt_tokens
     st.completion_tokens += c.completion_tokens
     if st.tpm is not None:

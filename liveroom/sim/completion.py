@@ -16,6 +16,11 @@ vLLM or llama.cpp without a reasoning parser send it), then the real JSON;
 null, ``reasoning_content`` set, ``finish_reason: "length"``.
 ``content_filter`` (OpenAI's way, a 200) has ``content`` null and
 ``finish_reason: "content_filter"``.
+
+Token probabilities (:mod:`.logprobs`): a request that asks ``logprobs: true``
+gets each score drawn at its temperature and the reply's tokens with their
+probabilities; a request that does not ask them is answered exactly as before,
+with the heuristic's mode (what the synthetic data's scores equal).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 import orjson
 
 from .heuristic import buy_scores, entry_score, read_score
+from .logprobs import draw, latents, rng_for, token_logprobs
 from .prompt import BUY_STAGE, ENTRY_STAGE, READ_STAGE, Prompt
 
 CONTENT_FAULTS = ("nonjson", "fenced", "out_of_range", "wrong_key")
@@ -95,15 +101,26 @@ WRONG_KEYS = {ENTRY_STAGE: ("want_to_enter", "wantToEnter"), BUY_STAGE: ("want_t
               READ_STAGE: ("impact", "impact_score")}
 
 
-def answer(prompt: Prompt, pick: int = 0, fault: str | None = None) -> str:
+def _put(obj: dict[str, Any], stage: str, scores: Sequence[int]) -> None:
+    """Put ``scores`` (buy: each item's, showcase order) in a reply object instead of the mode."""
+    if stage == BUY_STAGE:
+        for item, s in zip(obj["items"], scores):
+            item["want_to_buy"] = s
+    else:
+        obj[WRONG_KEYS[stage][0]] = scores[0]
+
+
+def answer(prompt: Prompt, pick: int = 0, fault: str | None = None, drawn: Sequence[int] | None = None) -> str:
     """The reply content for a prompt: the heuristic's scores as the stage's JSON.
 
     ``pick`` chooses among reason wordings; ``fault`` is one of
-    :data:`CONTENT_FAULTS` or None.
+    :data:`CONTENT_FAULTS` or None; ``drawn`` are scores to give instead of the mode.
     """
     if fault == "nonjson":
         return PROSE[pick % len(PROSE)]
     obj = REPLIES[prompt.stage](prompt, pick, 7 if fault == "out_of_range" else None)
+    if drawn is not None:
+        _put(obj, prompt.stage, drawn)
     if fault == "wrong_key":
         right, wrong = WRONG_KEYS[prompt.stage]
 
@@ -146,6 +163,7 @@ class Completion:
     completion_tokens: int
     finish_reason: str = "stop"
     reasoning: str | None = None  # sent as message.reasoning_content
+    logprobs: dict[str, Any] | None = None  # sent as choices[0].logprobs (asked with logprobs: true)
 
 
 def thinking(prompt: Prompt, pick: int) -> str:
@@ -154,14 +172,39 @@ def thinking(prompt: Prompt, pick: int) -> str:
 
 
 def complete(prompt: Prompt, messages: Sequence[dict[str, Any]], digest: bytes, seed: int,
-             fault: str | None = None, max_tokens: int | None = None) -> Completion:
+             fault: str | None = None, max_tokens: int | None = None, top_logprobs: int | None = None,
+             temperature: float = 1.0) -> Completion:
     """The answer to a readable conversation (``digest``: its :func:`conversation_digest`);
-    ``max_tokens``: the request's, what a ``null_content`` reply reports as used."""
+    ``max_tokens``: the request's, what a ``null_content`` reply reports as used; ``top_logprobs``:
+    the request asked ``logprobs`` with so many alternatives (None: it did not), its scores then drawn
+    at ``temperature`` (:mod:`.logprobs`)."""
     pick = int.from_bytes(digest[:4], "little") + seed
     if fault in REPLY_FAULTS:
-        return _reply_fault(prompt, messages, pick, fault, max_tokens)
-    content = answer(prompt, pick, fault)
-    return Completion(content, prompt_tokens(messages), tokens(len(content)))
+        c = _reply_fault(prompt, messages, pick, fault, max_tokens)
+        if top_logprobs is None or c.content is None:
+            return c
+        return Completion(c.content, c.prompt_tokens, c.completion_tokens, c.finish_reason, c.reasoning,
+                          token_logprobs(c.content, None, top_logprobs))
+    if top_logprobs is None:
+        content = answer(prompt, pick, fault)
+        return Completion(content, prompt_tokens(messages), tokens(len(content)))
+    lat = latents(prompt) if fault is None else None
+    rng = rng_for(seed, digest)
+    content = answer(prompt, pick, fault, [draw(x, temperature, rng) for x in lat] if lat is not None else None)
+    return Completion(content, prompt_tokens(messages), tokens(len(content)),
+                      logprobs=token_logprobs(content, lat, top_logprobs))
+
+
+def logprobs_asked(body: dict[str, Any]) -> tuple[int | None, float]:
+    """(``top_logprobs``, ``temperature``) of a request body: the first None unless it asks
+    ``logprobs: true`` (``top_logprobs`` missing: 0, the sampled token's alone); the temperature 1 unless
+    it gives a number >= 0."""
+    t = body.get("temperature")
+    temperature = float(t) if isinstance(t, (int, float)) and not isinstance(t, bool) and t >= 0 else 1.0
+    if body.get("logprobs") is not True:
+        return None, temperature
+    k = body.get("top_logprobs")
+    return (k if isinstance(k, int) and not isinstance(k, bool) and k >= 0 else 0), temperature
 
 
 def _reply_fault(prompt: Prompt, messages: Sequence[dict[str, Any]], pick: int, fault: str | None,
@@ -190,7 +233,7 @@ def completion_body(completion_id: str, model: str, c: Completion) -> dict[str, 
         "created": int(time.time()),
         "model": model,
         "system_fingerprint": "liveroom-sim",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": c.finish_reason}],
+        "choices": [{"index": 0, "message": message, "logprobs": c.logprobs, "finish_reason": c.finish_reason}],
         "usage": usage,
     }
 

@@ -57,6 +57,7 @@ class SimConfig:
     arrears_after: int | None = None
     log_requests: bool = False
     record_requests: str | None = None  # a file each chat request body is appended to, one JSON line each
+    no_logprobs: bool = False  # answer logprobs: null even when a request asks them (a server that ignores them)
 
     def __post_init__(self) -> None:
         if isinstance(self.fail_first_kind, str):

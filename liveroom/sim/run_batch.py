@@ -39,7 +39,7 @@ import orjson
 
 from ..cliargs import command_parser, non_negative_int, probability
 from ..errors import InputError
-from .completion import complete, completion_body, conversation_digest, model_of
+from .completion import complete, completion_body, conversation_digest, logprobs_asked, model_of
 from .config import SimConfig
 from .prompt import PromptError, read_prompt
 
@@ -119,7 +119,8 @@ def answer_line(req: dict[str, Any], cfg: RunBatchConfig) -> dict[str, Any]:
                                                      "messages"))
     first_ask = not any(isinstance(m, dict) and m.get("role") == "assistant" for m in messages)
     fault = "nonjson" if first_ask and u < cfg.p_error + cfg.p_exception + cfg.p_nonjson else None
-    c = complete(prompt, messages, digest, cfg.seed, fault)
+    top, temperature = logprobs_asked(body)  # a line that asked logprobs is answered with them, as vLLM does
+    c = complete(prompt, messages, digest, cfg.seed, fault, top_logprobs=top, temperature=temperature)
     model = cfg.model or model_of(body, SimConfig.model)
     return {"id": _vllm_id("vllm"), "custom_id": cid,
             "response": {"status_code": 200, "request_id": _vllm_id("vllm-batch"),

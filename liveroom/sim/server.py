@@ -23,6 +23,11 @@ Routes (``/v1`` and the bare paths both work for chat completions):
   heuristic applied to what the prompt shows (see :mod:`liveroom.sim.prompt`);
   ``--seed`` changes only the reason wording and which requests get faults.
   A re-ask conversation is answered from its first user message.
+  A request with ``logprobs: true`` (and ``top_logprobs: K``) gets each score
+  drawn at its ``temperature`` from the heuristic's distribution and
+  ``choices[0].logprobs`` with every token (:mod:`liveroom.sim.logprobs`);
+  without it the reply is the heuristic's mode, as always; ``--no-logprobs``
+  answers ``logprobs: null`` whatever is asked (a server that ignores it).
   ``response_format`` (absent, ``json_object`` or ``json_schema``) gets the
   same JSON. A body that is not JSON, lacks ``messages`` or holds a prompt the
   simulator cannot read gets 400 with an OpenAI-style error object.
@@ -202,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
     ap.add_argument("--record-requests", metavar="FILE",
                     help="append every readable chat request body to FILE, one JSON line each (what a client sent)")
+    ap.add_argument("--no-logprobs", action="store_true",
+                    help="answer logprobs: null even when a request asks them (a server that ignores the parameter)")
     return ap
 
 

@@ -33,6 +33,7 @@ from ..cost_flags import price_choice
 from ..dry_run import dry_run
 from ..plan import ModelParams, Plan, make_plan
 from ..prices import Prices, resolve_prices
+from ..probs_flags import ask_probabilities, requested_top_logprobs
 from ..usage import update_usage
 from .flags import build_parser
 from .flows import (
@@ -108,7 +109,11 @@ def _prepare_inputs(args: argparse.Namespace) -> tuple[Plan, ShardLimits, Provid
     endpoint = args.endpoint or b.endpoint
     if not endpoint.startswith("/"):
         raise InputError(f"--endpoint must be a path such as {DEFAULT_ENDPOINT}, got {endpoint!r}")
-    params = ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body)
+    params, notes = ask_probabilities(
+        ModelParams(args.model, args.temperature, args.max_tokens, args.response_format, args.extra_body),
+        requested_top_logprobs(args), [provider])
+    for note in notes:  # a provider that caps or returns no probabilities: said once, before anything is written
+        print(f"batch: note: {note}", file=sys.stderr, flush=True)
     plan = make_plan(args.pitches, args.goods, args.stages, args.personas, params, base_url, args.prompts,
                      args.run, encoding=args.encoding)
     return plan, ShardLimits(endpoint, args.max_requests or b.max_requests, args.max_bytes or b.max_bytes,

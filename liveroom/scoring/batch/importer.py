@@ -15,6 +15,9 @@ docs/PROVIDERS.md section 4) and vLLM's (``response`` with a non-200
 or a ``finish_reason`` saying the reply was filtered makes it start
 ``content_filter:``.
 
+A reply that carries token ``logprobs`` (the request asked ``--score-probs``)
+keeps its scores' probabilities, as direct mode does (:mod:`liveroom.prompts.probs`).
+
 Requests already ok are skipped; duplicate lines, unknown ids and unreadable
 lines are counted and shown, never imported twice. A reply whose ``model`` is
 neither the run's model nor a dated version of it (``gpt-4o-mini-2024-07-18``
@@ -47,7 +50,9 @@ from ...async_client.providers import filtered_finish, is_content_filter
 from ...async_client.record import ERROR, INVALID, OK, Record, cut
 from ...async_client.run_dir import RunDir
 from ...async_client.transport import Secrets, error_info, error_text, read_completion, redact, served_as
+from ...data.layout import EXPECTED
 from ...errors import InputError
+from ...prompts.probs import score_probabilities
 from ...prompts.stages import STAGES
 from .state import SOURCE, BatchState, done_ids, imported_from, invalid_records, load_meta, read_manifest, shard_ids
 
@@ -66,6 +71,7 @@ class ImportReport:
     malformed: int = 0
     wrong_model: int = 0  # lines answered by another model, not imported
     taken_before: int = 0  # lines an earlier import took from the same file, skipped
+    without_probs: int = 0  # ok replies of a run that asked --score-probs whose probabilities were not found
     files_skipped: list[str] = field(default_factory=list)
     examples: dict[str, list[str]] = field(default_factory=dict)
     seen: set[str] = field(default_factory=set)
@@ -88,6 +94,9 @@ class ImportReport:
                   "to import them)" if self.wrong_model else "")
                + (f", {self.taken_before} line(s) imported before from the same file, skipped"
                   if self.taken_before else "")]
+        if self.without_probs:  # once per import: the provider's files carry no token probabilities
+            out.append(f"{prog}: {self.without_probs} ok reply(ies) carry no token probabilities (logprobs): "
+                       "their records keep the sampled integers only")
         for name in self.files_skipped:
             out.append(f"{prog}: {name}: already imported, skipped")
         for kind, shown in self.examples.items():
@@ -153,6 +162,8 @@ def _completed(cid: str, body: Any, meta: dict[str, Any], expect: Expect) -> Rec
         scores = STAGES[meta["stage"]].parse(text, meta.get("n_items", 0))
     except UnusableReply as e:
         return Record(cid, INVALID, meta, reply=cut(text), usage=reply.usage, error=str(e), model=model)
+    if reply.logprobs is not None:  # asked with --score-probs: the probabilities kept as direct mode keeps them
+        scores.update(score_probabilities(meta["stage"], text, reply.logprobs, scores, meta.get("n_items", 0)) or {})
     return Record(cid, OK, meta, scores=scores, reply=text, usage=reply.usage, model=model)
 
 
@@ -340,6 +351,7 @@ def _write_records(run_dir: Path, manifest: Manifest, chosen: dict[str, Record],
                    report: ImportReport) -> None:
     """Append the chosen records of requests not already ok, counting each (and its re-asks)."""
     groups = manifest.groups
+    asked = "top_logprobs" in manifest.params  # made with --score-probs
     tried = {cid: len(recs) for cid, recs in invalid_records(run_dir, groups).items()} if chosen else {}
     records = RunDir(run_dir)
     records.open(manifest)
@@ -360,6 +372,7 @@ def _write_records(run_dir: Path, manifest: Manifest, chosen: dict[str, Record],
             _count(report, cid, rec)
             if rec.ok:
                 done[stage].add(cid)
+                report.without_probs += asked and not any(k.endswith(EXPECTED) for k in rec.scores)
     finally:
         records.close()
 
