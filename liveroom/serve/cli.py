@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from ..async_client.transport import endpoint_host, target
 from ..cliargs import command_parser, non_negative_int, port_number, positive_float
 from ..errors import InputError, LiveroomError
 from ..scoring.engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
+from ..scoring.probs_flags import add_probability_arguments, ask_probabilities, requested_top_logprobs
 
 CACHE = "forecast-cache"  # under MODEL_DIR unless --run names another
 PER_MINUTE = 60  # new pitches per client per minute, unless --pitches-per-minute says otherwise
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory written by bin/train (best.pt) (--model: the same)")
     p.add_argument("--run", "--cache", dest="run", metavar="RUN_DIR",
                    help=f"run directory keeping every answer (default: MODEL_DIR/{CACHE}) (--cache: the same)")
+    add_probability_arguments(p)  # a model trained on expected scores (bin/train --scores expected) asks them anyway
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     p.add_argument("--port", type=port_number, default=8080,
                    help="port to bind; 0 picks a free one (default %(default)s)")
@@ -119,6 +122,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     settings = chat_settings(args, args.llm)
     target(settings.base_url, settings.api_key).require_key()  # a remote endpoint without a key: before serving
+    params, notes = ask_probabilities(settings.params, requested_top_logprobs(args), [s.provider for s in settings.pool])
+    settings = replace(settings, params=params)
     for spec in settings.endpoints:  # --endpoints: each one's key, named
         spec.require_key()
     token = read_token(args.token_env, args.host)
@@ -127,7 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .service import Forecaster
 
     cache = Path(args.run) if args.run else Path(args.model_dir) / CACHE
-    service = Forecaster(args.model_dir, cache, settings)
+    service = Forecaster(args.model_dir, cache, settings)  # a model on expected scores asks probabilities
+    for note in notes + service.notes:  # a provider that caps or returns no probabilities: said once
+        print(f"serve: note: {note}", file=sys.stderr, flush=True)
     limits = ", ".join(f"{v:g} {k}" for k, v in (("rpm", args.rpm), ("tpm", args.tpm)) if v) or "no rate limit"
     print(f"serve: model {args.model_dir} ({service.model_brief()['inputs']}); questions to "
           f"{_where(settings)} ({args.llm}, {limits}); cache {cache}", file=sys.stderr, flush=True)

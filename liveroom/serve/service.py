@@ -37,6 +37,7 @@ from ..prompts.stages import STAGES
 from ..scoring.endpoints import open_endpoint
 from ..scoring.engine_flags import ChatSettings
 from ..scoring.plan import StageTask
+from ..scoring.probs_flags import DEFAULT_TOP_LOGPROBS, ask_probabilities
 from ..train.checkpoint import load_model
 from ..train.config import TrainConfig
 from ..train.predict import predict
@@ -63,6 +64,12 @@ class Forecaster:
         #: which value of each answer's scores the model reads (``bin/train --scores``); ``expected``
         #: wants the replies' probabilities, and reads the integer of an answer without them
         self.score_kind = TrainConfig.from_dict(self.ck["config"]).scores
+        #: what the service says once at its start (a provider that caps or returns no probabilities)
+        self.notes: list[str] = []
+        if self.score_kind == "expected" and settings.params.top_logprobs is None:
+            params, self.notes = ask_probabilities(settings.params, DEFAULT_TOP_LOGPROBS,
+                                                   [spec.provider for spec in settings.pool])
+            self.settings = settings = replace(settings, params=params)
         summary = self.model_dir / "summary.json"
         self.summary: dict[str, Any] = json.loads(summary.read_text()) if summary.exists() else {}
         self.stages, self.personas = tuple(STAGES.values()), DEFAULT_PERSONAS
