@@ -279,6 +279,21 @@ def plain(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
 
 
+# ----------------------------------------------------------------- tests in parallel processes (`make test`)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (pytest-xdist), the tests that share a module-scoped
+    fixture (a trained model, a running service) go to one process, which builds it once; every
+    other test goes to whichever process is free."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "class", "package") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+
+
 # ----------------------------------------------------------------- no process left behind
 
 #: every process the tests start inherits this mark in its environment, so that one that lost
