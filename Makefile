@@ -19,9 +19,9 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 # lint (ruff: errors and import order) and types (mypy on liveroom/, as configured in pyproject.toml) first.
-# The tests run in 4 processes (pytest-xdist): about half of their time is spent waiting on servers,
-# subprocesses and timers, so 4 keep 2 cores busy; tests sharing a module-scoped fixture stay in one
-# process (loadgroup, see tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
+# The tests run in 4 processes (pytest-xdist): they wait on servers, subprocesses and timers so much
+# that one process keeps 2 cores only about a third busy; tests sharing a module-scoped fixture stay
+# in one process (loadgroup, see tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
 TEST_WORKERS ?= 4
 test: lint
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
