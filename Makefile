@@ -18,9 +18,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# lint (ruff: errors and import order) and types (mypy on liveroom/, as configured in pyproject.toml) first
+# lint (ruff: errors and import order) and types (mypy on liveroom/, as configured in pyproject.toml) first.
+# The tests run in 4 processes (pytest-xdist): they wait on servers, subprocesses and timers so much
+# that one process keeps 2 cores only about a third busy; tests sharing a module-scoped fixture stay
+# in one process (loadgroup, see tests/conftest.py). TEST_WORKERS=0 runs them in this one process.
+TEST_WORKERS ?= 4
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,6 +15,9 @@ stderr. A script can capture stdout and let a person read stderr.
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import gc
 import importlib
 import os
 import sys
@@ -44,9 +47,23 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None,
         return 2
 
 
+@functools.cache  # once a process
+def _exit_without_a_last_collection() -> None:
+    """At exit, leave every object to the OS instead of a last garbage collection over them all.
+
+    That collection walks what the imports made (torch's, pandas') only for the memory to be
+    freed anyway: about 0.5 s of CPU at the end of bin/serve or bin/train, 0.15 s of bin/score.
+    By then a command has closed its files and servers (``with``, clean-up handlers); the other
+    ``atexit`` handlers and ``weakref.finalize`` still run, and Python never promised finalizers
+    for what is still alive at exit.
+    """
+    atexit.register(gc.freeze)
+
+
 def _command(module: str, prog: str) -> Entry:
     """The entry point of command ``prog``: ``module``'s ``main``, imported when it runs."""
     def entry(argv: Sequence[str] | None = None) -> int:
+        _exit_without_a_last_collection()
         main = importlib.import_module(module, __package__).main
         return run(main, argv, prog)
 

@@ -279,6 +279,21 @@ def plain(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     assert serve.stop() == 0 and sim.stop() == 0, serve.stderr()
 
 
+# ----------------------------------------------------------------- tests in parallel processes (`make test`)
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``pytest -n N --dist loadgroup`` (pytest-xdist), the tests that share a module-scoped
+    fixture (a trained model, a running service) go to one process, which builds it once; every
+    other test goes to whichever process is free."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        defs = info.name2fixturedefs.values() if info is not None else ()
+        if any(d[-1].scope in ("module", "class", "package") for d in defs if d):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+
+
 # ----------------------------------------------------------------- no process left behind
 
 #: every process the tests start inherits this mark in its environment, so that one that lost
@@ -289,24 +304,47 @@ os.environ[RUN_MARK] = uuid.uuid4().hex
 EXIT_GRACE_S = 5.0
 
 
+def _read(path: str) -> bytes:
+    """A /proc file's bytes, read with os calls: this runs twice per test over every process."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunks = [os.read(fd, 1 << 16)]
+        while chunks[-1]:
+            chunks.append(os.read(fd, 1 << 16))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _stat(pid: str) -> tuple[int, str, int]:
+    """(parent pid, state letter, start time in clock ticks after boot) of a process."""
+    stat = _read(f"/proc/{pid}/stat")
+    fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces and parentheses
+    return int(fields[1]), fields[0].decode(), int(fields[19])
+
+
+#: when this process started: no process started earlier can be one the tests started
+_SESSION_START = _stat(str(os.getpid()))[2]
+
+
 def _proc_table() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, state letter) of every process on the machine (threads not listed)."""
+    """pid -> (parent pid, state letter) of every process started since this one (threads not listed)."""
     table = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
-            stat = Path(f"/proc/{name}/stat").read_bytes()
+            ppid, state, start = _stat(name)
         except OSError:  # gone meanwhile
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()  # the command name may hold spaces and parentheses
-        table[int(name)] = (int(fields[1]), fields[0].decode())
+        if start >= _SESSION_START:
+            table[int(name)] = (ppid, state)
     return table
 
 
 def _carries_mark(pid: int) -> bool:
     try:
-        env = Path(f"/proc/{pid}/environ").read_bytes()
+        env = _read(f"/proc/{pid}/environ")
     except OSError:  # gone, or not ours to read
         return False
     return f"{RUN_MARK}={os.environ[RUN_MARK]}".encode() in env.split(b"\0")
@@ -315,7 +353,8 @@ def _carries_mark(pid: int) -> bool:
 def started_processes() -> set[int]:
     """The live processes the tests started: descendants of this one, or orphans carrying the run's mark.
 
-    Zombies (dead, only not yet reaped) do not count.
+    Zombies (dead, only not yet reaped) do not count; nor does a process older than this one,
+    which can be neither.
     """
     me, table = os.getpid(), _proc_table()
     ours: set[int] = set()
@@ -323,9 +362,9 @@ def started_processes() -> set[int]:
         if pid == me or state in ("Z", "X"):
             continue
         chain, p = set(), pid
-        while p > 1 and p not in chain and p != me:
+        while p in table and p not in chain and p != me:  # up to this process, or to one older than it
             chain.add(p)
-            p = table.get(p, (0, ""))[0]
+            p = table[p][0]
         if p == me or _carries_mark(pid):
             ours.add(pid)
     return ours

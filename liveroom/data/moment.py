@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import chinese_calendar
-import numpy as np
-import pandas as pd
 
 from ..errors import InputError
+
+if TYPE_CHECKING:  # pandas is imported where used: bin/sim-server words moments without it
+    import pandas as pd
 
 WEEKDAYS = ("星期一", "星期二", "星期三", "星期四", "星期五", "星期六", "星期日")
 HOLIDAY_NAMES = {
@@ -68,6 +70,9 @@ def time_features(start: pd.Series) -> pd.DataFrame:
     (period 24); ``is_workday`` by the official calendar (swapped working
     weekends count as workdays); ``is_holiday = 1 - is_workday``.
     """
+    import numpy as np
+    import pandas as pd
+
     dow = start.dt.day_of_week.to_numpy(dtype=float)
     hour = start.dt.hour.to_numpy(dtype=float)
     days = start.dt.date

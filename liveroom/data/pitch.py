@@ -36,13 +36,13 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import InputError
 from .moment import CalendarYearError, day_facts
+
+if TYPE_CHECKING:  # numpy and pandas are imported where used: bin/sim-server reads pitches without them
+    import numpy as np
 
 START_FORMAT = "%Y-%m-%d %H:%M"
 #: strptime alone also takes "2024-1-5 6:05", which would then miss its showcase key
@@ -101,6 +101,8 @@ def cut(field: str, value: str) -> str:
 
 def out_of_range(field: str, values: np.ndarray) -> np.ndarray:
     """Where finite ``values`` of ``field`` lie outside its documented range (all False for other fields)."""
+    import numpy as np
+
     if field not in NUMBER_RANGES:
         return np.zeros(len(values), dtype=bool)
     lo, hi = NUMBER_RANGES[field]
@@ -168,6 +170,8 @@ def _number(field: str) -> Callable[[Any], float]:
         """A finite number in range; text is read as a CSV cell is (``" 12 "``, ``"1e3"``)."""
         number: float = math.nan
         if isinstance(value, str):
+            import pandas as pd
+
             number = float(pd.to_numeric(value.strip(), errors="coerce"))
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             try:
@@ -177,6 +181,8 @@ def _number(field: str) -> Callable[[Any], float]:
         shown = json.dumps(value, ensure_ascii=False)[:40]
         if not math.isfinite(number):
             raise ValueError(f"{shown} is not a finite number")
+        import numpy as np
+
         if out_of_range(field, np.array([number]))[0]:
             raise ValueError(f"{shown} {range_message(field)}")
         return number

@@ -30,14 +30,15 @@ import json
 from collections.abc import Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from ..data.personas import Persona
 from ..data.pitch import START_FORMAT, TEXT_LIMITS, Item, Pitch
 from .answers import buy_schema, entry_schema, parse_buy, parse_entry, parse_read, read_schema
 from .wording import DEFAULT_PROMPTS, WORDINGS, Wording
+
+if TYPE_CHECKING:  # pandas is imported where used: bin/sim-server words questions without it
+    import pandas as pd
 
 __all__ = [
     "DEFAULT_PROMPTS", "PROMPT_SETS", "REASK", "STAGES", "TEXT_LIMIT", "Pitch", "Request", "Stage",
@@ -164,6 +165,8 @@ def reask_messages(messages: Sequence[Mapping[str, str]], reply: str, reason: st
 
 def iter_pitches(df: pd.DataFrame, showcase: Mapping[str, list[Item]] | None = None) -> Iterator[Pitch]:
     """Pitches of a loaded pitches frame, in file order, lazily."""
+    import pandas as pd
+
     starts = pd.to_datetime(df["start"], format=START_FORMAT)
     for index, start, s, title, prod, text in zip(
         df["index"], starts, df["start"], df["title"], df["prod"], df["text"]

@@ -33,8 +33,7 @@ from functools import lru_cache
 from string import Formatter
 from typing import Any, Sequence
 
-from ..data.inputs import Item
-from ..data.pitch import Pitch
+from ..data.pitch import Item, Pitch
 from ..prompts.stages import PROMPT_SETS
 from ..prompts.wording import DEFAULT_PROMPTS, WORDINGS
 
