@@ -90,8 +90,12 @@ async def serve_until_signal(app: web.Application, host: str, port: int, header_
     # keepalive_timeout also closes a connection that has not sent a whole request line and headers:
     # aiohttp arms it when the connection is made (aio-libs/aiohttp#13681, in the 3.14.5 setup.cfg
     # requires), so it is a header read timeout as well as the idle keep-alive time
+    # lingering_time: after answering a request whose body has not all arrived (a 408 after
+    # --body-timeout, a 413), aiohttp reads and drops the rest for this long before closing, so the client
+    # can read the answer; its default (10 s, aiohttp/web_protocol.py) would hold a stalled sender's
+    # connection 10 s past --body-timeout
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=header_timeout,
-                           logger=http_logger())
+                           lingering_time=1.0, logger=http_logger())
     await runner.setup()  # opens the forecaster: a bad cache fails here, before listening
     try:
         site = web.TCPSite(runner, host, port)
