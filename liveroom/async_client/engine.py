@@ -42,7 +42,7 @@ from .contract import Admission, Client, EngineConfig, Job, Stats, Task
 from .errors import Fatal, Filtered, NoContent, Rejected, RunFailed, UnusableReply
 from .limits import Limits, Outage
 from .policy import Failure
-from .pool import Endpoint, Moved, Pool
+from .pool import Dispatch, Endpoint, Moved, Pool
 from .record import ERROR, INVALID, OK, Record
 from .run_dir import RunDir
 from .sending import Draft, Sender, Stopped
@@ -81,6 +81,7 @@ class Engine:
         self._sending: set[asyncio.Task[Any]] = set()  # workers waiting on an answer, at every endpoint
         self._model_warned: set[str] = set()  # endpoints warned about the model they serve
         self._moved: asyncio.Queue[Draft] = asyncio.Queue()  # jobs moved off an endpoint, taken first
+        self._dispatch: Dispatch[Job | None] | None = None  # several endpoints: which one gets a new job
         self._outstanding = 0  # jobs given by the producer and not yet recorded
         self._produced = False
         self._finished = asyncio.Event()
@@ -125,6 +126,9 @@ class Engine:
                        for endpoint in self.pool.endpoints]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._guarded(self._produce(jobs, queue, sum(workers_per)), "reading the jobs"))
+        self._dispatch = Dispatch(self.pool, queue) if len(self.pool) > 1 else None
+        helpers = [producer] if self._dispatch is None else [
+            producer, asyncio.create_task(self._guarded(self._dispatch.run(), "handing out the jobs"))]
         workers = self._workers = [  # per endpoint: room for jobs waiting to retry
             asyncio.create_task(self._guarded(self._worker(queue, endpoint), "a worker"))
             for endpoint, n in zip(self.pool.endpoints, workers_per) for _ in range(n)]
@@ -132,16 +136,18 @@ class Engine:
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            producer.cancel()  # done: it may wait to hand its last Nones to workers a retirement ended
+            for helper in helpers:  # done: the producer may wait to hand its last Nones to ended workers
+                helper.cancel()
             if self._stop.is_set():
                 await asyncio.wait(workers, timeout=self.config.grace)
             for w in workers:  # done: the rest wait for a moved job that will not come
                 w.cancel()
-            await asyncio.gather(*workers, producer, return_exceptions=True)
+            await asyncio.gather(*workers, *helpers, return_exceptions=True)
         finally:
             stopping.cancel()
             all_done.cancel()
-            producer.cancel()
+            for helper in helpers:
+                helper.cancel()
             for w in workers:
                 w.cancel()
         if self._error is not None:
@@ -214,7 +220,7 @@ class Engine:
         one; once the new ones are all taken (None), moved ones only, waited for holding no slot."""
         if not self._moved.empty():
             return self._moved.get_nowait()
-        job = await queue.get()
+        job = await (queue.get() if self._dispatch is None else self._dispatch.take(endpoint))
         if job is not None:
             return job
         if len(self.pool) == 1:
@@ -258,8 +264,10 @@ class Engine:
                 continue
             except Fatal as e:  # the last endpoint's fatal answer stops the run
                 first = endpoint.retired is None  # its other requests in flight may answer the same
-                if not many or not self.pool.retire(endpoint, str(e)):
+                if not many:
                     raise
+                if not self.pool.retire(endpoint, str(e)):  # one line naming it and its answer
+                    raise type(e)(f"endpoint {endpoint.name} retired: {e}; no endpoint is left") from None
                 if first:
                     self.on_warning(f"endpoint {endpoint.name} retired: {e}; the other endpoints go on")
                 self._move(draft)
