@@ -126,6 +126,11 @@ def test_an_endpoint_killed_mid_run_leaves_its_jobs_to_the_others(tmp_path, sim)
     assert len(got) == 192 and all(r["status"] == "ok" for r in got.values())
     assert sum(r["endpoint"] == "dies" for r in got.values()) >= 20
     assert "dies limit" in out and "waiting" in out  # the end line names it down
+    # its requests cut by the kill went to 'stays' at once, ahead of new jobs: none waited for the
+    # dead endpoint's probe, or for the new jobs to run out, to be moved
+    order = sorted(got.values(), key=lambda r: r["t"])
+    moved = [i for i, r in enumerate(order) if r["attempts"] > 1]
+    assert moved and max(moved) < len(order) - 40, (moved, len(order))
 
 
 def test_a_run_resumes_on_another_set_of_endpoints(tmp_path, sim):

@@ -234,9 +234,9 @@ class Engine:
         sender, many = endpoint.sender, len(self.pool) > 1
         assert sender is not None
         while not self._stop.is_set():
+            probe = many and await self._probing(endpoint, slot)
             if not slot.held:  # kept from the last job: nothing to wait for
                 await self._admit(slot)
-            probe = many and await self._probing(endpoint)
             item = await self._next(queue, slot, endpoint)
             if item is None or self._stop.is_set():
                 return
@@ -285,10 +285,12 @@ class Engine:
                 self.admission.release(job, record)
             self._settled(1)
 
-    async def _probing(self, endpoint: Endpoint) -> bool:
-        """Wait while ``endpoint`` is down (another carries the jobs); True when the next job is its probe."""
+    async def _probing(self, endpoint: Endpoint, slot: Slot) -> bool:
+        """Wait while ``endpoint`` is down (another carries the jobs); True when the next job is its probe.
+        The wait holds no slot: a job of this endpoint back from a retry wait needs one to be moved."""
         if endpoint.outage.since is None:
             return False
+        slot.park()
         await endpoint.outage.wait()
         return endpoint.outage.since is not None
 

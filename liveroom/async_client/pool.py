@@ -32,8 +32,9 @@ new jobs, its attempts and re-ask carried with it) when its endpoint cannot answ
   with one line naming it and the answer; its workers end, its jobs go to the others. The run
   stops (exit 2) only when none is left, with one line naming the last endpoint and its answer.
 * **waiting**: an endpoint that answered and stops answering (connections refused) is in an
-  outage; while another endpoint is up, its jobs in flight go there, its workers wait and one
-  of them sends a job every ``probe_every`` seconds as the probe; it rejoins when one answers.
+  outage; while another endpoint is up, its jobs in flight go there, its workers wait (holding
+  no slot, so a job of its back from a retry wait gets one and is moved at once) and one of
+  them sends a job every ``probe_every`` seconds as the probe; it rejoins when one answers.
   Only when every endpoint left is down does the run wait as one endpoint does
   (``give_up_after``, then it stops, to be resumed).
 
