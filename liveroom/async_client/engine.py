@@ -215,16 +215,16 @@ class Engine:
         finally:  # cancelled too: a shared limit must not lose the slot
             slot.release()
 
-    async def _next(self, queue: asyncio.Queue[Job | None], slot: Slot, endpoint: Endpoint) -> Draft | Job | None:
-        """The next job for a worker holding ``slot``: one moved from another endpoint first, then a new
-        one; once the new ones are all taken (None), moved ones only, waited for holding no slot."""
+    async def _next(self, slot: Slot, endpoint: Endpoint) -> Draft | Job | None:
+        """In a pool of several endpoints, the next job for a worker holding ``slot``: one moved from
+        another endpoint first, then a new one as :class:`~.pool.Dispatch` hands it; once the new ones
+        are all taken (None), moved ones only, waited for holding no slot."""
         if not self._moved.empty():
             return self._moved.get_nowait()
-        job = await (queue.get() if self._dispatch is None else self._dispatch.take(endpoint))
+        assert self._dispatch is not None
+        job = await self._dispatch.take(endpoint)
         if job is not None:
             return job
-        if len(self.pool) == 1:
-            return None
         slot.release()  # a job waiting for a retry may need it
         draft = await self._moved.get()
         await self._admit(slot)
@@ -237,7 +237,7 @@ class Engine:
             probe = many and await self._probing(endpoint, slot)
             if not slot.held:  # kept from the last job: nothing to wait for
                 await self._admit(slot)
-            item = await self._next(queue, slot, endpoint)
+            item = await (self._next(slot, endpoint) if many else queue.get())  # one endpoint: nothing is moved
             if item is None or self._stop.is_set():
                 return
             if isinstance(item, Draft):  # moved from another endpoint: already let in
