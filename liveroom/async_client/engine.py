@@ -219,11 +219,13 @@ class Engine:
         """In a pool of several endpoints, the next job for a worker holding ``slot``: one moved from
         another endpoint first, then a new one as :class:`~.pool.Dispatch` hands it; once the new ones
         are all taken (None), moved ones only, waited for holding no slot."""
+        if endpoint.retired is not None:  # its worker ends, its slot free for a job of its back from a retry
+            return None
         if not self._moved.empty():
             return self._moved.get_nowait()
         assert self._dispatch is not None
         job = await self._dispatch.take(endpoint)
-        if job is not None:
+        if job is not None or endpoint.retired is not None:
             return job
         slot.release()  # a job waiting for a retry may need it
         draft = await self._moved.get()
@@ -270,6 +272,8 @@ class Engine:
                     raise type(e)(f"endpoint {endpoint.name} retired: {e}; no endpoint is left") from None
                 if first:
                     self.on_warning(f"endpoint {endpoint.name} retired: {e}; the other endpoints go on")
+                    if self._dispatch is not None:
+                        self._dispatch.retire(endpoint)
                 self._move(draft)
                 return
             slot.done()  # kept for the next job unless the limit dropped or a retried job waits

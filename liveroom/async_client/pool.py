@@ -151,6 +151,15 @@ class Dispatch(Generic[T]):
                 with contextlib.suppress(ValueError):
                     self.waiting[endpoint].remove(fut)
 
+    def retire(self, endpoint: Endpoint) -> None:
+        """``endpoint`` is retired: its workers waiting for a job get None (and end), giving their slots
+        to its jobs back from a retry wait, which then go elsewhere."""
+        waiting = self.waiting[endpoint]
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_result(None)  # type: ignore[arg-type]
+
     async def run(self) -> None:
         """Until cancelled (the run's end): each job off the queue to the chosen worker."""
         item: T | None = None
