@@ -209,3 +209,9 @@ def test_each_answer_is_charged_at_the_prices_of_the_endpoint_that_gave_it(tmp_p
     # --budget needs a price for every answer: the run's prices, or every endpoint its own
     p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(f), "--budget", "1")
     assert "--budget needs the prices" in one_line_error(p)
+    first = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(f), "--stages", "entry")
+    assert first.returncode == 0, first.stderr  # no run prices: the answers of 'run' have none
+    own = declare(tmp_path, {"name": "own", "base_url": a.url, "price_input": 1.0, "price_output": 3.0})
+    p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(own), "--budget", "1000")
+    assert "--budget:" in one_line_error(p) and "without prices" in p.stderr
+    assert len(by_id(tmp_path / "budget")) == 16  # nothing more was asked

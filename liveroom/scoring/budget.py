@@ -42,6 +42,7 @@ from typing import Any
 
 from ..async_client.engine import Job
 from ..async_client.record import Record
+from ..errors import InputError
 from .plan import prompt_estimate
 from .prices import Prices
 from .usage import UsageTotals, usage_of
@@ -120,6 +121,9 @@ class Meter:
         self.totals.endpoint_prices.update(self.endpoint_prices)  # and the earlier endpoints' own
         self.endpoint_prices = self.totals.endpoint_prices
         self.totals.catch_up(self.run_dir, self.groups)
+        if self.budget is not None and self.totals.cost() is None:  # endpoints' own prices only, earlier
+            raise InputError(f"--budget: {self.run_dir} holds answers of endpoints without prices of their "
+                             "own; give --price-input and --price-output (or --price-file) for them")
         self.recent = self._fresh(self.totals.prices)
         self._saved = time.monotonic()
 
