@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -215,3 +216,30 @@ def test_each_answer_is_charged_at_the_prices_of_the_endpoint_that_gave_it(tmp_p
     p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(own), "--budget", "1000")
     assert "--budget:" in one_line_error(p) and "without prices" in p.stderr
     assert len(by_id(tmp_path / "budget")) == 16  # nothing more was asked
+
+
+def test_a_run_over_several_endpoints_stopped_by_sigint_resumes_with_nothing_asked_twice(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 8)  # 192 requests
+    a, b = sim("--latency-ms", "100"), sim("--latency-ms", "100")
+    f = declare(tmp_path, {"name": "a", "base_url": a.url}, {"name": "b", "base_url": b.url})
+    run = tmp_path / "run"
+    proc = subprocess.Popen(score_cmd(pitches, goods, run, "--endpoints", str(f), "--concurrency", "4"),
+                            env=env_for(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while a.stats()["answered"] + b.stats()["answered"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # workers waiting for a job are cancelled while jobs are handed out
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert 0 < len(by_id(run)) < 192
+    p = pooled(pitches, goods, run, "--endpoints", str(f), "--concurrency", "4")
+    assert p.returncode == 0, p.stderr
+    got = by_id(run)
+    assert len(got) == 192 and all(r["status"] == "ok" for r in got.values())
+    assert a.stats()["answered"] + b.stats()["answered"] == 192  # what was in flight at the stop was recorded

@@ -173,5 +173,8 @@ class Dispatch(Generic[T]):
             if not held:
                 item, held = await self.queue.get(), True
                 continue  # the waiting may have changed meanwhile
-            self.waiting[self.pool.choose(idle)].popleft().set_result(item)  # type: ignore[arg-type]
+            fut = self.waiting[self.pool.choose(idle)].popleft()
+            if fut.done():  # its worker was cancelled (a stop) before it could leave the line
+                continue
+            fut.set_result(item)  # type: ignore[arg-type]
             held = False
