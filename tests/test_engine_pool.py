@@ -207,6 +207,9 @@ def test_each_answer_is_charged_at_the_prices_of_the_endpoint_that_gave_it(tmp_p
     usage = json.loads((run / "usage.json").read_text())
     assert abs(usage["cost"] - want) < 1e-6 and usage["endpoint_prices"] == {"own": {"input": 1.0, "output": 3.0}}
     assert f"spent {want:.4f} CNY" in p.stdout, p.stdout
+    dry = pooled(pitches, goods, tmp_path / "dry", "--endpoints", str(f), "--dry-run", "--price-input", "10",
+                 "--price-output", "30")
+    assert dry.returncode == 0 and "10 / 30 CNY" in dry.stdout and "the highest of the endpoints' prices" in dry.stdout
     # --budget needs a price for every answer: the run's prices, or every endpoint its own
     p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(f), "--budget", "1")
     assert "--budget needs the prices" in one_line_error(p)

@@ -18,6 +18,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ..async_client.engine import Engine, Stats
@@ -162,16 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.budget is not None and prices is None and len(own) < len(chat.pool):
         raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
                          "or --price-file, or price_input and price_output for every endpoint of --endpoints")
+    # a job may go to any endpoint: its worst case at the highest of the prices it may be charged
+    charged = list(own.values()) + ([prices] if prices is not None and len(own) < len(chat.pool) else [])
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
-        return dry_run(Path(args.run), plan, prices)
+        bound = prices  # with endpoints' own prices: the highest a job may be charged, an upper bound
+        if own:
+            bound = replace(highest(charged), source="the highest of the endpoints' prices: the most it can "
+                            "cost") if prices is not None or len(own) == len(chat.pool) else None
+        return dry_run(Path(args.run), plan, bound)
     where.require_key()  # nothing goes to a remote endpoint without a key
     for spec in chat.endpoints:
         spec.require_key()
     run_dir = Path(args.run)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = RunDir(run_dir).check(plan.manifest)
-        # a job may go to any endpoint: its worst case at the highest of the prices it may be charged
-        charged = list(own.values()) + ([prices] if prices is not None and len(own) < len(chat.pool) else [])
         worst = WorstCase(highest(charged), args.max_reasks, args.reask_max_tokens) if charged else None
         meter = Meter(run_dir, plan.manifest.groups, prices, args.budget, worst, own)
         stats, stopped = run_loop(execute(plan, run_dir, chat, args.progress_every, meter=meter))
