@@ -143,9 +143,10 @@ class Child:
 class Sim:
     """``bin/sim-server --port 0`` in its own process."""
 
-    def __init__(self, latency_ms: float = 0.0, *flags: str, cpu: int | None = None):
+    def __init__(self, latency_ms: float = 0.0, *flags: str, cpu: int | None = None, log: Path | None = None):
+        self._log = open(log, "wb") if log else subprocess.DEVNULL  # its stderr (--log-requests lines)
         self.proc = subprocess.Popen([PY, str(BIN / "sim-server"), "--port", "0", "--latency-ms", str(latency_ms),
-                                      *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                                      *flags], stdout=subprocess.PIPE, stderr=self._log, text=True,
                                      preexec_fn=pinned(cpu))
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
@@ -163,6 +164,8 @@ class Sim:
 
     def stop(self) -> None:
         stop_process(self.proc)
+        if self._log is not subprocess.DEVNULL:
+            self._log.close()
 
     def __enter__(self) -> "Sim":
         return self

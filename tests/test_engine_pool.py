@@ -10,6 +10,8 @@ the run directory. What is checked is what happened, never how fast (bench/ has 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -92,8 +94,12 @@ def test_the_run_stops_with_exit_2_only_when_every_endpoint_is_retired(tmp_path,
                OPENAI_API_KEY=SECRET)
     assert p.returncode == 2, p.stderr
     assert "Traceback" not in p.stderr
-    assert sum("retired" in line for line in p.stderr.splitlines()) == 1, p.stderr
-    assert "1113" in p.stderr.strip().splitlines()[-1]
+    retired = [line for line in p.stderr.splitlines() if "retired" in line]
+    assert len(retired) == 2, p.stderr  # the first as a warning, the last as the error line
+    assert retired[1] == p.stderr.strip().splitlines()[-1], p.stderr
+    named = [re.search(r"endpoint (\S+) retired", line) for line in retired]
+    assert all(named) and {m.group(1).split("/")[0] for m in named if m} == {s.url.split("/")[2] for s in (a, b)}
+    assert "1113" in retired[1] and "no endpoint is left" in retired[1], retired[1]
     got = by_id(tmp_path / "run")
     assert len(got) == 10 and all(r["status"] == "ok" for r in got.values())  # nothing recorded failed for it
 
@@ -121,6 +127,11 @@ def test_an_endpoint_killed_mid_run_leaves_its_jobs_to_the_others(tmp_path, sim)
     assert len(got) == 192 and all(r["status"] == "ok" for r in got.values())
     assert sum(r["endpoint"] == "dies" for r in got.values()) >= 20
     assert "dies limit" in out and "waiting" in out  # the end line names it down
+    # its requests cut by the kill went to 'stays' at once, ahead of new jobs: none waited for the
+    # dead endpoint's probe, or for the new jobs to run out, to be moved
+    order = sorted(got.values(), key=lambda r: r["t"])
+    moved = [i for i, r in enumerate(order) if r["attempts"] > 1]
+    assert moved and max(moved) < len(order) - 40, (moved, len(order))
 
 
 def test_a_run_resumes_on_another_set_of_endpoints(tmp_path, sim):
@@ -148,9 +159,90 @@ def test_a_bad_endpoints_file_is_one_line_naming_the_endpoint_and_field(tmp_path
         ({"name": "a", "base_url": "http://127.0.0.1:9/v1", "key_env": "NO_SUCH_KEY_VAR"}, "key_env NO_SUCH_KEY_VAR"),
         ({"name": "a", "base_url": "http://127.0.0.1:9/v1", "max_concurrency": 0}, "'a': max_concurrency"),
         ({"name": "a"}, "endpoint 'a': base_url is missing"),
+        ({"name": "a", "base_url": "http://127.0.0.1:9/v1", "weight": 0}, "'a': weight must be a positive number"),
+        ({"name": "a", "base_url": "http://127.0.0.1:9/v1", "price_input": 1}, "'a': price_input and price_output"),
+        ({"name": "a", "base_url": "http://127.0.0.1:9/v1", "price_input": 1, "price_output": -2},
+         "'a': price_output must be a number of at least 0"),
     ]
     for table, says in cases:
         p = pooled(pitches, goods, run, "--endpoints", str(declare(tmp_path, table)))
         line = one_line_error(p)
         assert says in line and SECRET not in line, line
     assert not run.exists()
+
+
+def test_weight_decides_among_endpoints_with_room_when_jobs_are_fewer_than_room(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 1)  # 8 entry requests, 32 slots: every endpoint has room
+    a, b = sim("--latency-ms", "20"), sim("--latency-ms", "20")
+
+    def answered(weights: tuple[float, float], run: str) -> list[int]:
+        before = [s.stats()["answered"] for s in (a, b)]
+        f = declare(tmp_path, *({"name": n, "base_url": s.url, "max_concurrency": 16, "weight": w}
+                                for n, s, w in zip("ab", (a, b), weights)))
+        p = pooled(pitches, goods, tmp_path / run, "--endpoints", str(f), "--concurrency", "16",
+                   "--stages", "entry")
+        assert p.returncode == 0, p.stderr
+        assert len(by_id(tmp_path / run)) == 8
+        return [s.stats()["answered"] - n for s, n in zip((a, b), before)]
+
+    assert answered((1, 1), "even") == [4, 4]  # the least loaded relative to its limit, in turn
+    a_n, b_n = answered((1, 4), "weighted")   # b fills to four times a's share of its limit first
+    assert a_n + b_n == 8 and b_n >= 6, (a_n, b_n)
+
+
+def test_each_answer_is_charged_at_the_prices_of_the_endpoint_that_gave_it(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 2)  # 16 entry requests
+    a, b = sim("--latency-ms", "5"), sim("--latency-ms", "5")
+    f = declare(tmp_path, {"name": "own", "base_url": a.url, "price_input": 1.0, "price_output": 3.0},
+                {"name": "run", "base_url": b.url})
+    run = tmp_path / "run"
+    p = pooled(pitches, goods, run, "--endpoints", str(f), "--stages", "entry", "--concurrency", "4",
+               "--price-input", "10", "--price-output", "30")
+    assert p.returncode == 0, p.stderr
+    got = by_id(run)
+    assert {r["endpoint"] for r in got.values()} == {"own", "run"}
+    per_million = {"own": (1.0, 3.0), "run": (10.0, 30.0)}
+    want = sum((r["usage"]["prompt_tokens"] * per_million[r["endpoint"]][0]
+                + r["usage"]["completion_tokens"] * per_million[r["endpoint"]][1]) / 1e6 for r in got.values())
+    usage = json.loads((run / "usage.json").read_text())
+    assert abs(usage["cost"] - want) < 1e-6 and usage["endpoint_prices"] == {"own": {"input": 1.0, "output": 3.0}}
+    assert f"spent {want:.4f} CNY" in p.stdout, p.stdout
+    dry = pooled(pitches, goods, tmp_path / "dry", "--endpoints", str(f), "--dry-run", "--price-input", "10",
+                 "--price-output", "30")
+    assert dry.returncode == 0 and "10 / 30 CNY" in dry.stdout and "the highest of the endpoints' prices" in dry.stdout
+    # --budget needs a price for every answer: the run's prices, or every endpoint its own
+    p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(f), "--budget", "1")
+    assert "--budget needs the prices" in one_line_error(p)
+    first = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(f), "--stages", "entry")
+    assert first.returncode == 0, first.stderr  # no run prices: the answers of 'run' have none
+    own = declare(tmp_path, {"name": "own", "base_url": a.url, "price_input": 1.0, "price_output": 3.0})
+    p = pooled(pitches, goods, tmp_path / "budget", "--endpoints", str(own), "--budget", "1000")
+    assert "--budget:" in one_line_error(p) and "without prices" in p.stderr
+    assert len(by_id(tmp_path / "budget")) == 16  # nothing more was asked
+
+
+def test_a_run_over_several_endpoints_stopped_by_sigint_resumes_with_nothing_asked_twice(tmp_path, sim):
+    pitches, goods = make_inputs(tmp_path, 8)  # 192 requests
+    a, b = sim("--latency-ms", "100"), sim("--latency-ms", "100")
+    f = declare(tmp_path, {"name": "a", "base_url": a.url}, {"name": "b", "base_url": b.url})
+    run = tmp_path / "run"
+    proc = subprocess.Popen(score_cmd(pitches, goods, run, "--endpoints", str(f), "--concurrency", "4"),
+                            env=env_for(None), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while a.stats()["answered"] + b.stats()["answered"] < 20 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # workers waiting for a job are cancelled while jobs are handed out
+        err = proc.communicate(timeout=60)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert 0 < len(by_id(run)) < 192
+    p = pooled(pitches, goods, run, "--endpoints", str(f), "--concurrency", "4")
+    assert p.returncode == 0, p.stderr
+    got = by_id(run)
+    assert len(got) == 192 and all(r["status"] == "ok" for r in got.values())
+    assert a.stats()["answered"] + b.stats()["answered"] == 192  # what was in flight at the stop was recorded

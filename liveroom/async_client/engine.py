@@ -44,7 +44,7 @@ from .contract import Admission, Client, EngineConfig, Job, ReadsProbabilities, 
 from .errors import Fatal, Filtered, NoContent, Rejected, RunFailed, UnusableReply
 from .limits import Limits, Outage
 from .policy import Failure
-from .pool import Endpoint, Moved, Pool
+from .pool import Dispatch, Endpoint, Moved, Pool
 from .record import ERROR, INVALID, OK, Record
 from .run_dir import RunDir
 from .sending import Draft, Sender, Stopped
@@ -84,6 +84,7 @@ class Engine:
         self._model_warned: set[str] = set()  # endpoints warned about the model they serve
         self._probs_warned: set[str] = set()  # endpoints warned that they return no token probabilities
         self._moved: asyncio.Queue[Draft] = asyncio.Queue()  # jobs moved off an endpoint, taken first
+        self._dispatch: Dispatch[Job | None] | None = None  # several endpoints: which one gets a new job
         self._outstanding = 0  # jobs given by the producer and not yet recorded
         self._produced = False
         self._finished = asyncio.Event()
@@ -128,6 +129,9 @@ class Engine:
                        for endpoint in self.pool.endpoints]
         queue: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=2 * self.config.concurrency)
         producer = asyncio.create_task(self._guarded(self._produce(jobs, queue, sum(workers_per)), "reading the jobs"))
+        self._dispatch = Dispatch(self.pool, queue) if len(self.pool) > 1 else None
+        helpers = [producer] if self._dispatch is None else [
+            producer, asyncio.create_task(self._guarded(self._dispatch.run(), "handing out the jobs"))]
         workers = self._workers = [  # per endpoint: room for jobs waiting to retry
             asyncio.create_task(self._guarded(self._worker(queue, endpoint), "a worker"))
             for endpoint, n in zip(self.pool.endpoints, workers_per) for _ in range(n)]
@@ -135,16 +139,18 @@ class Engine:
         stopping: asyncio.Future[Any] = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({all_done, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            producer.cancel()  # done: it may wait to hand its last Nones to workers a retirement ended
+            for helper in helpers:  # done: the producer may wait to hand its last Nones to ended workers
+                helper.cancel()
             if self._stop.is_set():
                 await asyncio.wait(workers, timeout=self.config.grace)
             for w in workers:  # done: the rest wait for a moved job that will not come
                 w.cancel()
-            await asyncio.gather(*workers, producer, return_exceptions=True)
+            await asyncio.gather(*workers, *helpers, return_exceptions=True)
         finally:
             stopping.cancel()
             all_done.cancel()
-            producer.cancel()
+            for helper in helpers:
+                helper.cancel()
             for w in workers:
                 w.cancel()
         if self._error is not None:
@@ -212,16 +218,18 @@ class Engine:
         finally:  # cancelled too: a shared limit must not lose the slot
             slot.release()
 
-    async def _next(self, queue: asyncio.Queue[Job | None], slot: Slot, endpoint: Endpoint) -> Draft | Job | None:
-        """The next job for a worker holding ``slot``: one moved from another endpoint first, then a new
-        one; once the new ones are all taken (None), moved ones only, waited for holding no slot."""
+    async def _next(self, slot: Slot, endpoint: Endpoint) -> Draft | Job | None:
+        """In a pool of several endpoints, the next job for a worker holding ``slot``: one moved from
+        another endpoint first, then a new one as :class:`~.pool.Dispatch` hands it; once the new ones
+        are all taken (None), moved ones only, waited for holding no slot."""
+        if endpoint.retired is not None:  # its worker ends, its slot free for a job of its back from a retry
+            return None
         if not self._moved.empty():
             return self._moved.get_nowait()
-        job = await queue.get()
-        if job is not None:
+        assert self._dispatch is not None
+        job = await self._dispatch.take(endpoint)
+        if job is not None or endpoint.retired is not None:
             return job
-        if len(self.pool) == 1:
-            return None
         slot.release()  # a job waiting for a retry may need it
         draft = await self._moved.get()
         await self._admit(slot)
@@ -231,10 +239,10 @@ class Engine:
         sender, many = endpoint.sender, len(self.pool) > 1
         assert sender is not None
         while not self._stop.is_set():
+            probe = many and await self._probing(endpoint, slot)
             if not slot.held:  # kept from the last job: nothing to wait for
                 await self._admit(slot)
-            probe = many and await self._probing(endpoint)
-            item = await self._next(queue, slot, endpoint)
+            item = await (self._next(slot, endpoint) if many else queue.get())  # one endpoint: nothing is moved
             if item is None or self._stop.is_set():
                 return
             if isinstance(item, Draft):  # moved from another endpoint: already let in
@@ -261,10 +269,14 @@ class Engine:
                 continue
             except Fatal as e:  # the last endpoint's fatal answer stops the run
                 first = endpoint.retired is None  # its other requests in flight may answer the same
-                if not many or not self.pool.retire(endpoint, str(e)):
+                if not many:
                     raise
+                if not self.pool.retire(endpoint, str(e)):  # one line naming it and its answer
+                    raise type(e)(f"endpoint {endpoint.name} retired: {e}; no endpoint is left") from None
                 if first:
                     self.on_warning(f"endpoint {endpoint.name} retired: {e}; the other endpoints go on")
+                    if self._dispatch is not None:
+                        self._dispatch.retire(endpoint)
                 self._move(draft)
                 return
             slot.done()  # kept for the next job unless the limit dropped or a retried job waits
@@ -280,10 +292,12 @@ class Engine:
                 self.admission.release(job, record)
             self._settled(1)
 
-    async def _probing(self, endpoint: Endpoint) -> bool:
-        """Wait while ``endpoint`` is down (another carries the jobs); True when the next job is its probe."""
+    async def _probing(self, endpoint: Endpoint, slot: Slot) -> bool:
+        """Wait while ``endpoint`` is down (another carries the jobs); True when the next job is its probe.
+        The wait holds no slot: a job of this endpoint back from a retry wait needs one to be moved."""
         if endpoint.outage.since is None:
             return False
+        slot.park()
         await endpoint.outage.wait()
         return endpoint.outage.since is not None
 

@@ -42,6 +42,7 @@ from typing import Any
 
 from ..async_client.engine import Job
 from ..async_client.record import Record
+from ..errors import InputError
 from .plan import prompt_estimate
 from .prices import Prices
 from .usage import UsageTotals, usage_of
@@ -99,13 +100,14 @@ class Meter:
     """The run's usage as records come; with ``budget``, the gate that keeps the cost within it."""
 
     def __init__(self, run_dir: str | Path, groups: Iterable[str], prices: Prices | None,
-                 budget: float | None = None, worst: WorstCase | None = None) -> None:
-        if budget is not None and (prices is None or worst is None):
-            raise ValueError("a budget needs prices and a worst case")
+                 budget: float | None = None, worst: WorstCase | None = None,
+                 endpoint_prices: dict[str, Prices] | None = None) -> None:
+        if budget is not None and worst is None:
+            raise ValueError("a budget needs a worst case")
         self.run_dir, self.groups, self.budget, self.worst = Path(run_dir), list(groups), budget, worst
-        self.prices = prices
-        self.totals = UsageTotals(prices=prices)
-        self.recent = UsageTotals(prices=prices)  # records written since the totals last caught up
+        self.prices, self.endpoint_prices = prices, dict(endpoint_prices or {})  # an endpoint's own: its answers
+        self.totals = self._fresh(prices)
+        self.recent = self._fresh(prices)  # records written since the totals last caught up
         self.held: dict[str, float] = {}  # job id -> its worst case, while in flight
         self.reached = False
         self._settled = asyncio.Event()  # set (and replaced) by each release: the waiting jobs try again
@@ -116,9 +118,17 @@ class Meter:
         only when there is something to send, so a rerun with nothing to do reads no record."""
         self.totals = UsageTotals.load(self.run_dir) or UsageTotals()
         self.totals.prices = self.prices or self.totals.prices  # a run without prices keeps the earlier ones
+        self.totals.endpoint_prices.update(self.endpoint_prices)  # and the earlier endpoints' own
+        self.endpoint_prices = self.totals.endpoint_prices
         self.totals.catch_up(self.run_dir, self.groups)
-        self.recent = UsageTotals(prices=self.totals.prices)
+        if self.budget is not None and self.totals.cost() is None:  # endpoints' own prices only, earlier
+            raise InputError(f"--budget: {self.run_dir} holds answers of endpoints without prices of their "
+                             "own; give --price-input and --price-output (or --price-file) for them")
+        self.recent = self._fresh(self.totals.prices)
         self._saved = time.monotonic()
+
+    def _fresh(self, prices: Prices | None) -> UsageTotals:
+        return UsageTotals(prices=prices, endpoint_prices=self.endpoint_prices)
 
     @property
     def spent(self) -> float | None:
@@ -135,17 +145,17 @@ class Meter:
     def save(self) -> None:
         """``usage.json`` as the totals stand, caught up with the files (atomically, with the bytes they cover)."""
         self.totals.catch_up(self.run_dir, self.groups)  # reads the records of ``recent`` again: drop that
-        self.recent = UsageTotals(prices=self.totals.prices)
+        self.recent = self._fresh(self.totals.prices)
         self.totals.save(self.run_dir)
         self._saved = time.monotonic()
 
     def text(self) -> str:
         """For the progress line: ``spent 1.23 CNY`` (``of 50.00`` with a budget); nothing without prices."""
-        spent, p = self.spent, self.totals.prices
-        if spent is None or p is None:
+        spent, currency = self.spent, self.totals.currency
+        if spent is None or currency is None:
             return ""
         return f"spent {money(spent)}" + (f" of {money(self.budget)}" if self.budget is not None else "") \
-            + f" {p.currency}"
+            + f" {currency}"
 
     # -- the engine's Admission --------------------------------------------------------
     def reserve(self, job: Job) -> str | asyncio.Event | None:

@@ -10,6 +10,13 @@
     max_concurrency = 32                  # optional: its live limit's ceiling (default --concurrency)
     rpm = 600                             # optional: its own limits (default --rpm / --tpm)
     tpm = 1000000
+    weight = 2                            # optional: its share when several have room (default 1)
+    price_input = 0.8                     # optional, together: its own prices per million tokens,
+    price_output = 2.0                    # in the run's currency (default the run's prices)
+
+``weight`` is how :mod:`~liveroom.async_client.pool` chooses among endpoints with room. An
+endpoint's prices charge the answers it gives, for the spent cost and ``--budget``; every
+other answer is charged the run's prices (``--price-input``/``--price-output``, ``--price-file``).
 
 Keys are never in the file: a ``key`` or ``api_key`` field is refused. A repeated
 ``--base-url`` is the short form: every URL with ``$OPENAI_API_KEY``, named by its host.
@@ -21,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..async_client.chat import ChatClient
@@ -32,8 +39,10 @@ from ..async_client.pool import Endpoint
 from ..async_client.providers import CHAT_PROVIDERS, Provider, resolve_provider
 from ..async_client.transport import endpoint_host, target
 from ..errors import InputError
+from .prices import Prices
 
-FIELDS = ("name", "base_url", "key_env", "provider", "max_concurrency", "rpm", "tpm")
+FIELDS = ("name", "base_url", "key_env", "provider", "max_concurrency", "rpm", "tpm", "weight", "price_input",
+          "price_output")
 SECRETS = ("key", "api_key")
 
 
@@ -48,6 +57,8 @@ class EndpointSpec:
     max_concurrency: int | None = None  # None: --concurrency
     rpm: float | None = None
     tpm: float | None = None
+    weight: float = 1.0
+    prices: tuple[float, float] | None = None  # its own (input, output) per million tokens
 
     def require_key(self) -> None:
         """Refuse a remote endpoint without a key, naming it (a URL that cannot be used: one line too)."""
@@ -64,17 +75,30 @@ async def open_endpoint(clients: contextlib.AsyncExitStack, spec: EndpointSpec, 
     client = await clients.enter_async_context(ChatClient(spec.base_url, spec.api_key, timeout, ceiling,
                                                           spec.provider))
     return Endpoint(spec.name, client, Limits(spec.rpm, spec.tpm), ConcurrencyLimit(ceiling, config.adaptive),
-                    Outage(config.probe_every))
+                    Outage(config.probe_every), spec.weight)
 
 
-def _number(name: str, key: str, value: Any, kind: type) -> Any:
+def _number(name: str, key: str, value: Any, kind: type, least: float | None = None) -> Any:
+    """``value`` as ``kind``: above 0, or at least ``least`` when given; None stays None."""
     if value is None:
         return None
+    what = "whole number" if kind is int else "number"
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)) \
-            or value <= 0:
-        raise InputError(f"--endpoints: endpoint {name!r}: {key} must be a positive "
-                         f"{'whole number' if kind is int else 'number'}, not {value!r}")
+            or not (value > 0 if least is None else value >= least):
+        raise InputError(f"--endpoints: endpoint {name!r}: {key} must be "
+                         + (f"a positive {what}" if least is None else f"a {what} of at least {least:g}")
+                         + f", not {value!r}")
     return kind(value)
+
+
+def _prices(name: str, table: dict[str, Any]) -> tuple[float, float] | None:
+    given = [table.get(k) for k in ("price_input", "price_output")]
+    if given.count(None) == 1:
+        raise InputError(f"--endpoints: endpoint {name!r}: price_input and price_output go together "
+                         "(both per million tokens)")
+    if given[0] is None:
+        return None
+    return _number(name, "price_input", given[0], float, 0.0), _number(name, "price_output", given[1], float, 0.0)
 
 
 def _one(table: Any, index: int, default_provider: str | None) -> EndpointSpec:
@@ -106,7 +130,15 @@ def _one(table: Any, index: int, default_provider: str | None) -> EndpointSpec:
                          f"{', '.join(CHAT_PROVIDERS)}")
     return EndpointSpec(name, base_url, secret, resolve_provider(provider, base_url, CHAT_PROVIDERS),
                         _number(name, "max_concurrency", table.get("max_concurrency"), int),
-                        _number(name, "rpm", table.get("rpm"), float), _number(name, "tpm", table.get("tpm"), float))
+                        _number(name, "rpm", table.get("rpm"), float), _number(name, "tpm", table.get("tpm"), float),
+                        _number(name, "weight", table.get("weight"), float) or 1.0, _prices(name, table))
+
+
+def own_prices(specs: tuple[EndpointSpec, ...], run: Prices | None, currency: str | None) -> dict[str, Prices]:
+    """Endpoint name -> the prices it names, in the run's currency (``currency``, else the run prices')."""
+    base = run or Prices(0.0, 0.0)
+    return {s.name: replace(base, input=s.prices[0], output=s.prices[1], currency=currency or base.currency,
+                            source=f"--endpoints: {s.name}") for s in specs if s.prices is not None}
 
 
 def read_endpoints(path: str, default_provider: str | None = None) -> tuple[EndpointSpec, ...]:

@@ -42,6 +42,12 @@ def worst_case(tokens_prompt_est: float, max_tokens: int, prices: Prices, batch:
     return prices.cost(tokens_prompt_est, max_tokens, batch)
 
 
+def highest(prices: list[Prices]) -> Prices:
+    """The most any of ``prices`` asks per token, each of input and output (a budget's worst case over
+    endpoints with their own prices); the first's currency and batch discount."""
+    return replace(prices[0], input=max(p.input for p in prices), output=max(p.output for p in prices))
+
+
 def price_value(entry: dict[str, Any], key: str, where: str) -> float:
     value = entry.get(key)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -35,10 +35,10 @@ from ..prompts.wording import DEFAULT_PROMPTS
 from .budget import BUDGET_REACHED, Meter, WorstCase, money
 from .cost_flags import add_cost_arguments, price_choice
 from .dry_run import dry_run
-from .endpoints import open_endpoint
+from .endpoints import open_endpoint, own_prices
 from .engine_flags import ChatSettings, add_engine_arguments, add_model_arguments, chat_settings
 from .plan import Plan, StageTask, make_plan, plan_jobs, scan_done
-from .prices import resolve_prices
+from .prices import highest, resolve_prices
 from .probs_flags import add_probability_arguments, ask_probabilities, requested_top_logprobs
 
 
@@ -165,19 +165,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                      args.prompts, args.run, encoding=args.encoding)
     plan.retry_filtered = args.retry_filtered
     prices = resolve_prices(price_choice(args), plan.params.model)
-    if args.budget is not None and prices is None:
+    own = own_prices(chat.pool, prices, args.currency)  # endpoints that name their own prices
+    if args.budget is not None and prices is None and len(own) < len(chat.pool):
         raise InputError("--budget needs the prices: give --price-input and --price-output (per million tokens) "
-                         "or --price-file")
+                         "or --price-file, or price_input and price_output for every endpoint of --endpoints")
+    # a job may go to any endpoint: its worst case at the highest of the prices it may be charged
+    charged = list(own.values()) + ([prices] if prices is not None and len(own) < len(chat.pool) else [])
     if args.dry_run:  # every input checked above, as for a run: print what it would send and cost, write nothing
-        return dry_run(Path(args.run), plan, prices)
+        bound = prices  # with endpoints' own prices: the highest a job may be charged, an upper bound
+        if own:
+            bound = replace(highest(charged), source="the highest of the endpoints' prices: the most it can "
+                            "cost") if prices is not None or len(own) == len(chat.pool) else None
+        return dry_run(Path(args.run), plan, bound)
     where.require_key()  # nothing goes to a remote endpoint without a key
     for spec in chat.endpoints:
         spec.require_key()
     run_dir = Path(args.run)
     with run_dir_lock(run_dir, "bin/score"):  # refused at once while another writer holds RUN_DIR
         plan.manifest = RunDir(run_dir).check(plan.manifest)
-        worst = WorstCase(prices, args.max_reasks, args.reask_max_tokens) if prices is not None else None
-        meter = Meter(run_dir, plan.manifest.groups, prices, args.budget, worst)
+        worst = WorstCase(highest(charged), args.max_reasks, args.reask_max_tokens) if charged else None
+        meter = Meter(run_dir, plan.manifest.groups, prices, args.budget, worst, own)
         stats, stopped = run_loop(execute(plan, run_dir, chat, args.progress_every, meter=meter))
     if stats.total == 0:
         print(f"score: every request is already done in {run_dir}; nothing sent")
@@ -185,9 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spent = f"; {meter.text()}" if meter.text() else ""
     print(f"score: {status_line(stats).split(' ETA')[0]}{spent}{endpoints_note(stats)}; checkpoint {run_dir}",
           flush=True)  # the result
-    if stopped == BUDGET_REACHED and meter.totals.prices is not None:  # a stop like an interrupt's
+    if stopped == BUDGET_REACHED and meter.totals.currency is not None:  # a stop like an interrupt's
         print(f"score: budget reached: spent {money(meter.spent or 0.0)} of {money(args.budget)} "
-              f"{meter.totals.prices.currency}; raise --budget to go on ({stats.total - stats.done} request(s) "
+              f"{meter.totals.currency}; raise --budget to go on ({stats.total - stats.done} request(s) "
               "left)", file=sys.stderr)
         return 130
     if stopped:

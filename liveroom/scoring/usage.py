@@ -4,7 +4,11 @@ The totals (requests ok and failed, prompt and completion tokens, cost) are
 kept in ``usage.json``, written atomically, and can always be recomputed from
 the records, which hold each request's ``usage`` summed over its re-asks. A
 record imported from a Batch API output has no latency (nothing was timed),
-which is how its tokens are billed at the batch price. bin/score keeps
+which is how its tokens are billed at the batch price. A record answered by an
+endpoint of the pool that names its own prices (:mod:`.endpoints`) is billed at
+those: its tokens are kept per endpoint name beside the totals, and the prices
+of each such endpoint in ``usage.json``, so a run resumed on other endpoints
+still prices the earlier answers as they were. bin/score keeps
 ``usage.json`` current while it runs and stops at ``--budget``
 (:mod:`.budget`); bin/batch updates it after each import; bin/collect and
 bin/report read it.
@@ -13,7 +17,7 @@ bin/report read it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,8 @@ from ..errors import InputError
 from .prices import DEFAULT_BATCH_DISCOUNT, DEFAULT_CURRENCY, Prices, price_value
 
 USAGE = "usage.json"
+#: UsageTotals' fields that are not counts read from usage.json as they are
+KEPT = ("prices", "counted", "by_endpoint", "endpoint_prices")
 #: the fields of usage.json other tools may rely on (cost and prices null when no prices were given)
 FIELDS = ("requests_ok", "requests_failed", "prompt_tokens", "completion_tokens", "cost", "currency",
           "price_input_per_mtok", "price_output_per_mtok")
@@ -55,6 +61,10 @@ class UsageTotals:
     batch_completion_tokens: int = 0
     prices: Prices | None = field(default=None, compare=False)
     counted: dict[str, int] = field(default_factory=dict, compare=False)
+    #: endpoint name -> [prompt, completion] tokens of the records it answered (not batch ones)
+    by_endpoint: dict[str, list[int]] = field(default_factory=dict, compare=False)
+    #: endpoint name -> its own prices, which bill the tokens of ``by_endpoint`` instead of ``prices``
+    endpoint_prices: dict[str, Prices] = field(default_factory=dict, compare=False)
 
     def add(self, record: Record, batch: bool | None = None) -> None:
         """Count one record; ``batch`` None: a record without latency came from a batch.
@@ -73,26 +83,44 @@ class UsageTotals:
         if record.latency_ms is None if batch is None else batch:
             self.batch_prompt_tokens += prompt
             self.batch_completion_tokens += completion
+        elif record.endpoint is not None:
+            tokens = self.by_endpoint.setdefault(record.endpoint, [0, 0])
+            tokens[0] += prompt
+            tokens[1] += completion
 
     def cost(self, prices: Prices | None = None) -> float | None:
-        """The money these tokens cost at ``prices`` (else the totals' own); None without prices."""
+        """The money these tokens cost: an endpoint's own at its prices, the rest at ``prices`` (else
+        the totals' own); None when some tokens have no price (or no price is known at all)."""
         prices = prices or self.prices
+        own = {name: t for name, t in self.by_endpoint.items() if name in self.endpoint_prices}
+        money = sum(self.endpoint_prices[name].cost(p, c) for name, (p, c) in own.items())
+        rest = (self.prompt_tokens - self.batch_prompt_tokens - sum(p for p, _ in own.values()),
+                self.completion_tokens - self.batch_completion_tokens - sum(c for _, c in own.values()))
         if prices is None:
-            return None
-        return (prices.cost(self.prompt_tokens - self.batch_prompt_tokens,
-                            self.completion_tokens - self.batch_completion_tokens)
-                + prices.cost(self.batch_prompt_tokens, self.batch_completion_tokens, batch=True))
+            unpriced = any(rest) or self.batch_prompt_tokens or self.batch_completion_tokens
+            return None if unpriced or not self.endpoint_prices else money
+        return money + prices.cost(*rest) + prices.cost(self.batch_prompt_tokens, self.batch_completion_tokens,
+                                                        batch=True)
+
+    @property
+    def currency(self) -> str | None:
+        """The prices' label: the run's, else (every answer at an endpoint's own) the default."""
+        return self.prices.currency if self.prices else DEFAULT_CURRENCY if self.endpoint_prices else None
 
     def to_json(self) -> dict[str, Any]:
         p = self.prices
         cost = self.cost()
         return {"requests_ok": self.requests_ok, "requests_failed": self.requests_failed,
                 "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "cost": None if cost is None else round(cost, 6), "currency": p.currency if p else None,
+                "cost": None if cost is None else round(cost, 6), "currency": self.currency,
                 "price_input_per_mtok": p.input if p else None, "price_output_per_mtok": p.output if p else None,
                 "batch_prompt_tokens": self.batch_prompt_tokens,
                 "batch_completion_tokens": self.batch_completion_tokens,
-                "batch_discount": p.batch_discount if p else None, "counted_bytes": dict(self.counted)}
+                "batch_discount": p.batch_discount if p else None, "counted_bytes": dict(self.counted),
+                "endpoint_tokens": {name: {"prompt_tokens": t[0], "completion_tokens": t[1]}
+                                    for name, t in sorted(self.by_endpoint.items())},
+                "endpoint_prices": {name: {"input": ep.input, "output": ep.output}
+                                    for name, ep in sorted(self.endpoint_prices.items())}}
 
     @classmethod
     def from_json(cls, obj: Any, where: str = USAGE) -> UsageTotals:
@@ -100,7 +128,7 @@ class UsageTotals:
             raise InputError(f"{where}: not a usage table")
         counts = {}
         for f in fields(cls):
-            if f.name not in ("prices", "counted"):
+            if f.name not in KEPT:
                 v = obj.get(f.name, 0)
                 if type(v) is not int or v < 0:
                     raise InputError(f"{where}: {f.name!r} must be a whole number of at least 0, got {v!r}")
@@ -115,7 +143,8 @@ class UsageTotals:
         counted = obj.get("counted_bytes") or {}
         if not isinstance(counted, dict) or not all(type(v) is int and v >= 0 for v in counted.values()):
             raise InputError(f"{where}: 'counted_bytes' must map file names to byte counts")
-        return cls(**counts, prices=prices, counted=counted)
+        return cls(**counts, prices=prices, counted=counted, by_endpoint=_endpoint_tokens(obj, where),
+                   endpoint_prices=_endpoint_prices(obj, where, prices))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> UsageTotals | None:
@@ -130,7 +159,7 @@ class UsageTotals:
         if any(records.size(g) < self.counted.get(g, 0) for g in groups):
             fresh = recompute(run_dir, groups)
             for name in (fl.name for fl in fields(self)):
-                if name != "prices":
+                if name not in ("prices", "endpoint_prices"):
                     setattr(self, name, getattr(fresh, name))
             return
         for group in groups:
@@ -144,6 +173,27 @@ class UsageTotals:
     def save(self, run_dir: str | Path) -> None:
         """Into ``run_dir/usage.json``, whole or not at all."""
         atomic_write(Path(run_dir) / USAGE, orjson.dumps(self.to_json(), option=orjson.OPT_INDENT_2))
+
+
+def _endpoint_tokens(obj: dict[str, Any], where: str) -> dict[str, list[int]]:
+    raw = obj.get("endpoint_tokens") or {}
+    pairs: dict[str, list[Any]] = {
+        name: [t.get("prompt_tokens"), t.get("completion_tokens")] if isinstance(t, dict) else [None]
+        for name, t in (raw.items() if isinstance(raw, dict) else [("", None)])}
+    if not all(type(v) is int and v >= 0 for pair in pairs.values() for v in pair):
+        raise InputError(f"{where}: 'endpoint_tokens' must map endpoint names to their prompt_tokens "
+                         "and completion_tokens")
+    return pairs
+
+
+def _endpoint_prices(obj: dict[str, Any], where: str, run: Prices | None) -> dict[str, Prices]:
+    raw = obj.get("endpoint_prices") or {}
+    if not isinstance(raw, dict) or not all(isinstance(e, dict) for e in raw.values()):
+        raise InputError(f"{where}: 'endpoint_prices' must map endpoint names to their input and output prices")
+    base = run or Prices(0.0, 0.0)
+    return {name: replace(base, input=price_value(e, "input", f"{where}: endpoint_prices.{name}"),
+                          output=price_value(e, "output", f"{where}: endpoint_prices.{name}"), source=where)
+            for name, e in raw.items()}
 
 
 def update_usage(run_dir: str | Path, groups: Any, prices: Prices | None = None) -> UsageTotals:
@@ -178,7 +228,9 @@ def check_usage(run_dir: str | Path, groups: Any) -> dict[str, Any]:
     """The totals summed over the records (priced as ``usage.json`` says) and where ``usage.json`` differs."""
     raw = read_usage(run_dir)
     counted = recompute(run_dir, groups)
-    counted.prices = UsageTotals.from_json(raw, str(Path(run_dir) / USAGE)).prices if raw is not None else None
+    if raw is not None:
+        kept = UsageTotals.from_json(raw, str(Path(run_dir) / USAGE))
+        counted.prices, counted.endpoint_prices = kept.prices, kept.endpoint_prices
     out = counted.to_json()
     differs = []
     for k, mine in out.items() if raw is not None else ():
