@@ -222,6 +222,15 @@ def one_line_error(p: subprocess.CompletedProcess[str], status: int = 2) -> str:
     return lines[0]
 
 
+def one_line_main(capsys: Any, main: Callable[[list[str]], int], argv: list[str]) -> str:
+    """The one stderr line of a command's ``main`` that exits 2, run in this process."""
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
 def have_namespaces() -> bool:
     """Whether this machine lets a test mount in a private mount namespace (``unshare -rm``)."""
     if shutil.which("unshare") is None:

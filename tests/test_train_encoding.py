@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kit import one_line_main
 from liveroom.cli import collect_main, predict_main, train_main
 from liveroom.data.inputs import ENCODING_HELP, check_encoding, load_pitches
 from liveroom.data.layout import TEXT_COLUMNS
@@ -58,13 +59,6 @@ def _predict_args(model, pitches, features, out, *extra):
     return ["--model", str(model), "--pitches", str(pitches), "--features", str(features), "--out", str(out), *extra]
 
 
-def _one_line(capsys, main, argv):
-    """The one stderr line of a command that exits 2."""
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.mark.parametrize("name", ["gbk.csv", "gbk-bom.csv"])
@@ -101,7 +95,7 @@ def test_train_with_encoding_fits_the_same_model(syn, model, tmp_path, capsys):
     # --resume reads the file in the encoding given now, as it reads the paths given now
     assert train_main(_train_args(syn / "gbk.csv", syn, out, "--encoding", "gb18030", "--resume", "--epochs", "3")) == 0
     assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 3
-    err = _one_line(capsys, train_main, _train_args(syn / "gbk.csv", syn, out, "--resume", "--epochs", "4"))
+    err = one_line_main(capsys, train_main, _train_args(syn / "gbk.csv", syn, out, "--resume", "--epochs", "4"))
     assert "gbk.csv line 2: not UTF-8" in err and HINT in err
 
 
@@ -138,9 +132,9 @@ def test_unknown_encoding_is_refused_before_any_work(tmp_path, capsys):
     with pytest.raises(InputError) as e:  # what bin/score and bin/collect say for it
         check_encoding("nope")
     nowhere = tmp_path / "nope"  # nothing here exists: reading anything first would fail otherwise
-    train = _one_line(capsys, train_main, _train_args(nowhere / "p.csv", nowhere, tmp_path / "m", "--resume",
+    train = one_line_main(capsys, train_main, _train_args(nowhere / "p.csv", nowhere, tmp_path / "m", "--resume",
                                                       "--encoding", "nope"))
-    predict = _one_line(capsys, predict_main, _predict_args(nowhere, nowhere / "p.csv", nowhere, tmp_path / "p.csv",
+    predict = one_line_main(capsys, predict_main, _predict_args(nowhere, nowhere / "p.csv", nowhere, tmp_path / "p.csv",
                                                             "--encoding", "nope"))
     assert train == f"train: error: {e.value}\n" and predict == f"predict: error: {e.value}\n"
     assert str(e.value) == "--encoding: unknown encoding 'nope' (e.g. utf-8, gb18030)"

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from kit import one_line_main
 from liveroom.cli import predict_main, train_main
 from liveroom.data.layout import LLM_FEATURES
 from liveroom.serve.forecast import score_value
@@ -28,12 +29,6 @@ def _predict(model, syn, features, out):
     return pd.read_csv(out)
 
 
-def _one_line(capsys, main, argv):
-    capsys.readouterr()
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_expected_model_reads_the_expected_matrices_in_train_and_predict(syn, tmp_path, capsys):
@@ -63,16 +58,16 @@ def test_expected_model_reads_the_expected_matrices_in_train_and_predict(syn, tm
     read = np.load(other / "read_expected.npy")
     read[4, 2] = np.nan
     np.save(other / "read_expected.npy", read)
-    err = _one_line(capsys, predict_main, ["--model-dir", str(model), "--pitches", str(syn / "pitches.csv"),
+    err = one_line_main(capsys, predict_main, ["--model-dir", str(model), "--pitches", str(syn / "pitches.csv"),
                                            "--features", str(other), "--out", str(tmp_path / "e.csv")])
     assert "read_expected.npy persona new_white = nan" in err, err
 
     # without the expected files: one line naming the first one missing, for bin/train and bin/predict
     for f in LLM_FEATURES:
         (other / f"{f}_expected.npy").unlink()
-    err = _one_line(capsys, train_main, [*argv[:3], str(other), "--out", str(tmp_path / "m2"), *argv[6:]])
+    err = one_line_main(capsys, train_main, [*argv[:3], str(other), "--out", str(tmp_path / "m2"), *argv[6:]])
     assert "missing entry_expected.npy" in err and "--scores expected" in err
-    err = _one_line(capsys, predict_main, ["--model-dir", str(model), "--pitches", str(syn / "pitches.csv"),
+    err = one_line_main(capsys, predict_main, ["--model-dir", str(model), "--pitches", str(syn / "pitches.csv"),
                                            "--features", str(other), "--out", str(tmp_path / "d.csv")])
     assert "missing entry_expected.npy" in err
 
