@@ -64,12 +64,12 @@ def require_installed() -> local_llm.Installed:
 class LocalServer:
     """A ``bin/local-llm serve`` subprocess."""
 
-    def __init__(self, log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(self, log: Path, env: dict[str, str] | None = None, threads: int = 1) -> None:
         self.log = log
         self.err = open(log, "w")
         self.proc = subprocess.Popen(
             [sys.executable, str(BIN / "local-llm"), "serve", "--model", MODEL, "--port", "0",
-             "--parallel", "4", "--threads", "1"],
+             "--parallel", "4", "--threads", str(threads)],
             stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
         assert self.proc.stdout is not None
         self.out = self.proc.stdout
@@ -345,7 +345,7 @@ def test_score_collect_and_resume_against_a_real_local_llm(tmp_path, server):
 
 
 @pytest.mark.llm
-def test_score_probs_collect_and_train_on_expected_scores_with_a_real_local_llm(tmp_path, server):
+def test_score_probs_collect_and_train_on_expected_scores_with_a_real_local_llm(tmp_path):
     """llama-server's token stream (probabilities before the grammar, digits outside 1..5 among them):
     every ok reply's scores carry their probabilities, bin/collect makes the expected-score matrices
     and bin/train --scores expected trains on them. Ten synthetic pitches (the trainer's least), cut
@@ -358,15 +358,20 @@ def test_score_probs_collect_and_train_on_expected_scores_with_a_real_local_llm(
     df["text"] = df["text"].str.slice(0, 120)
     df.to_csv(syn / "pitches.csv", index=False)
     run, feat, model = tmp_path / "run", tmp_path / "features", tmp_path / "model"
-    for _ in range(3):  # a runaway reply fails its request; the same command asks it again
-        p = kit.score(syn / "pitches.csv", syn / "goods.json", run, server.url, "--model", MODEL,
-                      "--response-format", "json_schema", "--concurrency", "4", "--timeout", "300",
-                      "--max-tokens", "400", "--backoff", "0.5", "--score-probs", "--top-logprobs", "10",
-                      timeout=SCORE_TIMEOUT)
-        assert p.returncode in (0, 1), p.stderr[-3000:]
-        assert "returns no token probabilities" not in p.stderr
-        if p.returncode == 0:
-            break
+    require_installed()
+    server = LocalServer(tmp_path / "serve.log", threads=2)  # 240 requests: both cores for the model
+    try:
+        for _ in range(3):  # a runaway reply fails its request; the same command asks it again
+            p = kit.score(syn / "pitches.csv", syn / "goods.json", run, server.url, "--model", MODEL,
+                          "--response-format", "json_schema", "--concurrency", "4", "--timeout", "300",
+                          "--max-tokens", "400", "--backoff", "0.5", "--score-probs", "--top-logprobs", "10",
+                          timeout=3 * SCORE_TIMEOUT)
+            assert p.returncode in (0, 1), p.stderr[-3000:]
+            assert "returns no token probabilities" not in p.stderr
+            if p.returncode == 0:
+                break
+    finally:
+        server.stop()
     assert p.returncode == 0, p.stderr[-3000:]
     ok = [r for rs in records(run).values() for r in rs if r["status"] == "ok"]
     assert len({r["id"] for r in ok}) == 10 * 24
